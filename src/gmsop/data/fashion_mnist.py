@@ -1,0 +1,90 @@
+"""Fashion-MNIST from its IDX .gz files in a local folder (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gmsop.data.base import DATA, TensorImageDataModule
+from gmsop.data.errors import MissingDataError
+
+DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "val_images": "t10k-images-idx3-ubyte.gz",
+    "val_labels": "t10k-labels-idx1-ubyte.gz",
+}
+HOW_TO_GET = (
+    "On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (puts them in "
+    f"{DEFAULT_ROOT}); elsewhere download the four files from "
+    "https://github.com/zalandoresearch/fashion-mnist and set data.root to their folder."
+)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) into a numpy array of its dtype and shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path} is not an IDX file (bad magic number)")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if data[2] not in dtypes:
+        raise ValueError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but holds {arr.size} values (truncated file?)")
+    return arr.reshape(shape)
+
+
+@DATA.register("fashion_mnist")
+class FashionMNISTDataModule(TensorImageDataModule):
+    """Fashion-MNIST, 60k train / 10k test (used as validation), 28x28 grey, resized to image_size.
+
+    `train_subset`/`val_subset` take a fixed, class-balanced-in-expectation random subset
+    for CPU-sized runs.
+    """
+
+    num_classes = 10
+    num_channels = 1
+
+    def __init__(
+        self,
+        root: str = DEFAULT_ROOT,
+        batch_size: int = 128,
+        image_size: int = 32,
+        num_workers: int = 0,
+        flip: bool = True,
+        eval_batch_size: int | None = None,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        subset_seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size)
+        self.root = Path(root).expanduser()
+        missing = [name for name in FILES.values() if not (self.root / name).is_file()]
+        if missing:
+            raise MissingDataError(
+                f"Fashion-MNIST not found in data.root={self.root}: missing {', '.join(missing)}. {HOW_TO_GET}"
+            )
+        self.train_subset, self.val_subset, self.subset_seed = train_subset, val_subset, subset_seed
+
+    def _split(self, images_key: str, labels_key: str, subset: int | None):
+        x = torch.from_numpy(read_idx(self.root / FILES[images_key]).copy())[:, None]
+        y = torch.from_numpy(read_idx(self.root / FILES[labels_key]).astype(np.int64))
+        if subset is not None and subset < len(y):
+            idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.subset_seed))[:subset]
+            x, y = x[idx], y[idx]
+        return x, y
+
+    def arrays(self):
+        return (
+            *self._split("train_images", "train_labels", self.train_subset),
+            *self._split("val_images", "val_labels", self.val_subset),
+        )

@@ -1,0 +1,79 @@
+"""Second-order pooling heads: plain covariance (SOP), iSQRT-COV (SR-SOP) and MPN-COV."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from gmsop import ops
+from gmsop.heads.base import HEADS, PoolingHead
+
+
+class ChannelReduction(nn.Sequential):
+    """1x1 conv + BN + ReLU before pooling, as in fast-MPN-COV (e.g. 512 -> 256 channels)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class CovarianceHead(PoolingHead):
+    """Covariance -> `normalise` -> upper triangle. Subclasses choose the normalisation."""
+
+    second_order = True
+
+    def __init__(self, in_channels: int, reduce_dim: Optional[int] = None) -> None:
+        super().__init__()
+        if reduce_dim is not None and reduce_dim < 1:
+            raise ValueError(f"reduce_dim must be a positive channel count or null, got {reduce_dim}")
+        self.reduce = ChannelReduction(in_channels, reduce_dim) if reduce_dim else nn.Identity()
+        self.channels = reduce_dim or in_channels
+        self.out_dim = ops.triu_dim(self.channels)
+
+    def normalise(self, s: torch.Tensor) -> torch.Tensor:
+        return s
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return second_order_vector(self.reduce(x), self.normalise)
+
+
+@ops.float32_math
+def second_order_vector(x: torch.Tensor, normalise: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Covariance of the map, normalised, as its upper triangle; computed in float32 or wider."""
+    return ops.triu_vectorise(normalise(ops.covariance(x)))
+
+
+@HEADS.register("sop")
+class SOPHead(CovarianceHead):
+    """Plain second-order pooling: the centred covariance, no normalisation."""
+
+
+@HEADS.register("isqrt")
+class ISqrtHead(CovarianceHead):
+    """SR-SOP / iSQRT-COV: trace pre-normalisation, Newton-Schulz, post-compensation."""
+
+    def __init__(self, in_channels: int, reduce_dim: Optional[int] = None, iterations: int = 3) -> None:
+        super().__init__(in_channels, reduce_dim)
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        self.iterations = iterations
+
+    def normalise(self, s: torch.Tensor) -> torch.Tensor:
+        return ops.isqrt(s, self.iterations)
+
+
+@HEADS.register("mpncov")
+class MPNCOVHead(CovarianceHead):
+    """MPN-COV: the exact matrix power of the covariance by eigendecomposition."""
+
+    def __init__(self, in_channels: int, reduce_dim: Optional[int] = None, power: float = 0.5) -> None:
+        super().__init__(in_channels, reduce_dim)
+        self.power = power
+
+    def normalise(self, s: torch.Tensor) -> torch.Tensor:
+        return ops.mpncov(s, self.power)

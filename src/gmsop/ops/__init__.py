@@ -1,0 +1,20 @@
+"""Pure tensor functions for second-order pooling (batched; any float dtype)."""
+
+from gmsop.ops.covariance import covariance
+from gmsop.ops.eig import matrix_power, mpncov
+from gmsop.ops.precision import float32_math
+from gmsop.ops.sqrtm import isqrt, newton_schulz, trace, trace_normalise
+from gmsop.ops.triu import triu_dim, triu_vectorise
+
+__all__ = [
+    "covariance",
+    "float32_math",
+    "isqrt",
+    "matrix_power",
+    "mpncov",
+    "newton_schulz",
+    "trace",
+    "trace_normalise",
+    "triu_dim",
+    "triu_vectorise",
+]

@@ -1,0 +1,92 @@
+"""One registry type for heads and data modules: a name is the public contract.
+
+Each entry's configuration schema is derived from its constructor's signature, so an
+unknown key or a wrongly typed value fails before any work starts, naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from typing import Any, Callable, Generic, Mapping, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, missing or of the wrong type."""
+
+
+class Registry(Generic[T]):
+    """Maps names to constructors; `build(name, **cfg)` validates cfg against the signature."""
+
+    def __init__(self, kind: str, fixed_args: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self.fixed_args = fixed_args  # supplied by the caller (e.g. in_channels), not by config
+        self._entries: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def decorator(ctor: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise KeyError(f"{self.kind} '{name}' is already registered")
+            self._entries[name] = ctor
+            return ctor
+
+        return decorator
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Callable[..., T]:
+        if name not in self._entries:
+            raise ConfigError(f"unknown {self.kind} '{name}'; known {self.kind}s: {', '.join(self.names())}")
+        return self._entries[name]
+
+    def schema(self, name: str) -> type:
+        """A dataclass of the constructor's configurable parameters (types and defaults)."""
+        ctor = self.get(name)
+        target = ctor.__init__ if inspect.isclass(ctor) else ctor
+        hints = typing.get_type_hints(target)
+        fields = []
+        for pname, param in inspect.signature(target).parameters.items():
+            if pname in ("self", *self.fixed_args) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            ftype = hints.get(pname, Any)
+            if param.default is inspect.Parameter.empty:
+                fields.append((pname, ftype))
+            elif isinstance(param.default, (list, dict)):
+                fields.append((pname, ftype, dataclasses.field(default_factory=lambda d=param.default: type(d)(d))))
+            else:
+                fields.append((pname, ftype, dataclasses.field(default=param.default)))
+        return dataclasses.make_dataclass(f"{name}_{self.kind}_config", fields)
+
+    def validate(self, cfg: Mapping[str, Any] | DictConfig, path: str | None = None) -> dict[str, Any]:
+        """Check `cfg` (with a `name` key) against the entry's schema; return the full kwargs."""
+        path = path or self.kind
+        cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        if "name" not in cfg:
+            raise ConfigError(f"{path}.name is missing; known {self.kind}s: {', '.join(self.names())}")
+        name = cfg.pop("name")
+        schema = OmegaConf.structured(self.schema(name))
+        try:
+            merged = OmegaConf.merge(schema, cfg)
+        except OmegaConfBaseException as err:
+            key = getattr(err, "key", None)
+            reason = str(getattr(err, "msg", err)).splitlines()[0]
+            allowed = ", ".join(f.name for f in dataclasses.fields(self.schema(name)))
+            raise ConfigError(
+                f"{path}.{key}: {reason} (allowed keys for {self.kind} '{name}': name, {allowed})"
+            ) from None
+        missing = OmegaConf.missing_keys(merged)
+        if missing:
+            raise ConfigError(f"{path} (for {self.kind} '{name}') is missing required key(s): {', '.join(sorted(missing))}")
+        return {"name": name, **OmegaConf.to_container(merged)}
+
+    def build(self, cfg: Mapping[str, Any] | DictConfig, *fixed: Any, path: str | None = None) -> T:
+        """Validate cfg and construct the entry, passing `fixed` positional args first."""
+        kwargs = self.validate(cfg, path)
+        return self.get(kwargs.pop("name"))(*fixed, **kwargs)
