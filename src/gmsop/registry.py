@@ -77,9 +77,9 @@ class Registry(Generic[T]):
         except OmegaConfBaseException as err:
             key = getattr(err, "key", None)
             reason = str(getattr(err, "msg", err)).splitlines()[0]
-            allowed = ", ".join(f.name for f in dataclasses.fields(self.schema(name)))
+            allowed = ", ".join(["name", *(f.name for f in dataclasses.fields(self.schema(name)))])
             raise ConfigError(
-                f"{path}.{key}: {reason} (allowed keys for {self.kind} '{name}': name, {allowed})"
+                f"{path}.{key}: {reason} (allowed keys for {self.kind} '{name}': {allowed})"
             ) from None
         missing = OmegaConf.missing_keys(merged)
         if missing:

@@ -1,0 +1,32 @@
+# Set-up and common commands. Every target creates .venv (Python 3.11) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: train test test-fast bench clean-runs
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade-strategy only-if-needed -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+## train: the default experiment (GM-SOP / iSQRT-COV on digits); ARGS="key=value ..." to override
+train: $(STAMP)
+	$(PY) -m gmsop.train experiment=default $(ARGS)
+
+## test: the whole test suite (what CI runs)
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+## test-fast: skip the end-to-end CLI runs
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+## bench: forward+backward timings and ratios of the heads (JSON under benchmarks/results/)
+bench: $(STAMP)
+	$(PY) benchmarks/heads.py $(ARGS)
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,138 @@
+"""The LightningModule: timm backbone -> pooling head -> BN/dropout/linear classifier."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from gmsop.heads import HEADS, HeadOutput, build_head
+from gmsop.models.factory import create_backbone
+from gmsop.registry import ConfigError
+
+OPTIMISERS = ("sgd", "adamw")
+SCHEDULERS = ("multistep", "cosine", "none")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf."""
+
+
+class SecondOrderClassifier(L.LightningModule):
+    """Image classifier with a pluggable pooling head; loss = cross-entropy + the head's aux loss.
+
+    Built from plain config mappings (saved as hyperparameters), so a checkpoint alone
+    rebuilds the model: `SecondOrderClassifier.load_from_checkpoint(path)`.
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        head: Mapping[str, Any],
+        optim: Mapping[str, Any],
+        num_classes: int,
+        in_chans: int,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()  # `data` is only recorded, so a checkpoint names its data set (gmsop.eval)
+        self.save_hyperparameters()
+        head_cfg = HEADS.validate(head, path="head")
+        validate_optim(optim)
+        self.head_name = head_cfg["name"]
+        self.backbone = create_backbone(model, in_chans, HEADS.get(self.head_name).second_order)
+        self.head = build_head(head_cfg, self.backbone.num_features)
+        self.classifier = nn.Sequential(
+            nn.BatchNorm1d(self.head.out_dim) if model.get("bn", True) else nn.Identity(),
+            nn.Dropout(model.get("dropout", 0.0)),
+            nn.Linear(self.head.out_dim, num_classes),
+        )
+        top_k = min(5, num_classes)
+        self.metrics = nn.ModuleDict(
+            {
+                f"{split}_{k}": MulticlassAccuracy(num_classes, top_k=topk, average="micro")
+                for split in ("train", "val")
+                for k, topk in (("top1", 1), ("top5", top_k))
+            }
+        )
+
+    def forward_pooled(self, x: torch.Tensor) -> HeadOutput:
+        return self.head(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_pooled(x).features)
+
+    def _step(self, batch, split: str) -> torch.Tensor:
+        images, labels = batch
+        pooled = self.forward_pooled(images)
+        logits = self.classifier(pooled.features)
+        ce = F.cross_entropy(logits, labels)
+        loss = ce + pooled.aux_loss
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log(f"{split}/ce", ce, on_step=on_step, on_epoch=True, batch_size=len(labels))
+        self.log(f"{split}/aux_loss", pooled.aux_loss, on_step=on_step, on_epoch=True, batch_size=len(labels))
+        for key, value in pooled.stats.items():
+            if value.numel() == 1:
+                self.log(f"{split}/head/{key}", value, on_step=on_step, on_epoch=True, batch_size=len(labels))
+        self.last_head_stats = pooled.stats
+        for k in ("top1", "top5"):
+            self.metrics[f"{split}_{k}"].update(logits.detach(), labels)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}) with head '{self.head_name}'; "
+                "try a lower optim.lr, precision=32-true, or gradient clipping (trainer.gradient_clip_val)"
+            )
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def _log_errors(self, split: str) -> None:
+        for k in ("top1", "top5"):
+            metric = self.metrics[f"{split}_{k}"]
+            self.log(f"{split}/{k}_err", 1.0 - metric.compute(), prog_bar=k == "top1", sync_dist=False)
+            metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_errors("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_errors("val")
+
+    def configure_optimizers(self):
+        return build_optimiser(self.parameters(), self.hparams.optim, self.trainer.max_epochs)
+
+
+def validate_optim(optim: Mapping[str, Any]) -> None:
+    """Fail early, naming the key, for an unknown optimiser or scheduler."""
+    if optim["name"] not in OPTIMISERS:
+        raise ConfigError(f"unknown optim.name={optim['name']!r}; allowed: {', '.join(OPTIMISERS)}")
+    if optim["scheduler"] not in SCHEDULERS:
+        raise ConfigError(f"unknown optim.scheduler={optim['scheduler']!r}; allowed: {', '.join(SCHEDULERS)}")
+
+
+def build_optimiser(params, optim: Mapping[str, Any], max_epochs: int):
+    """SGD + MultiStepLR (the paper's recipe) or AdamW + cosine; the schedule steps per epoch."""
+    validate_optim(optim)
+    if optim["name"] == "sgd":
+        opt = torch.optim.SGD(
+            params, lr=optim["lr"], momentum=optim["momentum"], nesterov=optim["nesterov"], weight_decay=optim["weight_decay"]
+        )
+    else:
+        opt = torch.optim.AdamW(params, lr=optim["lr"], weight_decay=optim["weight_decay"])
+    if optim["scheduler"] == "none":
+        return opt
+    if optim["scheduler"] == "multistep":
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(optim["milestones"]), gamma=optim["gamma"])
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs), eta_min=optim["min_lr"])
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

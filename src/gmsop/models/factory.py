@@ -1,0 +1,66 @@
+"""Build a timm backbone that returns a B x C x H x W map for a pooling head."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import timm
+import torch
+from torch import nn
+
+from gmsop.models import backbones  # noqa: F401  (registers the 64x64 paper backbones with timm)
+from gmsop.registry import ConfigError
+
+SMALL_IMAGE_BACKBONES = ("resnet18_64", "wrn36_2_64")
+
+
+class FeatureMap(nn.Module):
+    """Wraps a timm model so forward() returns its last map as NCHW.
+
+    Handles NHWC maps (e.g. Swin) and token sequences with a square grid (ViTs: prefix
+    tokens are dropped), so any timm name can feed a pooling head.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.num_features = int(model.num_features)
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.model.forward_features(x)
+        if f.dim() == 4:
+            if f.shape[1] != self.num_features and f.shape[-1] == self.num_features:
+                f = f.permute(0, 3, 1, 2)
+            return f
+        if f.dim() == 3:
+            tokens = f[:, self.num_prefix_tokens :]
+            side = int(round(tokens.shape[1] ** 0.5))
+            if side * side != tokens.shape[1]:
+                raise ValueError(f"backbone returns {tokens.shape[1]} tokens, not a square grid; cannot pool it")
+            return tokens.transpose(1, 2).reshape(f.shape[0], -1, side, side)
+        raise ValueError(f"backbone returns features of shape {tuple(f.shape)}; expected a map")
+
+
+def create_backbone(cfg: Mapping[str, Any], in_chans: int, second_order: bool) -> FeatureMap:
+    """timm.create_model(cfg.backbone, num_classes=0, global_pool='') with the head's stride choice."""
+    name = cfg["backbone"]
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
+        raise ConfigError(f"unknown backbone model.backbone={name!r}; similar timm names: {', '.join(close) or 'none'}")
+    kwargs: dict[str, Any] = dict(cfg.get("backbone_kwargs") or {})
+    if name in SMALL_IMAGE_BACKBONES:
+        last_stride = cfg.get("last_stride")
+        kwargs["last_stride"] = last_stride if last_stride is not None else (1 if second_order else 2)
+    elif cfg.get("last_stride") is not None:
+        raise ConfigError(f"model.last_stride applies to {', '.join(SMALL_IMAGE_BACKBONES)}; for {name} use model.output_stride")
+    if cfg.get("output_stride") is not None:
+        kwargs["output_stride"] = cfg["output_stride"]
+    if cfg.get("pretrained"):
+        if not cfg.get("pretrained_file"):
+            raise ConfigError("model.pretrained=true needs model.pretrained_file (a local weights file); nothing is downloaded")
+        kwargs["pretrained_cfg_overlay"] = {"file": cfg["pretrained_file"]}
+    model = timm.create_model(
+        name, pretrained=bool(cfg.get("pretrained")), num_classes=0, global_pool="", in_chans=in_chans, **kwargs
+    )
+    return FeatureMap(model)
