@@ -63,9 +63,9 @@ class ImageFolderDataModule(ImageDataModule):
         split_dirs = (self.root / "train", self.root / "val")
         self.presplit = all(d.is_dir() for d in split_dirs)
         class_root = split_dirs[0] if self.presplit else self.root
+        if not any(p.is_dir() for p in class_root.iterdir()):
+            raise MissingDataError(f"no class sub-folders in {class_root}; expected {class_root}/CLASS/img.jpg")
         self.class_names, self.class_to_idx = find_classes(str(class_root))
-        if not self.class_names:
-            raise MissingDataError(f"no class sub-folders in {class_root}")
         self.num_classes = len(self.class_names)
         self.num_channels = 1 if grayscale else 3
         self.val_fraction, self.split_seed, self.stats_sample = val_fraction, split_seed, stats_sample

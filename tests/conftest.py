@@ -1,0 +1,39 @@
+"""Shared test helpers: SPD matrices with a known spectrum, and running the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def random_spd(batch: int, c: int, lo: float, hi: float, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """B x C x C symmetric matrices with eigenvalues drawn uniformly from [lo, hi]."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(batch, c, c, generator=g, dtype=dtype))
+    lam = lo + (hi - lo) * torch.rand(batch, c, generator=g, dtype=dtype)
+    return (q * lam[:, None, :]) @ q.transpose(1, 2)
+
+
+def run_cli(module: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m MODULE args...` as a user would; never raises on a non-zero exit."""
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run a gmsop entry point with runs written under tmp_path and quiet progress output."""
+
+    def _run(module: str, *args: str, timeout: int = 300):
+        return run_cli(module, f"runs_dir={tmp_path / 'runs'}", *args, cwd=tmp_path, timeout=timeout)
+
+    return _run
