@@ -34,6 +34,6 @@ def cli(tmp_path):
     """Run a gmsop entry point with runs written under tmp_path and quiet progress output."""
 
     def _run(module: str, *args: str, timeout: int = 300):
-        return run_cli(module, f"runs_dir={tmp_path / 'runs'}", *args, cwd=tmp_path, timeout=timeout)
+        return run_cli(module, *args, f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path, timeout=timeout)
 
     return _run

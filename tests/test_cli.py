@@ -1,0 +1,93 @@
+"""End-to-end runs through the real entry points (python -m gmsop.train / gmsop.eval)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.wandb_offline import history
+
+pytestmark = pytest.mark.slow
+QUIET = ("trainer.enable_progress_bar=false",)
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _ok(proc) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+
+
+def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = cli("gmsop.train", "experiment=default", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", *QUIET)
+    _ok(proc)
+    summary = _summary(run_dir)
+    err = summary["metrics"]["val/top1_err"]
+    assert err < 0.3, f"val top-1 error {err} after 2 epochs (chance is 0.9)"
+    assert summary["epochs"] == 2 and summary["feature_dim"] == 2080
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()  # the run config is saved with the run
+    assert "val/top1_err" in (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "checkpoint:" in proc.stdout and "W&B (offline):" in proc.stdout
+    # W&B offline run: exists locally and holds the metrics
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    logged = history(wandb_file)
+    assert len(logged["val/top1_err"]) == 2
+    assert logged["val/top1_err"][-1] == pytest.approx(err, abs=1e-6)
+    assert "train/loss_step" in logged and "train/images_per_s" in logged
+    # evaluating the best checkpoint reproduces the best validation error
+    best_err = min(logged["val/top1_err"])
+    proc = cli("gmsop.eval", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}")
+    _ok(proc)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["val/top1_err"] == pytest.approx(best_err, abs=1e-6)
+
+
+def test_resume_continues_from_saved_step(cli, tmp_path):
+    common = ("experiment=default", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", *QUIET)
+    experiment_runs = tmp_path / "runs" / "default"  # where "latest" looks
+    first, second = experiment_runs / "first", experiment_runs / "second"
+    _ok(cli("gmsop.train", *common, "trainer.max_epochs=1", f"hydra.run.dir={first}"))
+    assert _summary(first)["global_step"] == 3
+    proc = cli("gmsop.train", *common, "trainer.max_epochs=2", f"trainer.resume={first}", f"hydra.run.dir={second}")
+    _ok(proc)
+    summary = _summary(second)
+    assert summary["resumed_from"].endswith("first/checkpoints/last.ckpt")
+    assert (summary["epochs"], summary["global_step"]) == (2, 6)  # one more epoch, not two
+    assert "Restored all states" in proc.stdout + proc.stderr
+    # the W&B run is continued under the same id
+    assert (first / "wandb_run_id.txt").read_text() == (second / "wandb_run_id.txt").read_text()
+    # "latest" finds the newest run of the experiment (second, at step 6)
+    proc = cli("gmsop.train", *common, "trainer.max_epochs=3", "trainer.resume=latest", "logger.wandb.enabled=false",
+               f"hydra.run.dir={experiment_runs / 'third'}")
+    _ok(proc)
+    assert _summary(experiment_runs / "third")["global_step"] == 9
+
+
+def test_resume_without_checkpoint_fails_clearly(cli, tmp_path):
+    proc = cli("gmsop.train", "experiment=default", f"trainer.resume={tmp_path / 'missing'}", *QUIET)
+    assert proc.returncode != 0 and "no checkpoint at" in proc.stderr
+
+
+def test_multirun_grid_keeps_every_run(cli, tmp_path):
+    proc = cli(
+        "gmsop.train", "-m", "head=gap,sop", "name=grid", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1", *QUIET,
+    )
+    _ok(proc)
+    runs = sorted(p.parent for p in (tmp_path / "runs" / "grid").glob("multirun_*/*/summary.json"))
+    assert [_summary(r)["head"]["name"] for r in runs] == ["gap", "sop"]
+    wandb_files = [f for r in runs for f in r.glob("wandb/offline-run-*/run-*.wandb")]
+    assert len(wandb_files) == 2 and all("val/top1_err" in history(f) for f in wandb_files)
+
+
+def test_config_errors_stop_before_training(cli):
+    proc = cli("gmsop.train", "experiment=default", "head.name=nope")
+    assert proc.returncode != 0
+    assert "unknown head 'nope'; known heads:" in proc.stderr and "Epoch" not in proc.stdout
+    proc = cli("gmsop.train", "trainer.max_epoch=1")
+    assert proc.returncode != 0 and "max_epoch" in proc.stderr
