@@ -1,5 +1,6 @@
 """Pure tensor functions for second-order pooling (batched; any float dtype)."""
 
+from gmsop.ops.balance import cv_squared, importance, load_estimate
 from gmsop.ops.covariance import covariance
 from gmsop.ops.eig import matrix_power, mpncov
 from gmsop.ops.precision import float32_math
@@ -8,6 +9,9 @@ from gmsop.ops.triu import triu_dim, triu_vectorise
 
 __all__ = [
     "covariance",
+    "cv_squared",
+    "importance",
+    "load_estimate",
     "float32_math",
     "isqrt",
     "matrix_power",

@@ -1,0 +1,103 @@
+"""Noisy top-K gating: trunk -> pooling -> H(x) = Wg x + g * softplus(Wn x) -> top-K softmax."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gmsop.heads.base import build_head
+
+NOISE_MODES = ("image", "component", "none")
+
+
+class Gates(NamedTuple):
+    """Top-K routing for a batch.
+
+    indices: B x K selected components; weights: B x K softmax over the selected scores;
+    dense: B x N gate matrix (zeros outside the top-K); clean/noisy: B x N scores;
+    noise_std: B x N softplus(Wn x) (the noise scale, for the load-based balance loss).
+    """
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    dense: torch.Tensor
+    clean: torch.Tensor
+    noisy: torch.Tensor
+    noise_std: torch.Tensor
+
+
+def conv_relu_stack(in_channels: int, dims: Sequence[int], batch_norm: bool) -> tuple[nn.Sequential, int]:
+    """1x1 conv (+ BN) + ReLU per entry of dims; returns the stack and its output channels."""
+    layers: list[nn.Module] = []
+    ch = in_channels
+    for d in dims:
+        if d < 1:
+            raise ValueError(f"layer dims must be positive channel counts, got {list(dims)}")
+        layers.append(nn.Conv2d(ch, d, kernel_size=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(d))
+        layers.append(nn.ReLU(inplace=True))
+        ch = d
+    return nn.Sequential(*layers), ch
+
+
+def top_k_random_ties(scores: torch.Tensor, k: int, random_ties: bool) -> torch.Tensor:
+    """Indices (B x K) of the K largest scores per row; equal scores are ordered randomly.
+
+    A random permutation first, then a stable descending sort: exactly top-K by score,
+    with ties (all of them at initialisation) broken at random instead of by index.
+    """
+    if not random_ties:
+        return scores.topk(k, dim=-1).indices
+    order = torch.rand_like(scores).argsort(dim=-1)
+    ranked = torch.sort(scores.gather(-1, order), dim=-1, descending=True, stable=True).indices[:, :k]
+    return order.gather(-1, ranked)
+
+
+class NoisyTopKGate(nn.Module):
+    """The GM-SOP gating module (its own module, reusable for any mixture).
+
+    trunk: 1x1 conv + BN + ReLU layers (`trunk_dims`); pooling: any registered head
+    (SR-SOP for GM-SOP, GAP for GM-GAP); scores H = Wg p + g * softplus(Wn p) with no bias,
+    Wg and Wn initialised to ones/size. Noise g ~ N(0, 1): one scalar per image
+    ("image", the paper), one per component ("component", Shazeer et al.), or "none";
+    never in eval mode. Top-K per image, softmax over the K selected scores only.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_components: int,
+        k: int,
+        trunk_dims: Sequence[int] = (256, 128),
+        pooling: Mapping[str, Any] | None = None,
+        noise: str = "image",
+    ) -> None:
+        super().__init__()
+        if noise not in NOISE_MODES:
+            raise ValueError(f"gate noise={noise!r}; allowed: {', '.join(NOISE_MODES)}")
+        if not 1 <= k <= num_components:
+            raise ValueError(f"need 1 <= K <= N, got K={k}, N={num_components}")
+        self.k, self.noise = k, noise
+        self.trunk, ch = conv_relu_stack(in_channels, trunk_dims, batch_norm=True)
+        self.pool = build_head(dict(pooling or {"name": "isqrt"}), ch)
+        self.w_gate = nn.Linear(self.pool.out_dim, num_components, bias=False)
+        self.w_noise = nn.Linear(self.pool.out_dim, num_components, bias=False)
+        for w in (self.w_gate, self.w_noise):
+            nn.init.constant_(w.weight, 1.0 / self.pool.out_dim)
+
+    def forward(self, x: torch.Tensor) -> Gates:
+        p = self.pool(self.trunk(x)).features
+        clean = self.w_gate(p)
+        noise_std = F.softplus(self.w_noise(p))
+        noisy = clean
+        if self.training and self.noise != "none":
+            shape = (clean.shape[0], 1) if self.noise == "image" else clean.shape
+            noisy = clean + torch.randn(shape, dtype=clean.dtype, device=clean.device) * noise_std
+        indices = top_k_random_ties(noisy, self.k, random_ties=self.training)
+        weights = torch.softmax(noisy.gather(-1, indices), dim=-1)
+        dense = torch.zeros_like(noisy).scatter(-1, indices, weights)
+        return Gates(indices, weights, dense, clean, noisy, noise_std)

@@ -1,0 +1,219 @@
+"""Gated mixtures of pooling components: GM-SOP and GM-GAP."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from gmsop import ops
+from gmsop.heads.base import HEADS, HeadOutput, PoolingHead, build_head
+from gmsop.heads.gating import Gates, NoisyTopKGate, conv_relu_stack
+
+BALANCE_MODES = ("importance", "load")
+DISPATCH_MODES = ("sparse", "dense")
+
+
+class Component(nn.Module):
+    """1x1 conv + ReLU layers (no BN) then any registered head: one mixture component.
+
+    With dims (256, 128) and an `isqrt` head this is the paper's parametric SR-SOP
+    (supplementary Eq. 7); with (512,) and `gap` it is a GM-GAP component.
+    """
+
+    def __init__(self, in_channels: int, dims: Sequence[int], pooling: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.convs, ch = conv_relu_stack(in_channels, dims, batch_norm=False)
+        self.pool = build_head(dict(pooling), ch)
+        self.out_dim = self.pool.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.convs(x)).features
+
+
+class GatedMixtureHead(PoolingHead):
+    """N components, K chosen per image by a noisy top-K gate; output = sum of weight * component.
+
+    dispatch="sparse" runs each component only on the images that selected it (gather,
+    compute, weighted index_add back): about K/N of the dense cost. dispatch="dense" runs
+    every component on every image and weights by the (mostly zero) gate matrix; it is
+    the reference the sparse path is tested against, with identical gradients.
+
+    aux_loss is the balance loss: balance_weight * CV^2 of per-component importance (or
+    of the smooth load estimate, balance="load"), divided by the batch size when
+    balance_per_image (the release's effective scaling: mean CE + (w/B) CV^2).
+    """
+
+    second_order = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_components: int = 16,
+        k: int = 8,
+        component_dims: Sequence[int] = (256, 128),
+        component_pooling: Mapping[str, Any] = None,  # type: ignore[assignment]
+        gate_dims: Sequence[int] = (256, 128),
+        gate_pooling: Mapping[str, Any] = None,  # type: ignore[assignment]
+        noise: str = "image",
+        balance: str = "importance",
+        balance_weight: float = 100.0,
+        balance_per_image: bool = True,
+        dispatch: str = "sparse",
+    ) -> None:
+        super().__init__()
+        if num_components < 1:
+            raise ValueError(f"num_components (N) must be >= 1, got {num_components}")
+        if not 1 <= k <= num_components:
+            raise ValueError(f"K must satisfy 1 <= K <= N; got K={k}, N={num_components}")
+        if k == 1:
+            warnings.warn(
+                "K=1: a softmax over one selected score is always 1, so the gate gets no gradient "
+                "from the classification loss (the paper requires K > 1)",
+                stacklevel=2,
+            )
+        if balance not in BALANCE_MODES:
+            raise ValueError(f"balance={balance!r}; allowed: {', '.join(BALANCE_MODES)}")
+        if dispatch not in DISPATCH_MODES:
+            raise ValueError(f"dispatch={dispatch!r}; allowed: {', '.join(DISPATCH_MODES)}")
+        self.num_components, self.k = num_components, k
+        self.balance, self.balance_weight, self.balance_per_image = balance, balance_weight, balance_per_image
+        self.dispatch = dispatch
+        self.gate = NoisyTopKGate(in_channels, num_components, k, gate_dims, gate_pooling, noise)
+        self.components = nn.ModuleList(
+            Component(in_channels, component_dims, component_pooling) for _ in range(num_components)
+        )
+        self.out_dim = self.components[0].out_dim
+
+    def pool(self, x: torch.Tensor) -> HeadOutput:
+        gates = self.gate(x)
+        combine = self._sparse if self.dispatch == "sparse" else self._dense
+        features = combine(x, gates)
+        loss, cv2 = self._balance_loss(gates, x.shape[0])
+        return HeadOutput(features, loss, self._stats(gates, loss, cv2))
+
+    def _sparse(self, x: torch.Tensor, gates: Gates) -> torch.Tensor:
+        out = x.new_zeros(x.shape[0], self.out_dim, dtype=torch.promote_types(x.dtype, torch.float32))
+        flat_idx = gates.indices.flatten()
+        flat_w = gates.weights.flatten()
+        images = torch.arange(x.shape[0], device=x.device).repeat_interleave(self.k)
+        for n, component in enumerate(self.components):
+            pick = (flat_idx == n).nonzero().squeeze(1)
+            if pick.numel() == 0:
+                continue  # never call a component on an empty batch
+            rows = images[pick]
+            y = component(x.index_select(0, rows))
+            out.index_add_(0, rows, y.to(out.dtype) * flat_w[pick].unsqueeze(1).to(out.dtype))
+        return out.to(x.dtype) if x.dtype in (torch.float16, torch.bfloat16) else out
+
+    def _dense(self, x: torch.Tensor, gates: Gates) -> torch.Tensor:
+        ys = torch.stack([c(x) for c in self.components], dim=1)  # B x N x D
+        return torch.einsum("bn,bnd->bd", gates.dense.to(ys.dtype), ys)
+
+    def _balance_loss(self, gates: Gates, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.balance == "load" and self.training and self.gate.noise != "none":
+            per_component = ops.load_estimate(gates.clean, gates.noisy, gates.noise_std, self.k)
+        else:
+            per_component = ops.importance(gates.dense)
+        cv2 = ops.cv_squared(per_component.float())
+        scale = self.balance_weight / batch if self.balance_per_image else self.balance_weight
+        return scale * cv2, cv2
+
+    def _stats(self, gates: Gates, loss: torch.Tensor, cv2: torch.Tensor) -> dict[str, torch.Tensor]:
+        selected = (gates.dense > 0).float()
+        counts = selected.sum(0)
+        return {
+            "balance_loss": loss.detach(),
+            "cv": cv2.detach().sqrt(),
+            "selected_count": counts.detach(),  # N: images that picked each component
+            "gate_weight_sum": gates.dense.detach().sum(0).float(),  # N: their summed weights
+            "images": torch.tensor(float(gates.dense.shape[0])),
+        }
+
+    def callbacks(self) -> list:
+        from gmsop.callbacks import ComponentUsage
+
+        return [ComponentUsage(self.num_components, self.k)]
+
+
+@HEADS.register("gmsop")
+class GMSOPHead(GatedMixtureHead):
+    """GM-SOP-N-K: parametric SR-SOP components (1x1 conv 256 + ReLU, 1x1 conv 128 + ReLU, iSQRT)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_components: int = 16,
+        k: int = 8,
+        component_dims: list[int] = [256, 128],  # noqa: B006  (config default; copied)
+        gate_dims: list[int] = [256, 128],  # noqa: B006
+        iterations: int = 3,
+        gate_pooling: str = "isqrt",
+        noise: str = "image",
+        balance: str = "importance",
+        balance_weight: float = 100.0,
+        balance_per_image: bool = True,
+        dispatch: str = "sparse",
+    ) -> None:
+        super().__init__(
+            in_channels, num_components, k, list(component_dims), {"name": "isqrt", "iterations": iterations},
+            list(gate_dims), _pooling(gate_pooling, iterations), noise, balance, balance_weight,
+            balance_per_image, dispatch,
+        )
+
+
+@HEADS.register("gmgap")
+class GMGAPHead(GatedMixtureHead):
+    """GM-GAP-N-K: first-order components (1x1 conv 512 + ReLU, then GAP); GAP gating."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_components: int = 16,
+        k: int = 8,
+        component_dims: list[int] = [512],  # noqa: B006
+        gate_dims: list[int] = [256, 128],  # noqa: B006
+        gate_pooling: str = "gap",
+        noise: str = "image",
+        balance: str = "importance",
+        balance_weight: float = 100.0,
+        balance_per_image: bool = True,
+        dispatch: str = "sparse",
+    ) -> None:
+        super().__init__(
+            in_channels, num_components, k, list(component_dims), {"name": "gap"}, list(gate_dims),
+            _pooling(gate_pooling, 3), noise, balance, balance_weight, balance_per_image, dispatch,
+        )
+
+
+@HEADS.register("mixture")
+class AnyMixtureHead(GatedMixtureHead):
+    """A gated mixture of any registered head: component_pooling / gate_pooling are head configs."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        component_pooling: dict,
+        num_components: int = 16,
+        k: int = 8,
+        component_dims: list[int] = [],  # noqa: B006
+        gate_dims: list[int] = [256, 128],  # noqa: B006
+        gate_pooling: Optional[dict] = None,
+        noise: str = "image",
+        balance: str = "importance",
+        balance_weight: float = 100.0,
+        balance_per_image: bool = True,
+        dispatch: str = "sparse",
+    ) -> None:
+        super().__init__(
+            in_channels, num_components, k, list(component_dims), component_pooling, list(gate_dims),
+            gate_pooling or {"name": "gap"}, noise, balance, balance_weight, balance_per_image, dispatch,
+        )
+
+
+def _pooling(name: str, iterations: int) -> dict:
+    if name not in ("isqrt", "gap"):
+        raise ValueError(f"gate_pooling={name!r}; allowed: isqrt, gap (use head=mixture for any head)")
+    return {"name": name, "iterations": iterations} if name == "isqrt" else {"name": name}
