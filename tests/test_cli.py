@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.wandb_offline import history
+from tests.wandb_offline import history, logged_keys
 
 pytestmark = pytest.mark.slow
 QUIET = ("trainer.enable_progress_bar=false",)
+# "Far below chance" for 10-class digits (chance error 0.9): at most half of chance. Measured
+# after 2 epochs on 2 CPU cores: isqrt 0.07, gmsop 0.09, gmgap 0.13-0.38 (3 seeds/LRs; its
+# noisy gate routes near-randomly in training until it learns, while eval routing is
+# deterministic, so its early validation error varies from run to run).
+FAR_BELOW_CHANCE = 0.45
 
 
 def _summary(run_dir: Path) -> dict:
@@ -23,11 +28,11 @@ def _ok(proc) -> None:
 
 def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
     run_dir = tmp_path / "run"
-    proc = cli("gmsop.train", "experiment=default", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", *QUIET)
+    proc = cli("gmsop.train", "experiment=isqrt_digits", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", *QUIET)
     _ok(proc)
     summary = _summary(run_dir)
     err = summary["metrics"]["val/top1_err"]
-    assert err < 0.3, f"val top-1 error {err} after 2 epochs (chance is 0.9)"
+    assert err < FAR_BELOW_CHANCE, f"val top-1 error {err} after 2 epochs (chance is 0.9)"
     assert summary["epochs"] == 2 and summary["feature_dim"] == 2080
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()  # the run config is saved with the run
@@ -48,8 +53,8 @@ def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
 
 
 def test_resume_continues_from_saved_step(cli, tmp_path):
-    common = ("experiment=default", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", *QUIET)
-    experiment_runs = tmp_path / "runs" / "default"  # where "latest" looks
+    common = ("experiment=isqrt_digits", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", *QUIET)
+    experiment_runs = tmp_path / "runs" / "isqrt_digits"  # where "latest" looks
     first, second = experiment_runs / "first", experiment_runs / "second"
     _ok(cli("gmsop.train", *common, "trainer.max_epochs=1", f"hydra.run.dir={first}"))
     assert _summary(first)["global_step"] == 3
@@ -69,7 +74,7 @@ def test_resume_continues_from_saved_step(cli, tmp_path):
 
 
 def test_resume_without_checkpoint_fails_clearly(cli, tmp_path):
-    proc = cli("gmsop.train", "experiment=default", f"trainer.resume={tmp_path / 'missing'}", *QUIET)
+    proc = cli("gmsop.train", "experiment=isqrt_digits", f"trainer.resume={tmp_path / 'missing'}", *QUIET)
     assert proc.returncode != 0 and "no checkpoint at" in proc.stderr
 
 
@@ -86,8 +91,27 @@ def test_multirun_grid_keeps_every_run(cli, tmp_path):
 
 
 def test_config_errors_stop_before_training(cli):
-    proc = cli("gmsop.train", "experiment=default", "head.name=nope")
+    proc = cli("gmsop.train", "experiment=isqrt_digits", "head.name=nope")
     assert proc.returncode != 0
     assert "unknown head 'nope'; known heads:" in proc.stderr and "Epoch" not in proc.stdout
     proc = cli("gmsop.train", "trainer.max_epoch=1")
     assert proc.returncode != 0 and "max_epoch" in proc.stderr
+
+
+@pytest.mark.parametrize("head", ["gmsop", "gmgap"])
+def test_mixture_heads_two_epochs_on_digits_with_usage_logs(cli, tmp_path, head):
+    run_dir = tmp_path / head
+    _ok(cli("gmsop.train", "experiment=default", f"head={head}", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", *QUIET))
+    summary = _summary(run_dir)
+    err = summary["metrics"]["val/top1_err"]
+    assert err < FAR_BELOW_CHANCE, f"{head}: val top-1 error {err} after 2 epochs (chance is 0.9)"
+    assert summary["feature_dim"] == {"gmsop": 8256, "gmgap": 512}[head]
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"usage/train/c00", "usage/val/c15", "gate/val/c07", "usage/val/active", "train/head/cv_step",
+            "train/head/balance_loss_step", "train/aux_loss_step"} <= set(header)
+    for split in ("train", "val"):
+        assert (run_dir / "plots" / f"component_usage_{split}.png").stat().st_size > 5000
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    keys = logged_keys(wandb_file)
+    assert {"usage/val/c00", "train/head/cv_step"} <= keys
+    assert any(k.startswith("val/component_usage") for k in keys)  # the bar chart

@@ -39,9 +39,11 @@ def test_every_head_config_composes(head):
     assert HEADS.validate(cfg.head)["name"] in HEADS.names()
 
 
-def test_default_experiment_is_isqrt_on_digits():
+def test_default_experiment_is_gmsop_16_8_on_digits():
     cfg = compose_train("experiment=default")
-    assert cfg.head.name == "isqrt" and cfg.data.name == "digits" and cfg.model.backbone == "resnet18_64"
+    assert (cfg.head.name, cfg.head.num_components, cfg.head.k) == ("gmsop", 16, 8)
+    assert list(cfg.head.component_dims) == [256, 128] and cfg.data.name == "digits"
+    assert cfg.model.backbone == "resnet18_64" and cfg.model.dropout == 0.2
     assert cfg.logger.wandb.mode == "offline"
 
 

@@ -24,7 +24,7 @@ HEAD_CONFIGS = [
 
 
 def test_every_registered_head_is_covered():
-    assert {c["name"] for c in HEAD_CONFIGS} >= set(HEADS.names()) - {"gmsop", "gmgap"}
+    assert {c["name"] for c in HEAD_CONFIGS} >= set(HEADS.names()) - {"gmsop", "gmgap", "mixture"}  # test_mixture.py
 
 
 @pytest.mark.parametrize("cfg", HEAD_CONFIGS, ids=lambda c: "-".join(f"{v}" for v in c.values()))

@@ -50,3 +50,13 @@ def history(path: Path) -> dict[str, list[float]]:
                 if isinstance(val, (int, float)):
                     values.setdefault(key, []).append(float(val))
     return values
+
+
+def logged_keys(path: Path) -> set[str]:
+    """Every history key logged to the run (numbers, tables and charts alike)."""
+    return {
+        item.key or "/".join(item.nested_key)
+        for rec in records(path)
+        if rec.WhichOneof("record_type") == "history"
+        for item in rec.history.item
+    }

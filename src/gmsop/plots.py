@@ -23,7 +23,7 @@ def component_usage_figure(usage: Sequence[float], mean_gate: Sequence[float], k
     ax2.bar(range(n), mean_gate, color="tab:orange")
     ax2.axhline(1 / k, color="k", ls="--", lw=1, label=f"1/K={1 / k:.2f}")
     ax2.set(xlabel="component", ylabel="mean gate weight when selected")
-    ax2.legend(loc="upper right", fontsize=8)
+    ax2.legend(loc="lower right", fontsize=8, framealpha=0.9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -117,7 +117,7 @@ class GatedMixtureHead(PoolingHead):
             per_component = ops.load_estimate(gates.clean, gates.noisy, gates.noise_std, self.k)
         else:
             per_component = ops.importance(gates.dense)
-        cv2 = ops.cv_squared(per_component.float())
+        cv2 = ops.cv_squared(per_component.to(torch.promote_types(per_component.dtype, torch.float32)))
         scale = self.balance_weight / batch if self.balance_per_image else self.balance_weight
         return scale * cv2, cv2
 
