@@ -18,6 +18,8 @@ HEAD_CONFIGS = [
     {"name": "isqrt"},
     {"name": "isqrt", "iterations": 1},
     {"name": "isqrt", "iterations": 5, "reduce_dim": 6},
+    {"name": "isqrt", "side": "position", "backward": "autograd"},
+    {"name": "isqrt", "side": "channel", "backward": "closed_form"},
     {"name": "mpncov"},
     {"name": "mpncov", "power": 0.25, "reduce_dim": 6},
 ]

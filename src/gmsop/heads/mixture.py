@@ -150,6 +150,8 @@ class GMSOPHead(GatedMixtureHead):
         component_dims: list[int] = [256, 128],  # noqa: B006  (config default; copied)
         gate_dims: list[int] = [256, 128],  # noqa: B006
         iterations: int = 3,
+        side: str = "auto",
+        backward: str = "closed_form",
         gate_pooling: str = "isqrt",
         noise: str = "image",
         balance: str = "importance",
@@ -158,8 +160,8 @@ class GMSOPHead(GatedMixtureHead):
         dispatch: str = "sparse",
     ) -> None:
         super().__init__(
-            in_channels, num_components, k, list(component_dims), {"name": "isqrt", "iterations": iterations},
-            list(gate_dims), _pooling(gate_pooling, iterations), noise, balance, balance_weight,
+            in_channels, num_components, k, list(component_dims), _isqrt(iterations, side, backward),
+            list(gate_dims), _pooling(gate_pooling, _isqrt(iterations, side, backward)), noise, balance, balance_weight,
             balance_per_image, dispatch,
         )
 
@@ -184,7 +186,7 @@ class GMGAPHead(GatedMixtureHead):
     ) -> None:
         super().__init__(
             in_channels, num_components, k, list(component_dims), {"name": "gap"}, list(gate_dims),
-            _pooling(gate_pooling, 3), noise, balance, balance_weight, balance_per_image, dispatch,
+            _pooling(gate_pooling, _isqrt(3, "auto", "closed_form")), noise, balance, balance_weight, balance_per_image, dispatch,
         )
 
 
@@ -213,7 +215,11 @@ class AnyMixtureHead(GatedMixtureHead):
         )
 
 
-def _pooling(name: str, iterations: int) -> dict:
+def _isqrt(iterations: int, side: str, backward: str) -> dict:
+    return {"name": "isqrt", "iterations": iterations, "side": side, "backward": backward}
+
+
+def _pooling(name: str, isqrt_cfg: dict) -> dict:
     if name not in ("isqrt", "gap"):
         raise ValueError(f"gate_pooling={name!r}; allowed: isqrt, gap (use head=mixture for any head)")
-    return {"name": name, "iterations": iterations} if name == "isqrt" else {"name": name}
+    return isqrt_cfg if name == "isqrt" else {"name": name}

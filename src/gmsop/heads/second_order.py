@@ -55,16 +55,37 @@ class SOPHead(CovarianceHead):
 
 @HEADS.register("isqrt")
 class ISqrtHead(CovarianceHead):
-    """SR-SOP / iSQRT-COV: trace pre-normalisation, Newton-Schulz, post-compensation."""
+    """SR-SOP / iSQRT-COV: trace pre-normalisation, Newton-Schulz, post-compensation.
 
-    def __init__(self, in_channels: int, reduce_dim: Optional[int] = None, iterations: int = 3) -> None:
+    side: "auto" computes on the M x M Gram matrix when positions M = H*W < channels C
+    (identical result, far cheaper), "channel"/"position" force one. backward:
+    "closed_form" (supplementary Eqs. 9-12) or "autograd" (for checking).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        reduce_dim: Optional[int] = None,
+        iterations: int = 3,
+        side: str = "auto",
+        backward: str = "closed_form",
+    ) -> None:
         super().__init__(in_channels, reduce_dim)
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
-        self.iterations = iterations
+        if backward not in ops.sqrtm.BACKWARDS:
+            raise ValueError(f"backward={backward!r}; allowed: {', '.join(ops.sqrtm.BACKWARDS)}")
+        ops.choose_side(1, 1, side)  # validates the name
+        self.iterations, self.side, self.backward = iterations, side, backward
 
-    def normalise(self, s: torch.Tensor) -> torch.Tensor:
-        return ops.isqrt(s, self.iterations)
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return isqrt_vector(self.reduce(x), self.iterations, self.side, self.backward)
+
+
+@ops.float32_math
+def isqrt_vector(x: torch.Tensor, iterations: int, side: str, backward: str) -> torch.Tensor:
+    """iSQRT-COV of the map, as its upper triangle; computed in float32 or wider."""
+    return ops.triu_vectorise(ops.isqrt_covariance(x, iterations, side, backward))
 
 
 @HEADS.register("mpncov")

@@ -1,19 +1,25 @@
 """Pure tensor functions for second-order pooling (batched; any float dtype)."""
 
+from gmsop.ops import sqrtm
+
 from gmsop.ops.balance import cv_squared, importance, load_estimate
 from gmsop.ops.covariance import covariance
 from gmsop.ops.eig import matrix_power, mpncov
+from gmsop.ops.isqrt_cov import choose_side, isqrt_covariance
 from gmsop.ops.precision import float32_math
 from gmsop.ops.sqrtm import isqrt, newton_schulz, trace, trace_normalise
 from gmsop.ops.triu import triu_dim, triu_vectorise
 
 __all__ = [
+    "sqrtm",
+    "choose_side",
     "covariance",
     "cv_squared",
     "importance",
     "load_estimate",
     "float32_math",
     "isqrt",
+    "isqrt_covariance",
     "matrix_power",
     "mpncov",
     "newton_schulz",

@@ -1,10 +1,16 @@
-"""Matrix square root by coupled Newton-Schulz iteration (iSQRT-COV, SR-SOP)."""
+"""Matrix square root by coupled Newton-Schulz iteration (iSQRT-COV, SR-SOP).
+
+Two backward passes, chosen by `backward=`: "autograd" through the iterations, or
+"closed_form", the matrix back-propagation of supplementary Eqs. 9-12 in one
+`torch.autograd.Function` (they agree to float64 gradcheck precision).
+"""
 
 from __future__ import annotations
 
 import torch
 
 TRACE_EPS = 1e-12
+BACKWARDS = ("closed_form", "autograd")
 
 
 def trace(s: torch.Tensor) -> torch.Tensor:
@@ -18,29 +24,104 @@ def trace_normalise(s: torch.Tensor, eps: float = TRACE_EPS) -> tuple[torch.Tens
     return s / tr[:, None, None], tr
 
 
-def newton_schulz(a: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Coupled Newton-Schulz iteration Y ~ A^(1/2) for a batch of SPD matrices with ||I - A|| < 1.
+def _half_eye(a: torch.Tensor, scale: float) -> torch.Tensor:
+    return scale * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
 
-    Y0 = A, Z0 = I; T = (3I - Z Y)/2; Y <- Y T; Z <- T Z (supplementary Eq. 8). The last
-    iteration updates Y only.
-    """
-    if iterations < 1:
-        raise ValueError(f"Newton-Schulz needs at least 1 iteration, got {iterations}")
-    c = a.shape[-1]
-    eye15 = 1.5 * torch.eye(c, dtype=a.dtype, device=a.device).expand_as(a)
-    y = a
-    z = None
+
+def _newton_schulz_autograd(a: torch.Tensor, iterations: int, factor: bool) -> torch.Tensor:
+    eye15 = _half_eye(a, 1.5)
+    y, z = a, None
     for i in range(iterations):
         zy = y if z is None else torch.bmm(z, y)
         t = eye15 - 0.5 * zy
         if i == iterations - 1:
+            if factor:
+                return t if z is None else torch.bmm(t, z)
             return torch.bmm(y, t)
         y, z = torch.bmm(y, t), (t if z is None else torch.bmm(t, z))
     raise AssertionError("unreachable")
 
 
-def isqrt(s: torch.Tensor, iterations: int = 3, eps: float = TRACE_EPS) -> torch.Tensor:
-    """iSQRT-COV: pre-normalise by the trace, Newton-Schulz, post-compensate by sqrt(tr S)."""
+class _NewtonSchulzClosedForm(torch.autograd.Function):
+    """Coupled Newton-Schulz with the closed-form backward (supplementary Eqs. 10-11).
+
+    Iteration j: P = Z Y, T = (3I - P)/2, Y <- Y T = 1.5 Y - 0.5 Y P, Z <- T Z =
+    1.5 Z - 0.5 P Z, from Y0 = A, Z0 = I. Backward, for any upstream gradient:
+        dT = Y^T dY + dZ Z^T
+        dY_{j-1} = 1.5 dY - 0.5 dY P^T - 0.5 Z^T dT
+        dZ_{j-1} = 1.5 dZ - 0.5 P^T dZ - 0.5 dT Y^T
+    with Z_0 = I constant. T is never formed: every scale-and-add is fused into a
+    baddbmm, so the pass is matmuls only. Output: Y_J (~A^(1/2)) or, with factor=True,
+    Z_J (~A^(-1/2), the polynomial with Y_J = A Z_J, used by the small-side path).
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, iterations: int, factor: bool) -> torch.Tensor:
+        ys, zs, ps = [a], [None], []
+        for i in range(iterations):
+            y, z = ys[-1], zs[-1]
+            p = y if z is None else torch.bmm(z, y)
+            ps.append(p)
+            last = i == iterations - 1
+            if not last or not factor:
+                ys.append(torch.baddbmm(y, y, p, beta=1.5, alpha=-0.5))
+            if not last or factor:
+                zs.append(_half_eye(a, 1.5) - 0.5 * p if z is None else torch.baddbmm(z, p, z, beta=1.5, alpha=-0.5))
+        ctx.factor, ctx.iterations = factor, iterations
+        ctx.save_for_backward(*ys[:iterations], *zs[1:iterations], *ps)
+        return zs[-1] if factor else ys[-1]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        n = ctx.iterations
+        saved = ctx.saved_tensors
+        ys, zs, ps = saved[:n], (None, *saved[n : 2 * n - 1]), saved[2 * n - 1 :]
+        d_y, d_z = (None, grad) if ctx.factor else (grad, None)
+        for j in range(n, 0, -1):
+            y, z, p = ys[j - 1], zs[j - 1], ps[j - 1]
+            if d_y is None:
+                d_t = d_z if z is None else torch.bmm(d_z, z.mT)
+            elif d_z is None:
+                d_t = torch.bmm(y.mT, d_y)
+            else:
+                d_t = torch.baddbmm(d_z if z is None else torch.bmm(d_z, z.mT), y.mT, d_y)
+            if z is None:  # j = 1: Z_0 = I, so Z^T dT = dT and there is no dZ_0
+                new_dy = -0.5 * d_t if d_y is None else torch.baddbmm(d_y, d_y, p.mT, beta=1.5, alpha=-0.5) - 0.5 * d_t
+                return new_dy, None, None
+            new_dy = torch.bmm(z.mT, d_t).mul_(-0.5) if d_y is None else torch.baddbmm(
+                torch.baddbmm(d_y, d_y, p.mT, beta=1.5, alpha=-0.5), z.mT, d_t, alpha=-0.5
+            )
+            new_dz = torch.bmm(d_t, y.mT).mul_(-0.5) if d_z is None else torch.baddbmm(
+                torch.baddbmm(d_z, p.mT, d_z, beta=1.5, alpha=-0.5), d_t, y.mT, alpha=-0.5
+            )
+            d_y, d_z = new_dy, new_dz
+        raise AssertionError("unreachable")
+
+
+def newton_schulz(
+    a: torch.Tensor, iterations: int, backward: str = "closed_form", factor: bool = False
+) -> torch.Tensor:
+    """Coupled Newton-Schulz: Y ~ A^(1/2) (or, factor=True, Z ~ A^(-1/2) with Y = A Z).
+
+    For a batch of symmetric matrices with ||I - A|| < 1 (e.g. trace-normalised SPD).
+    Y0 = A, Z0 = I; T = (3I - Z Y)/2; Y <- Y T; Z <- T Z (supplementary Eq. 8); the last
+    iteration updates only the output.
+    """
+    if iterations < 1:
+        raise ValueError(f"Newton-Schulz needs at least 1 iteration, got {iterations}")
+    if backward == "autograd":
+        return _newton_schulz_autograd(a, iterations, factor)
+    if backward == "closed_form":
+        return _NewtonSchulzClosedForm.apply(a, iterations, factor)
+    raise ValueError(f"backward={backward!r}; allowed: {', '.join(BACKWARDS)}")
+
+
+def isqrt(s: torch.Tensor, iterations: int = 3, eps: float = TRACE_EPS, backward: str = "closed_form") -> torch.Tensor:
+    """iSQRT-COV: pre-normalise by the trace, Newton-Schulz, post-compensate by sqrt(tr S).
+
+    Pre-normalisation and post-compensation (Eqs. 9 and 12) are differentiated by
+    autograd: they are elementwise and cost nothing beside the matmuls.
+    """
     a, tr = trace_normalise(s, eps)
-    y = newton_schulz(a, iterations)
+    y = newton_schulz(a, iterations, backward)
     return y * tr.sqrt()[:, None, None]

@@ -1,0 +1,46 @@
+"""iSQRT-COV straight from a feature map, on the cheaper side of the covariance.
+
+With M = H*W positions and C channels, the centred covariance S = Xc Xc^T (Xc = C x M,
+centred, scaled by 1/sqrt(M)) has rank < M. Every Newton-Schulz output is Y = A q(A) for a
+polynomial q (q = Z_J, since Y_j = A Z_j), and by the push-through identity
+A q(A) = Xc q(Xc^T Xc / t) Xc^T / t, so when M < C the same result comes from Newton-Schulz
+on the M x M Gram matrix G = Xc^T Xc (same trace t):  sqrt(t) Y = Xc Z_J(G / t) Xc^T / sqrt(t).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gmsop.ops.covariance import covariance
+from gmsop.ops.sqrtm import TRACE_EPS, isqrt, newton_schulz, trace_normalise
+
+SIDES = ("auto", "channel", "position")
+
+
+def choose_side(channels: int, positions: int, side: str = "auto") -> str:
+    """'position' (M x M Gram) when M < C under "auto", else 'channel' (C x C covariance)."""
+    if side not in SIDES:
+        raise ValueError(f"side={side!r}; allowed: {', '.join(SIDES)}")
+    if side == "auto":
+        return "position" if positions < channels else "channel"
+    return side
+
+
+def isqrt_covariance(
+    x: torch.Tensor, iterations: int = 3, side: str = "auto", backward: str = "closed_form", eps: float = TRACE_EPS
+) -> torch.Tensor:
+    """B x C x M (or B x C x H x W) map -> B x C x C iSQRT-COV of its centred covariance."""
+    if x.dim() == 4:
+        x = x.flatten(2)
+    c, m = x.shape[-2:]
+    if choose_side(c, m, side) == "channel":
+        return isqrt(covariance(x), iterations, eps, backward)
+    xc = (x - x.mean(dim=-1, keepdim=True)) / math.sqrt(m)
+    gram = torch.bmm(xc.transpose(1, 2), xc)
+    gram = 0.5 * (gram + gram.transpose(1, 2))
+    a, tr = trace_normalise(gram, eps)
+    z = newton_schulz(a, iterations, backward, factor=True)
+    y = torch.bmm(torch.bmm(xc, z), xc.transpose(1, 2)) / tr.sqrt()[:, None, None]
+    return 0.5 * (y + y.transpose(1, 2))
