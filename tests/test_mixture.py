@@ -123,11 +123,12 @@ def test_load_balance_variant_has_gradient_to_noise_weights():
 
 
 # ---- sparse dispatch against the dense reference ----------------------------------------------
+@pytest.mark.parametrize("batching", ["always", "never"])
 @pytest.mark.parametrize("name", ["gmsop", "gmgap"])
-def test_sparse_dispatch_equals_dense_in_outputs_and_every_gradient(name):
-    sparse = _small(name, dispatch="sparse").double().train()
+def test_sparse_dispatch_equals_dense_in_outputs_and_every_gradient(name, batching):
+    sparse = _small(name, dispatch="sparse", pool_batching=batching).double().train()
     _randomise_gate(sparse)
-    dense = _small(name, dispatch="dense").double().train()
+    dense = _small(name, dispatch="dense", pool_batching=batching).double().train()
     dense.load_state_dict(sparse.state_dict())
     x = torch.randn(9, 7, 4, 4, dtype=torch.float64)
     w = torch.randn(9, sparse.out_dim, dtype=torch.float64)
@@ -211,6 +212,8 @@ def test_mixture_config_errors():
         _small("gmsop", noise="sometimes")
     with pytest.raises(ValueError, match="dispatch='lazy'"):
         _small("gmsop", dispatch="lazy")
+    with pytest.raises(ValueError, match="pool_batching='often'"):
+        _small("gmsop", pool_batching="often")
     with pytest.warns(UserWarning, match="K=1.*no gradient"):
         _small("gmsop", k=1)
 
@@ -221,3 +224,16 @@ def test_stats_report_usage():
     assert out.stats["selected_count"].sum().item() == 10 * 3
     assert out.stats["gate_weight_sum"].sum().item() == pytest.approx(10.0, rel=1e-5)
     assert out.stats["cv"].item() == pytest.approx(math.sqrt(out.stats["balance_loss"].item() * 10 / 100), rel=1e-5)
+
+
+def test_sparse_equals_dense_with_parametric_component_pooling():
+    """Pools with parameters (here a 1x1 conv+BN reduction) run per component, not batched."""
+    cfg = {"name": "mixture", "component_pooling": {"name": "isqrt", "reduce_dim": 3}, "num_components": 4, "k": 2,
+           "component_dims": [5], "gate_dims": [4]}
+    sparse = build_head({**cfg, "dispatch": "sparse", "pool_batching": "always"}, 7).double().eval()
+    dense = build_head({**cfg, "dispatch": "dense"}, 7).double().eval()
+    assert not sparse.shared_pool and _small("gmsop").shared_pool
+    _randomise_gate(sparse)
+    dense.load_state_dict(sparse.state_dict())
+    x = torch.randn(6, 7, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(sparse(x).features, dense(x).features, rtol=1e-10, atol=1e-12)
