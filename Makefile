@@ -24,9 +24,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-## bench: forward+backward timings and ratios of the heads (JSON under benchmarks/results/)
+## bench: the benchmark suite: timings, memory and ratios (a)-(d) (JSON under benchmarks/results/)
 bench: $(STAMP)
-	$(PY) benchmarks/heads.py $(ARGS)
+	$(PY) benchmarks/suite.py $(ARGS)
 
 clean-runs:
 	rm -rf runs

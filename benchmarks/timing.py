@@ -1,10 +1,10 @@
-"""Timing helpers for benchmarks: medians of repeated runs, measured in one process."""
+"""Timing helpers for benchmarks: interleaved medians, measured in one process."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -14,18 +14,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 7, warmup: int = 2) -> float:
-    """Median wall time of fn() over `repeats` runs after `warmup` runs."""
+def interleaved_median_seconds(
+    fns: Sequence[Callable[[], object]], device: torch.device, repeats: int = 7, warmup: int = 2
+) -> list[float]:
+    """Median wall time of each fn, run in rounds (f1, f2, ..., f1, f2, ...) so that drift in
+    machine load hits every variant alike; ratios of the results are what to compare."""
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     sync(device)
-    times = []
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def environment(device: torch.device) -> dict[str, object]:

@@ -1,0 +1,177 @@
+"""Benchmark suite: forward+backward time, memory kept for backward, and ratios measured in one run.
+
+    python benchmarks/suite.py [--only a,b,c,d] [--repeats 5] [--device cpu|cuda] [--out FILE]
+    make bench
+
+(a) iSQRT closed-form backward / autograd          (same head, same side)
+(b) iSQRT (3 iterations) / eigendecomposition (MPN-COV)
+(c) GM-SOP-16-8 sparse dispatch / all 16 components on every image (B=64, 128x16x16, 256->128)
+(d) training images/s of the paper's ResNet-18 at 64x64 (1000 classes) with each head / with GAP
+Head shapes: B=64 and C x H x W in (256, 14, 14), (256, 8, 8), (128, 16, 16). Times are
+medians of --repeats runs after warm-up; on a GPU the same command gives the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import environment, interleaved_median_seconds  # noqa: E402
+
+from gmsop.heads import build_head  # noqa: E402
+from gmsop.models.classifier import SecondOrderClassifier  # noqa: E402
+
+SHAPES = [(256, 14, 14), (256, 8, 8), (128, 16, 16)]
+GMSOP_16_8 = {"name": "gmsop", "num_components": 16, "k": 8}
+TRAIN_HEADS = [{"name": "gap"}, {"name": "sop"}, {"name": "isqrt"}, {"name": "mpncov"}, {"name": "gmgap"}, GMSOP_16_8]
+
+
+def saved_for_backward_bytes(fn: Callable[[], Any]) -> int:
+    """Bytes of all tensors autograd keeps for the backward pass of fn() (activation memory)."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+class Bench:
+    def __init__(self, device: torch.device, repeats: int, batch: int) -> None:
+        self.device, self.repeats, self.batch = device, repeats, batch
+        self.rows: list[dict[str, Any]] = []
+
+    def heads(self, cfgs: list[dict], c: int, h: int, w: int) -> list[dict[str, Any]]:
+        """Forward+backward time (interleaved) and memory of heads on one random B x C x H x W map."""
+        torch.manual_seed(0)
+        x = torch.randn(self.batch, c, h, w, device=self.device, requires_grad=True)
+        steps, rows = [], []
+        for cfg in cfgs:
+            head = build_head(cfg, c).to(self.device).train()
+
+            def forward(head=head):
+                out = head(x)
+                return out.features.sum() + out.aux_loss
+
+            def step(head=head, forward=forward) -> None:
+                forward().backward()
+                x.grad = None
+                head.zero_grad(set_to_none=True)
+
+            steps.append(step)
+            row = {"cfg": cfg, "shape": [c, h, w], "saved_mb": saved_for_backward_bytes(forward) / 2**20}
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+                step()
+                row["peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            rows.append(row)
+        for row, sec in zip(rows, interleaved_median_seconds(steps, self.device, self.repeats)):
+            row["ms"] = 1e3 * sec
+        return rows
+
+    def train_images_per_s(self, cfgs: list[dict]) -> list[float]:
+        """One SGD step of the full classifier (ResNet-18 64x64, 1000 classes) on random data."""
+        torch.manual_seed(0)
+        x = torch.randn(self.batch, 3, 64, 64, device=self.device)
+        y = torch.randint(0, 1000, (self.batch,), device=self.device)
+        steps = []
+        for cfg in cfgs:
+            model = SecondOrderClassifier({"backbone": "resnet18_64", "dropout": 0.2}, cfg,
+                                          {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
+                                           "weight_decay": 1e-4, "scheduler": "none"}, 1000, 3).to(self.device).train()
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+            def step(model=model, opt=opt) -> None:
+                pooled = model.forward_pooled(x)
+                loss = F.cross_entropy(model.classifier(pooled.features), y) + pooled.aux_loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            steps.append(step)
+        return [self.batch / sec for sec in interleaved_median_seconds(steps, self.device, self.repeats, warmup=1)]
+
+
+def _label(cfg: dict) -> str:
+    extra = ",".join(f"{k}={v}" for k, v in cfg.items() if k not in ("name", "num_components", "k"))
+    name = f"gmsop-{cfg['num_components']}-{cfg['k']}" if cfg["name"] == "gmsop" and "k" in cfg else cfg["name"]
+    return f"{name}({extra})" if extra else name
+
+
+def run(only: set[str], bench: Bench) -> dict[str, Any]:
+    ratios: dict[str, Any] = {}
+    print(f"{'section':<4}{'head':<34}{'C x H x W':>12}{'ms':>10}{'saved MB':>10}")
+
+    def show(sec: str, row: dict) -> dict:
+        bench.rows.append({"section": sec, **row})
+        print(f"{sec:<4}{_label(row['cfg']):<34}{'x'.join(map(str, row['shape'])):>12}{row['ms']:>10.1f}{row['saved_mb']:>10.1f}")
+        return row
+
+    for c, h, w in SHAPES:
+        key = f"{c}x{h}x{w}"
+        cfgs = []
+        if "a" in only:
+            cfgs += [{"name": "isqrt", "backward": "closed_form"}, {"name": "isqrt", "backward": "autograd"}]
+        if "b" in only:
+            cfgs += [{"name": "isqrt"}, {"name": "isqrt", "side": "channel"}, {"name": "mpncov"}]
+        if not cfgs:
+            continue
+        ms = {_label(r["cfg"]): show("a" if "backward" in r["cfg"] else "b", r)["ms"] for r in bench.heads(cfgs, c, h, w)}
+        if "a" in only:
+            ratios[f"(a) isqrt closed_form / autograd @ {key}"] = ms["isqrt(backward=closed_form)"] / ms["isqrt(backward=autograd)"]
+        if "b" in only:
+            ratios[f"(b) isqrt / mpncov @ {key}"] = ms["isqrt"] / ms["mpncov"]
+            ratios[f"(b) isqrt C-side only / mpncov @ {key}"] = ms["isqrt(side=channel)"] / ms["mpncov"]
+    if "c" in only:
+        sparse, dense = (show("c", r) for r in bench.heads(
+            [{**GMSOP_16_8, "dispatch": "sparse"}, {**GMSOP_16_8, "dispatch": "dense"}], 128, 16, 16))
+        ratios["(c) gmsop-16-8 sparse / dense"] = sparse["ms"] / dense["ms"]
+    if "d" in only:
+        print(f"\n(d) training images/s, paper ResNet-18 at 64x64, 1000 classes, B={bench.batch}")
+        ips = dict(zip(map(_label, TRAIN_HEADS), bench.train_images_per_s(TRAIN_HEADS)))
+        for cfg in TRAIN_HEADS:
+            name = _label(cfg)
+            bench.rows.append({"section": "d", "cfg": cfg, "images_per_s": ips[name]})
+            print(f"    {name:<30}{ips[name]:>10.1f} img/s  {ips[name] / ips['gap']:.2f} x GAP")
+            if name != "gap":
+                ratios[f"(d) train img/s {name} / gap"] = ips[name] / ips["gap"]
+    print("\nratios (same run):")
+    for k, v in ratios.items():
+        print(f"  {k:<52}{v:.3f}")
+    return ratios
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="a,b,c,d", help="comma-separated sections to run")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "suite.json")
+    args = p.parse_args()
+    only = set(args.only.split(","))
+    if not only <= set("abcd"):
+        p.error(f"--only takes sections among a,b,c,d; got {args.only}")
+    device = torch.device(args.device)
+    bench = Bench(device, args.repeats, args.batch)
+    print(f"B={args.batch}, median of {args.repeats}, {environment(device)}")
+    ratios = run(only, bench)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"env": environment(device), "batch": args.batch, "repeats": args.repeats,
+                                    "rows": bench.rows, "ratios": ratios}, indent=2))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""The benchmark suite runs end to end and writes every ratio it promises (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_suite_writes_ratios(tmp_path):
+    out = tmp_path / "suite.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "suite.py"), "--only", "a,b,c", "--batch", "2", "--repeats", "1",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    keys = set(result["ratios"])
+    for shape in ("256x14x14", "256x8x8", "128x16x16"):
+        assert f"(a) isqrt closed_form / autograd @ {shape}" in keys
+        assert f"(b) isqrt / mpncov @ {shape}" in keys
+    assert "(c) gmsop-16-8 sparse / dense" in keys
+    assert all(v > 0 for v in result["ratios"].values())
+    assert all(r["saved_mb"] > 0 for r in result["rows"])
+
+
+def test_suite_rejects_unknown_section():
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "suite.py"), "--only", "x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "sections among a,b,c,d" in proc.stderr
