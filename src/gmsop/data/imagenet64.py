@@ -1,0 +1,143 @@
+"""Downsampled ImageNet 64x64 (Chrabaszcz, Loshchilov & Hutter 2017) from its published batch files.
+
+The folder holds train_data_batch_1..10 and val_data, as .npz or as python pickles, each
+with 'data' (uint8 N x 12288, channel-major RGB planes) and 'labels' (1..1000). The first
+use converts them, one batch at a time, into a uint8 memory-mapped cache (`cache_dir`,
+default ROOT/.gmsop_cache), written atomically; afterwards images are read from the
+memory map, so 1.28M images (15.7 GB) never have to fit in RAM twice, or at all.
+Augmentation as in the paper: per-channel mean subtraction and a random horizontal flip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from gmsop.data.base import DATA, ImageDataModule
+from gmsop.data.batch_files import chw_images, load_batch
+from gmsop.data.errors import MissingDataError
+
+SIZE = 64
+ROW = 3 * SIZE * SIZE
+TRAIN_FILES = [f"train_data_batch_{i}" for i in range(1, 11)]
+VAL_FILES = ["val_data"]
+HOW_TO_GET = (
+    "Download 'Imagenet64_train' and 'Imagenet64_val' (npz or pickle) from https://image-net.org/download-images "
+    "(downsampled variants), extract them into one folder, and set data.root to it."
+)
+
+
+def _find(root: Path, name: str) -> Path | None:
+    for candidate in (root / f"{name}.npz", root / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class MemmapImages(Dataset):
+    """(uint8 3 x 64 x 64 tensor, label) pairs read from a memory-mapped N x 12288 cache."""
+
+    def __init__(self, images: Path, labels: Path) -> None:
+        self.images = np.load(images, mmap_mode="r")
+        self.labels = np.load(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(np.array(self.images[i]).reshape(3, SIZE, SIZE)), int(self.labels[i])
+
+
+def build_cache(files: Sequence[Path], out_images: Path, out_labels: Path, desc: str) -> dict:
+    """Concatenate batch files into N x 12288 uint8 .npy (memmap) + int64 labels (0-based).
+
+    Two passes (count, then copy) keep one batch in memory at a time; files appear under
+    their final names only when complete. Returns the per-channel mean of the images.
+    """
+    counts = [len(load_batch(f)["labels"]) for f in tqdm(files, desc=f"{desc}: counting")]
+    total = sum(counts)
+    tmp_images = out_images.with_name(f".{out_images.name}.tmp")
+    tmp_labels = out_labels.with_name(f".{out_labels.name}.tmp.npy")
+    try:
+        images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(total, ROW))
+        labels = np.empty(total, dtype=np.int64)
+        channel_sum = np.zeros(3, dtype=np.float64)
+        start = 0
+        for f, n in zip(tqdm(files, desc=f"{desc}: converting"), counts):
+            batch = load_batch(f)
+            data = chw_images(batch["data"], SIZE, f).reshape(n, ROW)
+            lab = np.asarray(batch["labels"], dtype=np.int64)
+            if lab.min() < 1 or lab.max() > 1000:
+                raise ValueError(f"{f}: labels must be 1..1000, found {lab.min()}..{lab.max()}")
+            images[start : start + n] = data
+            labels[start : start + n] = lab - 1
+            channel_sum += data.reshape(n, 3, -1).sum(axis=(0, 2), dtype=np.float64)
+            start += n
+        images.flush()
+        del images
+        np.save(tmp_labels, labels)
+        os.replace(tmp_labels, out_labels)
+        os.replace(tmp_images, out_images)
+    finally:
+        for tmp in (tmp_images, tmp_labels):
+            tmp.unlink(missing_ok=True)
+    return {"mean": (channel_sum / (total * SIZE * SIZE) / 255.0).tolist(), "count": total}
+
+
+@DATA.register("imagenet64")
+class ImageNet64DataModule(ImageDataModule):
+    """Downsampled ImageNet-1K at 64x64: 1000 classes, the published train/val batch files."""
+
+    num_classes = 1000
+    num_channels = 3
+
+    def __init__(
+        self,
+        root: str = "data/imagenet64",
+        batch_size: int = 256,
+        image_size: int = 64,
+        num_workers: int = 4,
+        flip: bool = True,
+        eval_batch_size: int | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size)
+        self.root = Path(root).expanduser()
+        self.train_files = [_find(self.root, n) for n in TRAIN_FILES]
+        self.val_files = [_find(self.root, n) for n in VAL_FILES]
+        missing = [n for n, f in zip(TRAIN_FILES + VAL_FILES, self.train_files + self.val_files) if f is None]
+        if missing:
+            raise MissingDataError(
+                f"downsampled ImageNet 64x64 not found in data.root={self.root}: missing {', '.join(missing)} "
+                f"(.npz or pickle). {HOW_TO_GET}"
+            )
+        self.cache = Path(cache_dir).expanduser() if cache_dir else self.root / ".gmsop_cache"
+
+    def prepare_data(self) -> None:
+        """Build the memory-mapped cache once (rank 0 only under DDP)."""
+        self.cache.mkdir(parents=True, exist_ok=True)
+        stats_file = self.cache / "stats.json"
+        if stats_file.is_file():
+            return
+        stats = {}
+        for split, files in (("train", self.train_files), ("val", self.val_files)):
+            stats[split] = build_cache(files, self.cache / f"{split}_images.npy", self.cache / f"{split}_labels.npy", split)
+        tmp = stats_file.with_name(".stats.json.tmp")
+        tmp.write_text(json.dumps(stats))
+        os.replace(tmp, stats_file)
+
+    def datasets(self):
+        self.prepare_data()
+        return tuple(MemmapImages(self.cache / f"{s}_images.npy", self.cache / f"{s}_labels.npy") for s in ("train", "val"))
+
+    def channel_stats(self):
+        """Per-channel mean of the training images; std 1: mean subtraction only, as in the paper."""
+        stats = json.loads((self.cache / "stats.json").read_text())
+        return stats["train"]["mean"], [1.0, 1.0, 1.0]

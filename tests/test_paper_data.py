@@ -1,0 +1,106 @@
+"""CIFAR pickles and downsampled-ImageNet batch files, made tiny in their published formats."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from gmsop.data import MissingDataError, build_datamodule
+from gmsop.data.imagenet64 import TRAIN_FILES
+
+
+def _pickle(path, obj) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def _rows(n: int, size: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 3 * size * size), dtype=np.uint8)
+
+
+def test_cifar10_and_100_from_python_pickles(tmp_path):
+    c10 = tmp_path / "cifar-10-batches-py"
+    c10.mkdir()
+    for i in range(1, 6):
+        _pickle(c10 / f"data_batch_{i}", {b"data": _rows(4, 32, i), b"labels": [i % 10] * 4})
+    test_rows = _rows(6, 32, 0)
+    _pickle(c10 / "test_batch", {b"data": test_rows, b"labels": list(range(6))})
+    dm = build_datamodule({"name": "cifar", "root": str(tmp_path), "batch_size": 6})
+    dm.setup()
+    assert (len(dm._train), len(dm._val), dm.num_classes) == (20, 6, 10)
+    images, labels = next(iter(dm.val_dataloader()))
+    assert images.shape == (6, 3, 32, 32) and labels.tolist() == list(range(6))
+    # channel-major rows: the first 1024 values are the red plane
+    assert torch.equal(images[0, 0].flatten(), torch.from_numpy(test_rows[0, :1024]))
+    c100 = tmp_path / "cifar-100-python"
+    c100.mkdir()
+    _pickle(c100 / "train", {b"data": _rows(5, 32, 1), b"fine_labels": [99, 0, 1, 2, 3], b"coarse_labels": [0] * 5})
+    _pickle(c100 / "test", {b"data": _rows(2, 32, 2), b"fine_labels": [5, 6], b"coarse_labels": [0] * 2})
+    dm = build_datamodule({"name": "cifar", "root": str(c100), "classes": 100})
+    dm.setup()
+    assert dm.num_classes == 100 and dm._train.tensors[1].tolist() == [99, 0, 1, 2, 3]
+
+
+def test_cifar_missing_folder(tmp_path):
+    with pytest.raises(MissingDataError, match="cifar-10-batches-py.*lacks data_batch_1.*cs.toronto.edu"):
+        build_datamodule({"name": "cifar", "root": str(tmp_path)})
+    with pytest.raises(ValueError, match="10 or 100"):
+        build_datamodule({"name": "cifar", "root": str(tmp_path), "classes": 20})
+
+
+@pytest.fixture
+def tiny_imagenet64(tmp_path):
+    root = tmp_path / "imagenet64"
+    root.mkdir()
+    for i, name in enumerate(TRAIN_FILES):
+        rows = _rows(3, 64, i)
+        labels = np.array([1, 500, 1000], dtype=np.int64)
+        if i % 2:  # the release ships both formats; mix them
+            np.savez(root / f"{name}.npz", data=rows, labels=labels, mean=rows.mean(0))
+        else:
+            _pickle(root / name, {"data": rows, "labels": labels.tolist(), "mean": rows.mean(0)})
+    _pickle(root / "val_data", {"data": _rows(4, 64, 99), "labels": [1, 2, 3, 4]})
+    return root
+
+
+def test_imagenet64_builds_memmap_cache_and_reads_it(tiny_imagenet64):
+    dm = build_datamodule({"name": "imagenet64", "root": str(tiny_imagenet64), "batch_size": 4, "num_workers": 0})
+    dm.setup()
+    cache = tiny_imagenet64 / ".gmsop_cache"
+    assert (len(dm._train), len(dm._val), dm.num_classes) == (30, 4, 1000)
+    assert isinstance(dm._train.images, np.memmap)  # read from disk, not loaded
+    assert not list(cache.glob(".*tmp*"))  # nothing half-written is left behind
+    image, label = dm._train[1]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.uint8 and label == 499  # labels 1..1000 -> 0..999
+    first = _rows(3, 64, 0)[1]  # train_data_batch_1, image 1, channel-major
+    assert torch.equal(image[2].flatten(), torch.from_numpy(first[2 * 4096 : 3 * 4096]))
+    every = np.concatenate([_rows(3, 64, i) for i in range(10)]).reshape(-1, 3, 4096)
+    stats = json.loads((cache / "stats.json").read_text())
+    np.testing.assert_allclose(stats["train"]["mean"], every.mean(axis=(0, 2)) / 255.0, rtol=1e-9)
+    mean, std = dm.channel_stats()
+    assert std == [1.0, 1.0, 1.0]  # mean subtraction only, as in the paper
+    images, labels = next(iter(dm.val_dataloader()))
+    assert labels.tolist() == [0, 1, 2, 3] and dm.transform(images, training=True).shape == (4, 3, 64, 64)
+    # a second data module reuses the cache
+    mtime = (cache / "train_images.npy").stat().st_mtime_ns
+    dm2 = build_datamodule({"name": "imagenet64", "root": str(tiny_imagenet64), "num_workers": 0})
+    dm2.setup()
+    assert (cache / "train_images.npy").stat().st_mtime_ns == mtime
+
+
+def test_imagenet64_errors(tmp_path, tiny_imagenet64):
+    with pytest.raises(MissingDataError, match="missing train_data_batch_1, .*val_data.*image-net.org"):
+        build_datamodule({"name": "imagenet64", "root": str(tmp_path / "none")})
+    _pickle(tiny_imagenet64 / "val_data", {"data": _rows(2, 64, 1), "labels": [0, 3]})
+    dm = build_datamodule({"name": "imagenet64", "root": str(tiny_imagenet64), "num_workers": 0})
+    with pytest.raises(ValueError, match="labels must be 1..1000"):
+        dm.setup()
+    assert not (tiny_imagenet64 / ".gmsop_cache" / "stats.json").exists()
+    assert not list((tiny_imagenet64 / ".gmsop_cache").glob(".*tmp*"))  # a failed conversion leaves nothing half
+    _pickle(tiny_imagenet64 / "val_data", {"data": _rows(2, 32, 1), "labels": [1, 3]})
+    with pytest.raises(ValueError, match="expected N x 12288"):
+        dm.setup()
