@@ -22,6 +22,7 @@ HEAD_CONFIGS = [
     {"name": "isqrt", "side": "channel", "backward": "closed_form"},
     {"name": "mpncov"},
     {"name": "mpncov", "power": 0.25, "reduce_dim": 6},
+    {"name": "parametric_isqrt", "dims": [8, 5]},
 ]
 
 
@@ -35,7 +36,7 @@ def test_head_shapes_out_dim_and_gradients(cfg):
     x = torch.randn(3, C, H, W, requires_grad=True)
     out = head(x)
     assert isinstance(out, HeadOutput)
-    channels = cfg.get("reduce_dim") or C
+    channels = cfg.get("reduce_dim") or (cfg["dims"][-1] if "dims" in cfg else C)
     expected_dim = C if cfg["name"] == "gap" else ops.triu_dim(channels)
     assert head.out_dim == expected_dim and out.features.shape == (3, expected_dim)
     assert out.aux_loss.shape == () and out.aux_loss.item() == 0.0

@@ -34,6 +34,31 @@ class Component(nn.Module):
         return self.pool(self.convs(x)).features
 
 
+@HEADS.register("parametric_isqrt")
+class ParametricISqrtHead(PoolingHead):
+    """Parametric SR-SOP (supplementary Eq. 7): 1x1 conv + ReLU layers, then iSQRT-COV.
+
+    One GM-SOP component on its own, as the paper's "parametric SR-SOP" baseline.
+    """
+
+    second_order = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        dims: list[int] = [256, 128],  # noqa: B006  (config default; copied)
+        iterations: int = 3,
+        side: str = "auto",
+        backward: str = "closed_form",
+    ) -> None:
+        super().__init__()
+        self.component = Component(in_channels, list(dims), _isqrt(iterations, side, backward))
+        self.out_dim = self.component.out_dim
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.component(x)
+
+
 class GatedMixtureHead(PoolingHead):
     """N components, K chosen per image by a noisy top-K gate; output = sum of weight * component.
 
