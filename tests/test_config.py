@@ -16,7 +16,9 @@ from gmsop.paths import CONFIG_DIR, REPO_ROOT
 
 register_configs()
 EXPERIMENTS = sorted(
-    str(p.relative_to(REPO_ROOT / "experiments").with_suffix("")) for p in (REPO_ROOT / "experiments").rglob("*.yaml")
+    str(p.relative_to(REPO_ROOT / "experiments").with_suffix(""))
+    for p in (REPO_ROOT / "experiments").rglob("*.yaml")
+    if "sweeps" not in p.parts  # W&B sweep files, tested in test_sweep.py
 )
 
 

@@ -31,3 +31,42 @@ def component_usage_figure(usage: Sequence[float], mean_gate: Sequence[float], k
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, out)
+
+
+def _save(fig, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, out)
+
+
+def error_bars(labels: Sequence[str], top1: Sequence, top5: Sequence, published_top1: Sequence, out: Path) -> None:
+    """Grouped bars of top-1 and top-5 validation error per run; published top-1 as markers."""
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * n + 2), 3.6))
+    xs = range(n)
+    ax.bar([x - 0.2 for x in xs], [100 * (v or 0) for v in top1], 0.4, label="top-1 error")
+    ax.bar([x + 0.2 for x in xs], [100 * (v or 0) for v in top5], 0.4, label="top-5 error")
+    pub = [(x, 100 * v) for x, v in zip(xs, published_top1) if v is not None]
+    if pub:
+        ax.scatter([x - 0.2 for x, _ in pub], [v for _, v in pub], marker="_", s=400, color="k", label="published top-1")
+    for x, v in zip(xs, top1):
+        if v is not None:
+            ax.text(x - 0.2, 100 * v, f"{100 * v:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(xs), labels, rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="validation error (%)")
+    ax.legend(fontsize=8)
+    _save(fig, out)
+
+
+def usage_heatmap(labels: Sequence[str], usage: Sequence[Sequence[float]], out: Path) -> None:
+    """Rows: runs; columns: components; colour: fraction of validation images selecting it."""
+    width = max(len(u) for u in usage)
+    grid = [list(u) + [float("nan")] * (width - len(u)) for u in usage]
+    fig, ax = plt.subplots(figsize=(max(5, 0.4 * width + 2.5), 0.5 * len(labels) + 1.5))
+    im = ax.imshow(grid, aspect="auto", vmin=0, vmax=1, cmap="viridis")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set(xlabel="component", title="component usage (validation, last epoch)")
+    fig.colorbar(im, ax=ax, label="fraction of images")
+    _save(fig, out)

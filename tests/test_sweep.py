@@ -1,0 +1,81 @@
+"""Sweeps: W&B-schema files parsed into Optuna, and a 2-trial sweep on digits that resumes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import optuna
+import pytest
+
+from gmsop.registry import ConfigError
+from gmsop.sweep import SweepSpec
+from tests.conftest import REPO, run_cli
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_sweep_file_parses():
+    spec = SweepSpec(REPO / "experiments" / "sweeps" / "gmsop_digits.yaml")
+    assert (spec.name, spec.method, spec.metric, spec.direction) == ("sweep_gmsop_digits", "bayes", "val/top1_err", "minimize")
+    assert spec.base_overrides == ["experiment=default"]  # W&B's online mode is not forced on local runs
+    assert spec.fixed == {"trainer.max_epochs": 3} and set(spec.searched) == {"optim.lr", "model.dropout", "head.k",
+                                                                              "head.balance_weight"}
+
+
+def test_wandb_distributions_map_to_optuna():
+    spec = SweepSpec(REPO / "experiments" / "sweeps" / "gmsop_digits.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    values = {k: SweepSpec.suggest(k, p, trial) for k, p in spec.searched.items()}
+    dists = trial.distributions
+    assert isinstance(dists["optim.lr"], optuna.distributions.FloatDistribution) and dists["optim.lr"].log
+    assert 0.002 <= values["optim.lr"] <= 0.05 and values["head.k"] in (2, 4, 8)
+    assert isinstance(dists["model.dropout"], optuna.distributions.FloatDistribution) and not dists["model.dropout"].log
+
+
+@pytest.mark.parametrize("body,message", [
+    ("method: anneal\nmetric: {name: m}\nparameters: {a: {values: [1]}}", "method='anneal'"),
+    ("method: random\nparameters: {a: {values: [1]}}", "metric.name is required"),
+    ("method: grid\nmetric: {name: m}\nparameters: {a: {min: 0.1, max: 1.0}}", "needs `values` for every parameter"),
+    ("method: random\nmetric: {name: m}\nparameters: {a: {distribution: q_normal, min: 0, max: 1}}", "not supported"),
+    ("method: random\nmetric: {name: m}\nparameters: {a: {distribution: log_uniform_values, min: 0, max: 1}}", "bad range"),
+])
+def test_sweep_file_errors(tmp_path, body, message):
+    with pytest.raises(ConfigError, match=message):
+        spec = SweepSpec(_write(tmp_path, body))
+        spec.sampler(0)
+
+
+@pytest.mark.slow
+def test_two_trial_sweep_on_digits_resumes_and_reports(tmp_path):
+    sweep = _write(tmp_path, """
+name: tiny_sweep
+method: random
+metric: {name: val/top1_err, goal: minimize}
+parameters:
+  optim.lr: {distribution: log_uniform_values, min: 0.005, max: 0.02}
+  trainer.max_epochs: {value: 1}
+command: [python, -m, gmsop.train, experiment=isqrt_digits, "${args_no_hyphens}"]
+""")
+    common = ["--runs-dir", str(tmp_path / "runs"), "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+              "trainer.enable_progress_bar=false"]
+    proc = run_cli("gmsop.sweep", str(sweep), "--trials", "1", *common, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("gmsop.sweep", str(sweep), "--trials", "2", *common, cwd=tmp_path)  # resumes: runs 1 more
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 trials finished, running 1 more" in proc.stdout
+    root = tmp_path / "runs" / "tiny_sweep"
+    summaries = sorted(root.glob("trial_*/summary.json"))
+    assert [p.parent.name for p in summaries] == ["trial_0000", "trial_0001"]
+    assert all(json.loads(p.read_text())["epochs"] == 1 for p in summaries)
+    with sqlite3.connect(root / "optuna.db") as db:
+        assert db.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0] == 2
+    wandb_runs = list(root.glob("trial_*/wandb/offline-run-*"))
+    assert len(wandb_runs) == 2  # one offline W&B run per trial
+    rep = run_cli("gmsop.report", str(root), cwd=tmp_path)
+    assert rep.returncode == 0 and (root / "report" / "report.md").read_text().count("| isqrt |") == 2
