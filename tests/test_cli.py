@@ -115,3 +115,16 @@ def test_mixture_heads_two_epochs_on_digits_with_usage_logs(cli, tmp_path, head)
     keys = logged_keys(wandb_file)
     assert {"usage/val/c00", "train/head/cv_step"} <= keys
     assert any(k.startswith("val/component_usage") for k in keys)  # the bar chart
+
+
+def test_ddp_on_two_cpu_processes_writes_one_run(cli, tmp_path):
+    """Lightning's ddp re-launches the script under Hydra: still one run folder and one W&B run."""
+    run_dir = tmp_path / "runs" / "isqrt_digits" / "ddp"
+    proc = cli("gmsop.train", "experiment=isqrt_digits", "trainer.accelerator=cpu", "trainer.devices=2",
+               "trainer.strategy=ddp", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+               "trainer.limit_val_batches=1", f"hydra.run.dir={run_dir}", *QUIET)
+    _ok(proc)
+    assert [p.name for p in (tmp_path / "runs" / "isqrt_digits").iterdir()] == ["ddp"]  # no extra Hydra folders
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1  # non-zero ranks create no W&B run
+    summary = _summary(run_dir)
+    assert summary["global_step"] == 2 and (run_dir / "train_ddp_process_1.log").is_file()
