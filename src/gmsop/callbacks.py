@@ -50,7 +50,7 @@ class ComponentUsage(L.Callback):
         self._acc: dict[str, dict[str, torch.Tensor]] = {}
 
     def _accumulate(self, pl_module, split: str) -> None:
-        stats = getattr(pl_module, "last_head_stats", None) or {}
+        stats = pl_module.last_head_stats
         if "selected_count" not in stats:
             return
         acc = self._acc.setdefault(split, {})

@@ -7,6 +7,7 @@ no per-image Python work on CPU).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Optional, Sequence
 
 import lightning as L
@@ -24,7 +25,7 @@ def build_datamodule(cfg) -> "ImageDataModule":
     return DATA.build(cfg, path="data")
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(L.LightningDataModule, ABC):
     """Base: subclasses set num_classes/num_channels/class_names and implement `datasets()`.
 
     `datasets()` returns (train, val) datasets of (uint8 C x H x W image, int label) pairs;
@@ -58,11 +59,13 @@ class ImageDataModule(L.LightningDataModule):
         self.std = torch.ones(1)
 
     # -- to implement -------------------------------------------------------------------
+    @abstractmethod
     def datasets(self) -> tuple[Dataset, Dataset]:
-        raise NotImplementedError  # abstract; every registered data module overrides it
+        """(train, val) datasets of (uint8 C x H x W image, int label)."""
 
+    @abstractmethod
     def channel_stats(self) -> tuple[Sequence[float], Sequence[float]]:
-        raise NotImplementedError  # abstract; every registered data module overrides it
+        """Per-channel (mean, std) in [0, 1] units, known after datasets()."""
 
     # -- Lightning hooks ------------------------------------------------------------------
     def setup(self, stage: Optional[str] = None) -> None:
@@ -110,9 +113,9 @@ class ImageDataModule(L.LightningDataModule):
 class TensorImageDataModule(ImageDataModule):
     """Base for sources that fit in memory as uint8 tensors (digits, Fashion-MNIST, ...)."""
 
+    @abstractmethod
     def arrays(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(train images uint8 N x C x H x W, train labels, val images, val labels)."""
-        raise NotImplementedError  # abstract; every registered data module overrides it
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         xtr, ytr, xva, yva = self.arrays()

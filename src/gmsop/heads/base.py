@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 import torch
@@ -23,7 +24,7 @@ class HeadOutput(NamedTuple):
     stats: dict[str, torch.Tensor]
 
 
-class PoolingHead(nn.Module):
+class PoolingHead(nn.Module, ABC):
     """Base class: subclasses set `out_dim` and implement `pool`.
 
     `second_order` tells the model factory that the backbone should keep its last stage at
@@ -33,8 +34,9 @@ class PoolingHead(nn.Module):
     out_dim: int
     second_order: bool = False
 
+    @abstractmethod
     def pool(self, x: torch.Tensor) -> torch.Tensor | HeadOutput:
-        raise NotImplementedError  # abstract; every registered head overrides it
+        """B x C x H x W -> B x out_dim features, or a full HeadOutput (aux loss, stats)."""
 
     def forward(self, x: torch.Tensor) -> HeadOutput:
         if x.dim() != 4:

@@ -80,9 +80,9 @@ class GatedMixtureHead(PoolingHead):
         num_components: int = 16,
         k: int = 8,
         component_dims: Sequence[int] = (256, 128),
-        component_pooling: Mapping[str, Any] = None,  # type: ignore[assignment]
+        component_pooling: Optional[Mapping[str, Any]] = None,
         gate_dims: Sequence[int] = (256, 128),
-        gate_pooling: Mapping[str, Any] = None,  # type: ignore[assignment]
+        gate_pooling: Optional[Mapping[str, Any]] = None,
         noise: str = "image",
         balance: str = "importance",
         balance_weight: float = 100.0,
@@ -112,6 +112,7 @@ class GatedMixtureHead(PoolingHead):
         self.balance, self.balance_weight, self.balance_per_image = balance, balance_weight, balance_per_image
         self.dispatch = dispatch
         self.gate = NoisyTopKGate(in_channels, num_components, k, gate_dims, gate_pooling, noise)
+        component_pooling = component_pooling or {"name": "isqrt"}
         self.components = nn.ModuleList(
             Component(in_channels, component_dims, component_pooling) for _ in range(num_components)
         )

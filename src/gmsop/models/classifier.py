@@ -50,6 +50,7 @@ class SecondOrderClassifier(L.LightningModule):
             nn.Dropout(model.get("dropout", 0.0)),
             nn.Linear(self.head.out_dim, num_classes),
         )
+        self.last_head_stats: dict[str, torch.Tensor] = {}  # the latest batch's head stats, read by callbacks
         top_k = min(5, num_classes)
         self.metrics = nn.ModuleDict(
             {
