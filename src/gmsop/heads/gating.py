@@ -30,13 +30,16 @@ class Gates(NamedTuple):
 
 
 def conv_relu_stack(in_channels: int, dims: Sequence[int], batch_norm: bool) -> tuple[nn.Sequential, int]:
-    """1x1 conv (+ BN) + ReLU per entry of dims; returns the stack and its output channels."""
+    """1x1 conv (+ BN) + ReLU per entry of dims; returns the stack and its output channels.
+
+    The convs have no bias, with or without BN, as in the GM-SOP release.
+    """
     layers: list[nn.Module] = []
     ch = in_channels
     for d in dims:
         if d < 1:
             raise ValueError(f"layer dims must be positive channel counts, got {list(dims)}")
-        layers.append(nn.Conv2d(ch, d, kernel_size=1, bias=not batch_norm))
+        layers.append(nn.Conv2d(ch, d, kernel_size=1, bias=False))
         if batch_norm:
             layers.append(nn.BatchNorm2d(d))
         layers.append(nn.ReLU(inplace=True))
