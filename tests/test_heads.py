@@ -79,3 +79,17 @@ def test_head_config_errors_name_the_key_and_allowed_values():
         build_head({"name": "isqrt", "iterations": 0}, C)
     with pytest.raises(ValueError, match="B x C x H x W"):
         build_head({"name": "gap"}, C)(torch.randn(2, C))
+
+
+def test_forwarded_options_come_from_the_base_class_once():
+    """gmsop/gmgap/mixture forward **options: their schemas carry the base's keyword-only options."""
+    import dataclasses
+
+    shared = {"noise": "image", "balance": "importance", "balance_weight": 100.0, "balance_per_image": True,
+              "dispatch": "sparse", "pool_batching": "auto"}
+    for name in ("gmsop", "gmgap", "mixture"):
+        defaults = {f.name: f.default for f in dataclasses.fields(HEADS.schema(name))}
+        assert {k: defaults[k] for k in shared} == shared, name
+    assert HEADS.validate({"name": "gmsop", "noise": "component"})["noise"] == "component"
+    with pytest.raises(ConfigError, match=r"head\.balance_weight: .*'heavy'"):
+        HEADS.validate({"name": "gmgap", "balance_weight": "heavy"})

@@ -47,21 +47,30 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def schema(self, name: str) -> type:
-        """A dataclass of the constructor's configurable parameters (types and defaults)."""
+        """A dataclass of the constructor's configurable parameters (types and defaults).
+
+        A class constructor that forwards `**options` also gets the keyword-only parameters
+        of the nearest base-class __init__, so shared options are declared once, on the base.
+        """
         ctor = self.get(name)
         target = ctor.__init__ if inspect.isclass(ctor) else ctor
-        hints = typing.get_type_hints(target)
-        fields = []
-        for pname, param in inspect.signature(target).parameters.items():
-            if pname in ("self", *self.fixed_args) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        params = [(p, typing.get_type_hints(target)) for p in inspect.signature(target).parameters.values()]
+        if inspect.isclass(ctor) and any(p.kind == p.VAR_KEYWORD for p, _ in params):
+            base = next(b for b in ctor.__mro__[1:] if "__init__" in vars(b))
+            hints = typing.get_type_hints(base.__init__)
+            params += [(p, hints) for p in inspect.signature(base.__init__).parameters.values() if p.kind == p.KEYWORD_ONLY]
+        fields, seen = [], set()
+        for param, hints in params:
+            if param.name in ("self", *self.fixed_args, *seen) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 continue
-            ftype = hints.get(pname, Any)
+            seen.add(param.name)
+            ftype = hints.get(param.name, Any)
             if param.default is inspect.Parameter.empty:
-                fields.append((pname, ftype))
+                fields.append((param.name, ftype))
             elif isinstance(param.default, (list, dict)):
-                fields.append((pname, ftype, dataclasses.field(default_factory=lambda d=param.default: type(d)(d))))
+                fields.append((param.name, ftype, dataclasses.field(default_factory=lambda d=param.default: type(d)(d))))
             else:
-                fields.append((pname, ftype, dataclasses.field(default=param.default)))
+                fields.append((param.name, ftype, dataclasses.field(default=param.default)))
         return dataclasses.make_dataclass(f"{name}_{self.kind}_config", fields)
 
     def validate(self, cfg: Mapping[str, Any] | DictConfig, path: str | None = None) -> dict[str, Any]:

@@ -83,6 +83,7 @@ class GatedMixtureHead(PoolingHead):
         component_pooling: Optional[Mapping[str, Any]] = None,
         gate_dims: Sequence[int] = (256, 128),
         gate_pooling: Optional[Mapping[str, Any]] = None,
+        *,
         noise: str = "image",
         balance: str = "importance",
         balance_weight: float = 100.0,
@@ -185,7 +186,10 @@ class GatedMixtureHead(PoolingHead):
 
 @HEADS.register("gmsop")
 class GMSOPHead(GatedMixtureHead):
-    """GM-SOP-N-K: parametric SR-SOP components (1x1 conv 256 + ReLU, 1x1 conv 128 + ReLU, iSQRT)."""
+    """GM-SOP-N-K: parametric SR-SOP components (1x1 conv 256 + ReLU, 1x1 conv 128 + ReLU, iSQRT).
+
+    `**options` are GatedMixtureHead's keyword-only options (noise, balance, dispatch, ...).
+    """
 
     def __init__(
         self,
@@ -198,18 +202,11 @@ class GMSOPHead(GatedMixtureHead):
         side: str = "auto",
         backward: str = "closed_form",
         gate_pooling: str = "isqrt",
-        noise: str = "image",
-        balance: str = "importance",
-        balance_weight: float = 100.0,
-        balance_per_image: bool = True,
-        dispatch: str = "sparse",
-        pool_batching: str = "auto",
+        **options: Any,
     ) -> None:
-        super().__init__(
-            in_channels, num_components, k, list(component_dims), _isqrt(iterations, side, backward),
-            list(gate_dims), _pooling(gate_pooling, _isqrt(iterations, side, backward)), noise, balance, balance_weight,
-            balance_per_image, dispatch, pool_batching,
-        )
+        isqrt_cfg = _isqrt(iterations, side, backward)
+        super().__init__(in_channels, num_components, k, list(component_dims), isqrt_cfg, list(gate_dims),
+                         _pooling(gate_pooling, isqrt_cfg), **options)
 
 
 @HEADS.register("gmgap")
@@ -224,18 +221,10 @@ class GMGAPHead(GatedMixtureHead):
         component_dims: list[int] = [512],  # noqa: B006
         gate_dims: list[int] = [256, 128],  # noqa: B006
         gate_pooling: str = "gap",
-        noise: str = "image",
-        balance: str = "importance",
-        balance_weight: float = 100.0,
-        balance_per_image: bool = True,
-        dispatch: str = "sparse",
-        pool_batching: str = "auto",
+        **options: Any,
     ) -> None:
-        super().__init__(
-            in_channels, num_components, k, list(component_dims), {"name": "gap"}, list(gate_dims),
-            _pooling(gate_pooling, _isqrt(3, "auto", "closed_form")), noise, balance, balance_weight, balance_per_image,
-            dispatch, pool_batching,
-        )
+        super().__init__(in_channels, num_components, k, list(component_dims), {"name": "gap"}, list(gate_dims),
+                         _pooling(gate_pooling, _isqrt(3, "auto", "closed_form")), **options)
 
 
 @HEADS.register("mixture")
@@ -251,17 +240,10 @@ class AnyMixtureHead(GatedMixtureHead):
         component_dims: list[int] = [],  # noqa: B006
         gate_dims: list[int] = [256, 128],  # noqa: B006
         gate_pooling: Optional[dict] = None,
-        noise: str = "image",
-        balance: str = "importance",
-        balance_weight: float = 100.0,
-        balance_per_image: bool = True,
-        dispatch: str = "sparse",
-        pool_batching: str = "auto",
+        **options: Any,
     ) -> None:
-        super().__init__(
-            in_channels, num_components, k, list(component_dims), component_pooling, list(gate_dims),
-            gate_pooling or {"name": "gap"}, noise, balance, balance_weight, balance_per_image, dispatch, pool_batching,
-        )
+        super().__init__(in_channels, num_components, k, list(component_dims), component_pooling, list(gate_dims),
+                         gate_pooling or {"name": "gap"}, **options)
 
 
 def _isqrt(iterations: int, side: str, backward: str) -> dict:
