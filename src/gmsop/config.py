@@ -43,7 +43,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    """The subset of Lightning Trainer arguments the toolkit exposes, plus resume."""
+    """Lightning Trainer arguments, passed through by name, plus `resume` (ours)."""
 
     max_epochs: int = 10
     accelerator: str = "auto"

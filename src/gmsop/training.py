@@ -53,25 +53,8 @@ def run_training(cfg: DictConfig, run_dir: Path) -> RunResult:
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     callbacks += _head_callbacks(model)
-    t = cfg.trainer
-    trainer = L.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=t.max_epochs,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
-        log_every_n_steps=t.log_every_n_steps,
-        check_val_every_n_epoch=t.check_val_every_n_epoch,
-        gradient_clip_val=t.gradient_clip_val,
-        deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
-        logger=loggers or False,
-        callbacks=callbacks,
-    )
+    trainer_args = {k: v for k, v in container["trainer"].items() if k != "resume"}  # TrainerConfig mirrors Trainer
+    trainer = L.Trainer(default_root_dir=run_dir, logger=loggers or False, callbacks=callbacks, **trainer_args)
     start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
