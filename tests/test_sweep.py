@@ -79,3 +79,35 @@ command: [python, -m, gmsop.train, experiment=isqrt_digits, "${args_no_hyphens}"
     assert len(wandb_runs) == 2  # one offline W&B run per trial
     rep = run_cli("gmsop.report", str(root), cwd=tmp_path)
     assert rep.returncode == 0 and (root / "report" / "report.md").read_text().count("| isqrt |") == 2
+
+
+class _FakeTrainer:
+    def __init__(self, value: float, epoch: int = 0) -> None:
+        import torch
+
+        self.callback_metrics = {"val/top1_err": torch.tensor(value)}
+        self.current_epoch, self.sanity_checking = epoch, False
+
+
+def test_prune_callback_reports_each_epoch_and_stops_bad_trials():
+    from gmsop.sweep import PruneTrial
+
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.3))
+    trial = study.ask()
+    callback = PruneTrial(trial, "val/top1_err")
+    callback.on_validation_epoch_end(_FakeTrainer(0.2, epoch=0), None)  # good enough: continues
+    with pytest.raises(optuna.TrialPruned, match="val/top1_err at epoch 1"):
+        callback.on_validation_epoch_end(_FakeTrainer(0.6, epoch=1), None)
+    assert study.trials[0].intermediate_values == {0: pytest.approx(0.2), 1: pytest.approx(0.6)}
+
+
+def test_online_wandb_without_login_fails_before_training(tmp_path, monkeypatch):
+    from gmsop.training import run_training
+    from tests.test_config import compose_train
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    cfg = compose_train("experiment=isqrt_digits", "logger.wandb.mode=online")
+    with pytest.raises(RuntimeError, match="wandb login"):
+        run_training(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -6,7 +6,8 @@ training run composed from the command's `key=value` overrides plus the trial's 
 logged as a W&B run in the sweep's group and written to runs/<sweep>/trial_NNNN. The
 Optuna study lives in SQLite (runs/<sweep>/optuna.db) by default, so re-running the same
 command resumes after a crash; any SQLAlchemy URL (--storage postgresql://...) lets
-several machines share one study.
+several machines share one study. With --pruner median (the default) a trial whose
+validation metric falls behind the median of earlier trials at the same epoch is stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+import lightning as L
 import optuna
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -112,6 +114,32 @@ class _Probe:
         return lo
 
 
+PRUNERS = ("median", "none")
+
+
+class PruneTrial(L.Callback):
+    """Report the sweep metric to the Optuna trial after each validation; stop a hopeless trial.
+
+    (What hydra-optuna-sweeper cannot do: it never sees a trial object.)
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
+            return
+        self.trial.report(float(trainer.callback_metrics[self.metric]), step=trainer.current_epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.metric} at epoch {trainer.current_epoch} is worse than the median")
+
+
+def _pruner(name: str) -> optuna.pruners.BasePruner:
+    if name not in PRUNERS:
+        raise ConfigError(f"--pruner {name!r}; allowed: {', '.join(PRUNERS)}")
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if name == "median" else optuna.pruners.NopPruner()
+
+
 def _override(key: str, value: Any) -> str:
     return f"{key}={value if not isinstance(value, (list, dict)) else OmegaConf.create({'v': value}).v}"
 
@@ -128,7 +156,7 @@ def make_objective(spec: SweepSpec, runs_dir: Path, extra: list[str]) -> Callabl
         run_dir = runs_dir / spec.name / f"trial_{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", overrides)
-        result = run_training(cfg, run_dir)
+        result = run_training(cfg, run_dir, [PruneTrial(trial, spec.metric)])
         if spec.metric not in result.metrics:
             raise KeyError(f"metric {spec.metric!r} was not logged; logged: {', '.join(sorted(result.metrics))}")
         return result.metrics[spec.metric]
@@ -136,15 +164,19 @@ def make_objective(spec: SweepSpec, runs_dir: Path, extra: list[str]) -> Callabl
     return objective
 
 
-def run_sweep(path: Path, trials: int, storage: str | None, runs_dir: Path, extra: list[str], seed: int = 0):
-    """Run until the study holds `trials` finished trials (so a re-run resumes); return the study."""
+def run_sweep(
+    path: Path, trials: int, storage: str | None, runs_dir: Path, extra: list[str], seed: int = 0, pruner: str = "median"
+):
+    """Run until the study holds `trials` finished (complete or pruned) trials, so a re-run
+    resumes; return the study."""
     register_configs()
     spec = SweepSpec(path)
     (runs_dir / spec.name).mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(runs_dir / spec.name / 'optuna.db').resolve()}"
     study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
-                                sampler=spec.sampler(seed), load_if_exists=True)
-    done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
+                                sampler=spec.sampler(seed), pruner=_pruner(pruner), load_if_exists=True)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len([t for t in study.trials if t.state in finished])
     remaining = max(0, trials - done)
     print(f"sweep {spec.name}: {done} trials finished, running {remaining} more ({spec.method}, {spec.direction} {spec.metric})")
     if remaining:
@@ -159,11 +191,13 @@ def main() -> None:
     p.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite in runs/<sweep>/)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pruner", default="median", choices=PRUNERS,
+                   help="median: stop a trial whose validation metric is worse than the median of earlier trials")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every trial")
     args = p.parse_intermixed_args()
     if not args.file.is_file():
         p.error(f"sweep file {args.file} does not exist")
-    study = run_sweep(args.file, args.trials, args.storage, args.runs_dir, args.overrides, args.seed)
+    study = run_sweep(args.file, args.trials, args.storage, args.runs_dir, args.overrides, args.seed, args.pruner)
     best = study.best_trial
     print(f"best trial #{best.number}: {best.value:.4f} with {best.params}; run folder {best.user_attrs['run_dir']}")
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
@@ -29,8 +30,11 @@ class RunResult:
     wandb_dir: Optional[Path]
 
 
-def run_training(cfg: DictConfig, run_dir: Path) -> RunResult:
-    """Train cfg's model on cfg's data; write checkpoints, CSV/W&B logs and summary.json to run_dir."""
+def run_training(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = ()) -> RunResult:
+    """Train cfg's model on cfg's data; write checkpoints, CSV/W&B logs and summary.json to run_dir.
+
+    `extra_callbacks` join the run's own (e.g. a sweep's pruning callback).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -52,7 +56,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> RunResult:
     callbacks = [checkpoint, OnExceptionCheckpoint(run_dir / "checkpoints"), throughput]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    callbacks += _head_callbacks(model)
+    callbacks += _head_callbacks(model) + list(extra_callbacks)
     trainer_args = {k: v for k, v in container["trainer"].items() if k != "resume"}  # TrainerConfig mirrors Trainer
     trainer = L.Trainer(default_root_dir=run_dir, logger=loggers or False, callbacks=callbacks, **trainer_args)
     start = time.perf_counter()
@@ -88,6 +92,11 @@ def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id
     if w.enabled and w.mode != "disabled":
         if w.mode not in ("offline", "online"):
             raise ValueError(f"logger.wandb.mode={w.mode!r}; allowed: offline, online, disabled")
+        if w.mode == "online" and not _wandb_logged_in():
+            raise RuntimeError(
+                "logger.wandb.mode=online but W&B has no API key: run `wandb login` (or set WANDB_API_KEY), "
+                "or keep the default logger.wandb.mode=offline and `wandb sync` the run folder later"
+            )
         logger = WandbLogger(
             save_dir=str(run_dir),
             project=w.project,
@@ -104,6 +113,21 @@ def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
     return loggers
+
+
+def _wandb_logged_in() -> bool:
+    """An API key in the environment, or in ~/.netrc where `wandb login` stores it."""
+    return bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_wandb()
+
+
+def _netrc_has_wandb() -> bool:
+    import netrc
+
+    try:
+        hosts = netrc.netrc().hosts
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+    return any("wandb" in host for host in hosts)
 
 
 def _finish_wandb(loggers: list) -> Optional[Path]:
