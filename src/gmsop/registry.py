@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 
 class Registry(Generic[T]):
-    """Maps names to constructors; `build(name, **cfg)` validates cfg against the signature."""
+    """Maps names to constructors; `build(cfg, *fixed)` validates cfg (with its `name`) first."""
 
     def __init__(self, kind: str, fixed_args: tuple[str, ...] = ()) -> None:
         self.kind = kind
@@ -80,13 +80,13 @@ class Registry(Generic[T]):
         if "name" not in cfg:
             raise ConfigError(f"{path}.name is missing; known {self.kind}s: {', '.join(self.names())}")
         name = cfg.pop("name")
-        schema = OmegaConf.structured(self.schema(name))
+        schema = self.schema(name)
         try:
-            merged = OmegaConf.merge(schema, cfg)
+            merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         except OmegaConfBaseException as err:
             key = getattr(err, "key", None)
             reason = str(getattr(err, "msg", err)).splitlines()[0]
-            allowed = ", ".join(["name", *(f.name for f in dataclasses.fields(self.schema(name)))])
+            allowed = ", ".join(["name", *(f.name for f in dataclasses.fields(schema))])
             raise ConfigError(
                 f"{path}.{key}: {reason} (allowed keys for {self.kind} '{name}': {allowed})"
             ) from None
