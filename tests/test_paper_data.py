@@ -73,6 +73,10 @@ def test_imagenet64_builds_memmap_cache_and_reads_it(tiny_imagenet64):
     cache = tiny_imagenet64 / ".gmsop_cache"
     assert (len(dm._train), len(dm._val), dm.num_classes) == (30, 4, 1000)
     assert isinstance(dm._train.images, np.memmap)  # read from disk, not loaded
+    import pickle as _pickle
+
+    clone = _pickle.loads(_pickle.dumps(dm._train))  # what a spawned DataLoader worker receives
+    assert len(_pickle.dumps(dm._train)) < 10_000 and clone._images is None and len(clone) == 30
     assert not list(cache.glob(".*tmp*"))  # nothing half-written is left behind
     image, label = dm._train[1]
     assert image.shape == (3, 64, 64) and image.dtype == torch.uint8 and label == 499  # labels 1..1000 -> 0..999

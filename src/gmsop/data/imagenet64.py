@@ -42,11 +42,25 @@ def _find(root: Path, name: str) -> Path | None:
 
 
 class MemmapImages(Dataset):
-    """(uint8 3 x 64 x 64 tensor, label) pairs read from a memory-mapped N x 12288 cache."""
+    """(uint8 3 x 64 x 64 tensor, label) pairs read from a memory-mapped N x 12288 cache.
+
+    The map is opened lazily in each process and never pickled: a pickled np.memmap becomes
+    a full in-memory copy, which DataLoader workers started with `spawn` would each receive.
+    """
 
     def __init__(self, images: Path, labels: Path) -> None:
-        self.images = np.load(images, mmap_mode="r")
+        self.path = Path(images)
         self.labels = np.load(labels)
+        self._images: np.memmap | None = None
+
+    @property
+    def images(self) -> np.memmap:
+        if self._images is None:
+            self._images = np.load(self.path, mmap_mode="r")
+        return self._images
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None}
 
     def __len__(self) -> int:
         return len(self.labels)
