@@ -26,11 +26,7 @@ def component_usage_figure(usage: Sequence[float], mean_gate: Sequence[float], k
     ax2.legend(loc="lower right", fontsize=8, framealpha=0.9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
+    _save(fig, out)
 
 
 def _save(fig, out: Path) -> None:

@@ -83,7 +83,7 @@ class SweepSpec:
         if "min" not in p or "max" not in p:
             raise ConfigError(f"parameter {key}: give `values`, `value`, or `min` and `max`")
         lo, hi = p["min"], p["max"]
-        if dist in (None, "int_uniform", "uniform") and isinstance(lo, int) and isinstance(hi, int) and dist != "uniform":
+        if dist in (None, "int_uniform") and isinstance(lo, int) and isinstance(hi, int):
             return trial.suggest_int(key, lo, hi)
         if dist in (None, "uniform"):
             return trial.suggest_float(key, float(lo), float(hi))
@@ -140,16 +140,12 @@ def _pruner(name: str) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if name == "median" else optuna.pruners.NopPruner()
 
 
-def _override(key: str, value: Any) -> str:
-    return f"{key}={value if not isinstance(value, (list, dict)) else OmegaConf.create({'v': value}).v}"
-
-
 def make_objective(spec: SweepSpec, runs_dir: Path, extra: list[str]) -> Callable[[optuna.Trial], float]:
     from gmsop.training import run_training
 
     def objective(trial: optuna.Trial) -> float:
         values = {k: SweepSpec.suggest(k, p, trial) for k, p in spec.searched.items()}
-        overrides = [*spec.base_overrides, *(_override(k, v) for k, v in {**spec.fixed, **values}.items()),
+        overrides = [*spec.base_overrides, *(f"{k}={v}" for k, v in {**spec.fixed, **values}.items()),
                      f"name={spec.name}", f"runs_dir={runs_dir}", f"logger.wandb.group={spec.name}", *extra]
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", overrides=overrides)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -56,7 +55,7 @@ def run_training(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Cal
     callbacks = [checkpoint, OnExceptionCheckpoint(run_dir / "checkpoints"), throughput]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    callbacks += _head_callbacks(model) + list(extra_callbacks)
+    callbacks += model.head.callbacks() + list(extra_callbacks)
     trainer_args = {k: v for k, v in container["trainer"].items() if k != "resume"}  # TrainerConfig mirrors Trainer
     trainer = L.Trainer(default_root_dir=run_dir, logger=loggers or False, callbacks=callbacks, **trainer_args)
     start = time.perf_counter()
@@ -140,9 +139,3 @@ def _finish_wandb(loggers: list) -> Optional[Path]:
             run.finish()
             return run_dir
     return None
-
-
-def _head_callbacks(model: SecondOrderClassifier) -> list:
-    """Callbacks a head asks for (e.g. component-usage plots for mixtures)."""
-    make = getattr(model.head, "callbacks", None)
-    return list(make()) if make else []

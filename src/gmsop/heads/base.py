@@ -38,6 +38,10 @@ class PoolingHead(nn.Module, ABC):
     def pool(self, x: torch.Tensor) -> torch.Tensor | HeadOutput:
         """B x C x H x W -> B x out_dim features, or a full HeadOutput (aux loss, stats)."""
 
+    def callbacks(self) -> list:
+        """Lightning callbacks this head wants during training (e.g. component usage); none by default."""
+        return []
+
     def forward(self, x: torch.Tensor) -> HeadOutput:
         if x.dim() != 4:
             raise ValueError(f"{type(self).__name__} expects a B x C x H x W map, got shape {tuple(x.shape)}")
