@@ -6,12 +6,13 @@ import json
 
 import pytest
 
+from gmsop.curves import write_curves
 from gmsop.published import PUBLISHED, match
 from gmsop.report import collect, report
 from tests.conftest import run_cli
 
 
-def _fake_run(folder, name, head, data="imagenet64", backbone="resnet18_64", top1=0.4, overrides=()):
+def _fake_run(folder, name, head, data="imagenet64", backbone="resnet18_64", top1=0.4, overrides=(), curves=True):
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (folder / "summary.json").write_text(json.dumps({
@@ -19,6 +20,9 @@ def _fake_run(folder, name, head, data="imagenet64", backbone="resnet18_64", top
         "epochs": 60, "metrics": {"val/top1_err": top1, "val/top5_err": top1 / 2, "train_images_per_s": 1234.0}}))
     (folder / "csv").mkdir()
     (folder / "csv" / "metrics.csv").write_text("epoch,usage/val/c00,usage/val/c01\n0,0.5,0.5\n1,0.9,0.1\n")
+    if curves:
+        write_curves(folder, {e: {"lr": 0.1, "train/loss": 3 - e, "train/top1_err": 0.6 - 0.1 * e, "val/loss": 3.2 - e,
+                                  "val/top1_err": top1 + 0.1 * (1 - e), "val/top5_err": top1 / 2} for e in (0, 1)})
 
 
 def test_published_rows_match_by_name_or_model():
@@ -33,15 +37,19 @@ def test_report_table_csv_and_plots(tmp_path):
     _fake_run(tmp_path / "m" / "0", "ablation_heads", {"name": "gap"}, top1=0.52, overrides=["head=gap", "experiment=x"])
     _fake_run(tmp_path / "m" / "1", "ablation_heads", {"name": "gmsop", "num_components": 16, "k": 8}, top1=0.385,
               overrides=["head=gmsop", "experiment=x"])
+    _fake_run(tmp_path / "m" / "2", "ablation_heads", {"name": "sop"}, top1=0.45, overrides=["head=sop", "experiment=x"],
+              curves=False)  # a run made before curves.csv existed
     runs = collect(tmp_path)
-    assert [r.label for r in runs] == ["head=gap", "head=gmsop"]
+    assert [r.label for r in runs] == ["head=gap", "head=gmsop", "head=sop"]
     assert runs[1].usage == [0.9, 0.1]  # last epoch's validation usage
+    assert runs[1].curves[1]["val/top1_err"] == 0.385 and runs[2].curves == {}
     out = report(tmp_path)
     md = (out / "report.md").read_text()
     assert "| head=gmsop | gmsop | 38.50 | 19.25 | 38.48 / 17.38 (GM-SOP-16-8 + ResNet-18) | 10.30 | 8256 | 1234 | 60 |" in md
     assert "52.17 / 27.09" in md
-    assert (out / "report.csv").read_text().count("\n") == 3
+    assert (out / "report.csv").read_text().count("\n") == 4
     assert (out / "errors.png").stat().st_size > 5000 and (out / "component_usage.png").stat().st_size > 5000
+    assert "![loss and error per epoch](curves.png)" in md and (out / "curves.png").stat().st_size > 5000
 
 
 def test_report_without_runs_says_so(tmp_path):
@@ -63,3 +71,5 @@ def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
     md = (sweep_dir / "report" / "report.md").read_text()
     assert "| head.num_components=4 | gmsop |" in md and "| head.num_components=8 | gmsop |" in md
     assert (sweep_dir / "report" / "errors.png").is_file() and (sweep_dir / "report" / "component_usage.png").is_file()
+    assert (sweep_dir / "report" / "curves.png").is_file()  # from each run's curves.csv
+    assert all((run.parent / "curves.csv").is_file() and (run.parent / "plots" / "curves.png").is_file() for run in runs)

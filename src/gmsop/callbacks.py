@@ -8,6 +8,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from gmsop.curves import TRAIN_METRICS, VAL_METRICS, Curves, write_curves
+
 
 class Throughput(L.Callback):
     """Training images per second, per epoch (logged as train/images_per_s)."""
@@ -106,3 +108,62 @@ class ComponentUsage(L.Callback):
                     {f"{split}/component_usage": wandb.plot.bar(table, "component", "usage", title=f"{split} component usage"),
                      "trainer/global_step": trainer.global_step}
                 )
+
+
+# curves.csv column -> its key in trainer.callback_metrics (the loss is logged per step and per epoch)
+_LOGGED_AS = {"train/loss": "train/loss_epoch"}
+
+
+class LearningCurves(L.Callback):
+    """Per-epoch learning rate, loss and error to curves.csv and plots/curves.png, after every epoch.
+
+    The history travels in the checkpoint (callback state), so a resumed run's curves
+    start at epoch 0. Validation values are taken when validation ends; training values
+    once the epoch's metrics are final (the next epoch's start, or the end of training),
+    so the epoch a run is resumed from has no training values (a gap in the plot).
+    """
+
+    def __init__(self, run_dir: Path, title: str) -> None:
+        self.run_dir = Path(run_dir)
+        self.title = title
+        self.curves: Curves = {}
+        self._pending_train_epoch: int | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._flush_train(trainer)
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        if lr is not None:
+            self.curves.setdefault(trainer.current_epoch, {})["lr"] = float(lr)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._pending_train_epoch = trainer.current_epoch  # its metrics are logged after this hook
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer, trainer.current_epoch, VAL_METRICS)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._flush_train(trainer)
+
+    def _flush_train(self, trainer) -> None:
+        if self._pending_train_epoch is not None:
+            self._record(trainer, self._pending_train_epoch, TRAIN_METRICS)
+            self._pending_train_epoch = None
+
+    def _record(self, trainer, epoch: int, columns: tuple[str, ...]) -> None:
+        logged = trainer.callback_metrics
+        found = {c: float(logged[_LOGGED_AS.get(c, c)]) for c in columns if _LOGGED_AS.get(c, c) in logged}
+        if not found:
+            return
+        self.curves.setdefault(epoch, {}).update(found)
+        if trainer.is_global_zero:
+            from gmsop.plots import learning_curves
+
+            write_curves(self.run_dir, self.curves)
+            learning_curves({self.title: self.curves}, self.run_dir / "plots" / "curves.png")
+
+    def state_dict(self) -> dict:
+        return {"curves": self.curves}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.curves = {int(e): dict(v) for e, v in state_dict["curves"].items()}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -66,3 +67,45 @@ def usage_heatmap(labels: Sequence[str], usage: Sequence[Sequence[float]], out: 
     ax.set(xlabel="component", title="component usage (validation, last epoch)")
     fig.colorbar(im, ax=ax, label="fraction of images")
     _save(fig, out)
+
+
+def learning_curves(runs: Mapping[str, Mapping[int, Mapping[str, float]]], out: Path) -> None:
+    """Loss and top-1 error per epoch (train dashed, validation solid), one colour per run.
+
+    With one run, validation top-5 error is drawn too and learning-rate steps are marked.
+    """
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.6))
+    single = len(runs) == 1
+    for i, (label, curves) in enumerate(runs.items()):
+        epochs = sorted(curves)
+
+        def series(key: str, scale: float = 1.0) -> list[float]:
+            return [scale * curves[e].get(key, math.nan) for e in epochs]
+
+        train = {"marker": ".", "ls": "--", "color": "C0" if single else f"C{i}"}
+        val = {"marker": ".", "ls": "-", "color": "C1" if single else f"C{i}"}
+        ax_loss.plot(epochs, series("train/loss"), label="train" if single else None, **train)
+        ax_loss.plot(epochs, series("val/loss"), label="val" if single else label, **val)
+        ax_err.plot(epochs, series("train/top1_err", 100), label="train top-1" if single else None, **train)
+        ax_err.plot(epochs, series("val/top1_err", 100), label="val top-1" if single else label, **val)
+        if single:
+            ax_err.plot(epochs, series("val/top5_err", 100), label="val top-5", **{**val, "ls": ":"})
+            _mark_lr_steps(epochs, series("lr"), (ax_loss, ax_err))
+    ax_loss.set(xlabel="epoch", ylabel="loss (cross-entropy + head's aux loss)")
+    ax_err.set(xlabel="epoch", ylabel="error (%)")
+    for ax in (ax_loss, ax_err):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=7)
+    fig.suptitle(next(iter(runs)) if single else "dashed: train, solid: validation", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def _mark_lr_steps(epochs: Sequence[int], lrs: Sequence[float], axes) -> None:
+    """A dotted line, labelled with the new rate, where the learning rate changes between epochs."""
+    for e, before, after in zip(epochs[1:], lrs, lrs[1:]):
+        if before != after and not math.isnan(before) and not math.isnan(after):
+            for ax in axes:
+                ax.axvline(e - 0.5, color="grey", lw=0.8, ls=":")
+            axes[-1].annotate(f"lr {after:g}", (e - 0.5, 1), xycoords=("data", "axes fraction"), fontsize=7,
+                              rotation=90, va="top", ha="right", color="grey")

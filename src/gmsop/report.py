@@ -1,8 +1,9 @@
 """Collect finished runs into a table and plots: `python -m gmsop.report FOLDER [--out DIR]`.
 
-Reads every run folder under FOLDER (summary.json, .hydra/overrides.yaml, csv/metrics.csv);
-no W&B server is needed. Writes report.md, report.csv, errors.png and, for gated
-mixtures, component_usage.png, to DIR (default FOLDER/report).
+Reads every run folder under FOLDER (summary.json, .hydra/overrides.yaml, curves.csv,
+csv/metrics.csv); no W&B server is needed. Writes report.md, report.csv, errors.png,
+curves.png (loss and error per epoch) and, for gated mixtures, component_usage.png, to
+DIR (default FOLDER/report).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
+from gmsop.curves import Curves, read_curves
 from gmsop.paths import write_text_atomic
 from gmsop.published import Published, match
 
@@ -31,6 +33,7 @@ class Run:
     summary: dict
     published: Optional[Published]
     usage: Optional[list[float]]  # validation usage per component at the last epoch
+    curves: Curves  # per-epoch loss and error ({} for runs made before curves.csv existed)
 
     def metric(self, key: str) -> Optional[float]:
         value = self.summary["metrics"].get(key)
@@ -66,7 +69,8 @@ def collect(root: Path) -> list[Run]:
         s = json.loads((f / "summary.json").read_text())
         varying = [o for o in overrides[f] if o not in common and not o.startswith("experiment=")]
         label = (" ".join(varying) or s["head"]["name"]) if len(folders) > 1 else s["name"]
-        runs.append(Run(f, label, s, match(s["name"], s["data"], s["backbone"], s["head"]), _last_usage(f)))
+        runs.append(Run(f, label, s, match(s["name"], s["data"], s["backbone"], s["head"]), _last_usage(f),
+                        read_curves(f)))
     return runs
 
 
@@ -112,6 +116,16 @@ def plot_usage(runs: list[Run], out: Path) -> bool:
     return True
 
 
+def plot_curves(runs: list[Run], out: Path) -> bool:
+    from gmsop.plots import learning_curves
+
+    with_curves = {r.label: r.curves for r in runs if r.curves}
+    if not with_curves:
+        return False
+    learning_curves(with_curves, out)
+    return True
+
+
 def report(root: Path, out: Optional[Path] = None) -> Path:
     """Write the report for the runs under root; return its folder."""
     runs = collect(root)
@@ -124,6 +138,8 @@ def report(root: Path, out: Optional[Path] = None) -> Path:
     plot_errors(runs, out / "errors.png")
     has_usage = plot_usage(runs, out / "component_usage.png")
     md = markdown(rows, f"Runs under {root}") + "\n![validation error per run](errors.png)\n"
+    if plot_curves(runs, out / "curves.png"):
+        md += "\n![loss and error per epoch](curves.png)\n"
     if has_usage:
         md += "\n![component usage (validation, last epoch)](component_usage.png)\n"
     write_text_atomic(out / "report.md", md)

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, On
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from gmsop.callbacks import Throughput
+from gmsop.callbacks import LearningCurves, Throughput
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import write_text_atomic
@@ -52,7 +52,8 @@ def run_training(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Cal
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/top1_err", mode="min", save_last=True
     )
     throughput = Throughput()
-    callbacks = [checkpoint, OnExceptionCheckpoint(run_dir / "checkpoints"), throughput]
+    curves = LearningCurves(run_dir, title=f"{cfg.name} ({run_dir.name})")
+    callbacks = [checkpoint, OnExceptionCheckpoint(run_dir / "checkpoints"), throughput, curves]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     callbacks += model.head.callbacks() + list(extra_callbacks)

@@ -1,0 +1,73 @@
+"""Learning curves: curves.csv round trip, values against the CSV logger's record, resume keeps history."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import lightning as L
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from gmsop.callbacks import LearningCurves
+from gmsop.curves import COLUMNS, read_curves, write_curves
+from gmsop.data import build_datamodule
+from gmsop.models.classifier import SecondOrderClassifier
+
+SGD = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "scheduler": "multistep",
+       "milestones": [1], "gamma": 0.1, "min_lr": 0.0}
+
+
+def test_curves_file_round_trip_with_missing_values(tmp_path):
+    curves = {1: {"lr": 0.01, "val/top1_err": 0.25}, 0: {"lr": 0.1, "train/loss": 2.5, "val/top1_err": 0.5}}
+    path = write_curves(tmp_path, curves)
+    assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    assert [row.split(",")[0] for row in path.read_text().splitlines()[1:]] == ["0", "1"]  # sorted by epoch
+    back = read_curves(tmp_path)
+    assert back[0]["train/loss"] == 2.5 and back[1]["val/top1_err"] == 0.25
+    assert math.isnan(back[1]["train/loss"]) and math.isnan(back[0]["val/top5_err"])
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.csv"]  # no temporary file left
+    assert read_curves(tmp_path / "missing") == {}
+
+
+def _fit(root, max_epochs, ckpt_path=None):
+    model = SecondOrderClassifier({"backbone": "resnet18_64"}, {"name": "gap"}, SGD, 10, 1)
+    curves = LearningCurves(root, title="test")
+    trainer = L.Trainer(max_epochs=max_epochs, limit_train_batches=3, limit_val_batches=2, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=root,
+                        logger=CSVLogger(save_dir=root, name="csv", version=""),
+                        callbacks=[curves, ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)])
+    trainer.fit(model, datamodule=build_datamodule({"name": "digits", "batch_size": 16}), ckpt_path=ckpt_path)
+    return curves
+
+
+def _logged_per_epoch(root, key):
+    """The CSV logger's own record of an epoch-level metric: {epoch: value}."""
+    with (root / "csv" / "metrics.csv").open(newline="") as f:
+        return {int(r["epoch"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
+def test_curves_match_the_logged_metrics_and_the_schedule(tmp_path):
+    _fit(tmp_path, max_epochs=2)
+    curves = read_curves(tmp_path)
+    assert sorted(curves) == [0, 1]
+    assert [curves[e]["lr"] for e in (0, 1)] == pytest.approx([0.1, 0.01])  # milestone at epoch 1
+    for column, logged_key in [("train/loss", "train/loss_epoch"), ("train/top1_err", "train/top1_err"),
+                               ("val/loss", "val/loss"), ("val/top1_err", "val/top1_err"), ("val/top5_err", "val/top5_err")]:
+        logged = _logged_per_epoch(tmp_path, logged_key)
+        assert {e: curves[e][column] for e in (0, 1)} == pytest.approx(logged, rel=1e-6), column
+    assert (tmp_path / "plots" / "curves.png").stat().st_size > 5000
+
+
+def test_resumed_run_keeps_the_earlier_epochs(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    _fit(first, max_epochs=2)
+    _fit(second, max_epochs=3, ckpt_path=first / "checkpoints" / "last.ckpt")
+    before, after = read_curves(first), read_curves(second)
+    assert sorted(after) == [0, 1, 2]
+    assert after[0] == pytest.approx(before[0])  # restored from the checkpoint, not re-measured
+    assert after[1]["val/top1_err"] == pytest.approx(before[1]["val/top1_err"])
+    # The checkpoint is written when epoch 1's validation ends, before its training metrics are final.
+    assert math.isnan(after[1]["train/loss"])
+    assert all(math.isfinite(after[2][c]) for c in COLUMNS[1:])
