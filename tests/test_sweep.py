@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sqlite3
 
@@ -77,6 +78,9 @@ command: [python, -m, gmsop.train, experiment=isqrt_digits, "${args_no_hyphens}"
         assert db.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0] == 2
     wandb_runs = list(root.glob("trial_*/wandb/offline-run-*"))
     assert len(wandb_runs) == 2  # one offline W&B run per trial
+    trials = (root / "trials.csv").read_text().splitlines()
+    assert trials[0] == "trial,state,val/top1_err,optim.lr,run_dir"  # searched keys only and len(trials) == 3
+    assert (root / "sweep_history.png").is_file() and (root / "sweep_params.png").is_file()
     rep = run_cli("gmsop.report", str(root), cwd=tmp_path)
     assert rep.returncode == 0 and (root / "report" / "report.md").read_text().count("| isqrt |") == 2
 
@@ -111,3 +115,28 @@ def test_online_wandb_without_login_fails_before_training(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="wandb login"):
         run_training(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_study_summary_lists_every_trial_and_plots_the_search(tmp_path):
+    from gmsop.sweep import write_study_summary
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    write_study_summary(study, "val/top1_err", tmp_path)  # nothing finished yet: a header, no plots
+    assert (tmp_path / "trials.csv").read_text() == "trial,state,val/top1_err,run_dir\n"
+    assert not (tmp_path / "sweep_history.png").exists()
+
+    def objective(trial):
+        lr = trial.suggest_float("optim.lr", 1e-3, 1e-1, log=True)
+        trial.set_user_attr("run_dir", f"runs/s/trial_{trial.number:04d}")
+        if trial.number == 1:
+            raise optuna.TrialPruned()
+        return 0.5 + lr
+
+    study.optimize(objective, n_trials=3, callbacks=[lambda s, _t: write_study_summary(s, "val/top1_err", tmp_path)])
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert [(r["trial"], r["state"], r["run_dir"]) for r in rows] == [
+        ("0", "COMPLETE", "runs/s/trial_0000"), ("1", "PRUNED", "runs/s/trial_0001"), ("2", "COMPLETE", "runs/s/trial_0002")]
+    for row, trial in zip(rows, study.trials):
+        assert float(row["optim.lr"]) == trial.params["optim.lr"]
+        assert row["val/top1_err"] == ("" if trial.value is None else str(trial.value))
+    assert (tmp_path / "sweep_history.png").stat().st_size > 5000 and (tmp_path / "sweep_params.png").stat().st_size > 5000

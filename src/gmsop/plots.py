@@ -109,3 +109,28 @@ def _mark_lr_steps(epochs: Sequence[int], lrs: Sequence[float], axes) -> None:
                 ax.axvline(e - 0.5, color="grey", lw=0.8, ls=":")
             axes[-1].annotate(f"lr {after:g}", (e - 0.5, 1), xycoords=("data", "axes fraction"), fontsize=7,
                               rotation=90, va="top", ha="right", color="grey")
+
+
+def study_figures(study, metric: str, history_out: Path, params_out: Path) -> None:
+    """Optuna's own plots of a study: the metric per trial (with the best so far) and the
+    metric against each searched parameter. Skipped until a trial has completed."""
+    import warnings
+
+    import optuna
+    from matplotlib.ticker import NullFormatter
+    from optuna.visualization import matplotlib as optuna_plots
+
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)  # matplotlib: singular limits while one value was tried
+        _save(optuna_plots.plot_optimization_history(study, target_name=metric).figure, history_out)
+        if not study.best_trial.params:
+            return
+        axes = optuna_plots.plot_slice(study, target_name=metric)
+        axes = list(axes.flat) if hasattr(axes, "flat") else [axes]
+        for ax in axes:
+            ax.xaxis.set_minor_formatter(NullFormatter())  # log axes: label decades only, not every minor tick
+        axes[0].figure.set_size_inches(max(6.0, 3.2 * len(axes) + 1), 4.2)
+        _save(axes[0].figure, params_out)

@@ -8,11 +8,15 @@ Optuna study lives in SQLite (runs/<sweep>/optuna.db) by default, so re-running 
 command resumes after a crash; any SQLAlchemy URL (--storage postgresql://...) lets
 several machines share one study. With --pruner median (the default) a trial whose
 validation metric falls behind the median of earlier trials at the same epoch is stopped.
+After every trial runs/<sweep>/ gets trials.csv (state, value, parameters, run folder of
+each trial) and plots of the search: sweep_history.png and sweep_params.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +27,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from gmsop.config import register_configs
-from gmsop.paths import CONFIG_DIR
+from gmsop.paths import CONFIG_DIR, write_text_atomic
 from gmsop.registry import ConfigError
 
 METHODS = {"grid", "random", "bayes"}
@@ -176,8 +180,25 @@ def run_sweep(
     remaining = max(0, trials - done)
     print(f"sweep {spec.name}: {done} trials finished, running {remaining} more ({spec.method}, {spec.direction} {spec.metric})")
     if remaining:
-        study.optimize(make_objective(spec, runs_dir, extra), n_trials=remaining, catch=(FloatingPointError,))
+        study.optimize(make_objective(spec, runs_dir, extra), n_trials=remaining, catch=(FloatingPointError,),
+                       callbacks=[lambda study, _trial: write_study_summary(study, spec.metric, runs_dir / spec.name)])
     return study
+
+
+def write_study_summary(study: optuna.Study, metric: str, folder: Path) -> None:
+    """trials.csv, one row per trial (number, state, value, parameters, run folder), and the
+    search's plots (value per trial with the best so far; value against each parameter)."""
+    from gmsop.plots import study_figures
+
+    names = sorted({name for t in study.trials for name in t.params})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["trial", "state", metric, *names, "run_dir"])
+    for t in study.trials:
+        writer.writerow([t.number, t.state.name, "" if t.value is None else t.value,
+                         *(t.params.get(n, "") for n in names), t.user_attrs.get("run_dir", "")])
+    write_text_atomic(folder / "trials.csv", buf.getvalue())
+    study_figures(study, metric, folder / "sweep_history.png", folder / "sweep_params.png")
 
 
 def main() -> None:
