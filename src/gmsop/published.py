@@ -29,6 +29,22 @@ PUBLISHED: dict[str, Published] = {
     "places365_resnet18_gmsop_16_8": Published("Places365-100", "GM-SOP-16-8", 47.18, 17.02),
 }
 
+
+
+class PaperData(NamedTuple):
+    """A data set of the paper's tables: what a model needs to be built, and its size."""
+
+    classes: int
+    train_images: int
+    channels: int = 3
+
+
+# Keyed by Published.table. ImageNet-1K and Places365-Standard training-set sizes.
+PAPER_DATA: dict[str, PaperData] = {
+    "ImageNet-64": PaperData(1000, 1_281_167),
+    "Places365-100": PaperData(365, 1_803_460),
+}
+
 # A run on downsampled ImageNet with the paper's ResNet-18 matches a row by its head.
 _IMAGENET_SIGNATURES = {
     ("resnet18_64", "gap", None, None): "imagenet64_resnet18_gap",
