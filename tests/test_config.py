@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from gmsop import config
 from gmsop.config import register_configs
 from gmsop.data import DATA
 from gmsop.heads import HEADS
@@ -23,8 +21,7 @@ EXPERIMENTS = sorted(
 
 
 def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return config.compose_train(overrides)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

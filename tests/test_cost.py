@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from gmsop.cost import compose_experiment, experiment_cost, parameter_breakdown, training_flops_per_image
+from gmsop.config import compose_train
+from gmsop.cost import experiment_cost, parameter_breakdown, training_flops_per_image
 from gmsop.heads import HeadOutput
 from tests.conftest import run_cli
 
@@ -30,7 +31,7 @@ def test_training_flops_match_a_hand_count():
 
 
 def test_parameter_breakdown_splits_a_mixture_head():
-    cost = experiment_cost(compose_experiment(["experiment=paper/imagenet64_resnet18_gmsop_16_8"]))
+    cost = experiment_cost(compose_train(["experiment=paper/imagenet64_resnet18_gmsop_16_8"]))
     model_parts = cost.params
     assert set(model_parts) == {"backbone", "head.gate", "head.components", "classifier"}
     assert model_parts["classifier"] == 2 * 8256 + 8256 * 1000 + 1000  # BN + linear to 1000 classes
@@ -43,7 +44,7 @@ def test_breakdown_of_a_plain_module_uses_top_level_names():
 
 
 def test_paper_row_totals_use_the_data_set_size_and_the_recipe():
-    cost = experiment_cost(compose_experiment(["experiment=paper/imagenet64_wrn36_2_gmsop_16_8"]))
+    cost = experiment_cost(compose_train(["experiment=paper/imagenet64_wrn36_2_gmsop_16_8"]))
     assert cost.total_params == 17_809_144  # as pinned in test_paper_models
     assert (cost.epochs, cost.train_images) == (40, 1_281_167)
     assert cost.total_flop() == pytest.approx(cost.gflop_per_image * 1e9 * 1_281_167 * 40)
@@ -52,8 +53,8 @@ def test_paper_row_totals_use_the_data_set_size_and_the_recipe():
 
 def test_missing_data_asks_for_the_number_of_classes():
     with pytest.raises(SystemExit, match="give --classes"):
-        experiment_cost(compose_experiment(["experiment=default", "data=imagefolder", "data.root=/nonexistent"]))
-    cost = experiment_cost(compose_experiment(["experiment=default", "data=imagefolder", "data.root=/nonexistent"]),
+        experiment_cost(compose_train(["experiment=default", "data=imagefolder", "data.root=/nonexistent"]))
+    cost = experiment_cost(compose_train(["experiment=default", "data=imagefolder", "data.root=/nonexistent"]),
                            classes=7, channels=1)
     assert cost.train_images is None and cost.total_flop() is None and cost.gpu_hours(50) is None
 
@@ -61,7 +62,7 @@ def test_missing_data_asks_for_the_number_of_classes():
 def test_markdown_table_puts_the_published_count_beside_ours():
     from gmsop.cost import markdown_table
 
-    costs = [experiment_cost(compose_experiment([f"experiment=paper/{n}"]))
+    costs = [experiment_cost(compose_train([f"experiment=paper/{n}"]))
              for n in ("imagenet64_resnet18_gap", "places365_resnet18_gap")]
     table = markdown_table(costs, tflops=50)
     assert "| imagenet64_resnet18_gap | 0.83 | 0.9 | 128x8x8 | 128 | 0.84 | 75 | 8.1e+16 | 0.4 |" in table

@@ -7,9 +7,10 @@ own keys against its constructor signature (see `gmsop.registry`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
 
 
 @dataclass
@@ -104,3 +105,14 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+
+
+def compose_train(overrides: Sequence[str]) -> DictConfig:
+    """The training config that `python -m gmsop.train OVERRIDES...` would run, without running it."""
+    from hydra import compose, initialize_config_dir
+
+    from gmsop.paths import CONFIG_DIR
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))

@@ -16,20 +16,18 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from gmsop.config import register_configs
+from gmsop.config import compose_train
 from gmsop.data import MissingDataError, build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
-from gmsop.paths import CONFIG_DIR, REPO_ROOT
-from gmsop.published import PAPER_DATA, PUBLISHED, PaperData
+from gmsop.paths import REPO_ROOT
+from gmsop.published import PAPER_DATA, PUBLISHED
 
 PAPER_DIR = REPO_ROOT / "experiments" / "paper"
 HEAD_PARTS = ("gate", "components")
@@ -79,43 +77,36 @@ def training_flops_per_image(model: SecondOrderClassifier, channels: int, image_
     return counter.get_total_flops() / batch
 
 
-def _input_spec(cfg: DictConfig, classes: Optional[int], channels: Optional[int]) -> tuple[int, int]:
-    """(classes, channels): from the flags, else the paper's data facts, else the data module itself."""
-    paper = _paper_data(cfg.name)
-    classes = classes or (paper.classes if paper else None)
-    channels = channels or (paper.channels if paper else None)
-    if classes is None or channels is None:
-        try:
-            data = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
-        except MissingDataError as err:
-            raise SystemExit(f"{cfg.name}: give --classes (and --channels if not 3); the data is not here to count: {err}")
-        classes, channels = classes or data.num_classes, channels or data.num_channels
-    return classes, channels
-
-
-def _paper_data(experiment: str) -> Optional[PaperData]:
-    return PAPER_DATA[PUBLISHED[experiment].table] if experiment in PUBLISHED else None
+def _data_shape(cfg: DictConfig) -> tuple[int, int]:
+    """(classes, channels) from cfg's data module, which needs its data to be here."""
+    try:
+        data = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
+    except MissingDataError as err:
+        raise SystemExit(f"{cfg.name}: give --classes (and --channels if not 3); the data is not here to count: {err}")
+    return data.num_classes, data.num_channels
 
 
 def experiment_cost(cfg: DictConfig, classes: Optional[int] = None, channels: Optional[int] = None,
                     train_images: Optional[int] = None) -> Cost:
-    """Build cfg's model (random weights) and count its parameters and training FLOPs."""
-    classes, channels = _input_spec(cfg, classes, channels)
-    paper = _paper_data(cfg.name)
+    """Build cfg's model (random weights) and count its parameters and training FLOPs.
+
+    Classes, channels and training images come from the arguments, else (for a paper row)
+    the paper's data set, else the data module.
+    """
+    if cfg.name in PUBLISHED:
+        paper = PAPER_DATA[PUBLISHED[cfg.name].table]
+        classes, channels = classes or paper.classes, channels or paper.channels
+        train_images = train_images or paper.train_images
+    if classes is None or channels is None:
+        found = _data_shape(cfg)
+        classes, channels = classes or found[0], channels or found[1]
     container = OmegaConf.to_container(cfg, resolve=True)
     model = SecondOrderClassifier(container["model"], container["head"], container["optim"], classes, channels)
     size = cfg.data.image_size
     with torch.no_grad():
         fmap = model.backbone(torch.zeros(1, channels, size, size)).shape[1:]
     return Cost(cfg.name, parameter_breakdown(model), tuple(fmap), model.head.out_dim,
-                training_flops_per_image(model, channels, size) / 1e9, cfg.trainer.max_epochs,
-                train_images or (paper.train_images if paper else None))
-
-
-def compose_experiment(overrides: Sequence[str]) -> DictConfig:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+                training_flops_per_image(model, channels, size) / 1e9, cfg.trainer.max_epochs, train_images)
 
 
 def markdown_table(costs: Sequence[Cost], tflops: float) -> str:
@@ -155,10 +146,10 @@ def main() -> None:
         p.error("give Hydra overrides (e.g. experiment=...) or --paper, not both or neither")
     if args.paper:
         names = sorted(f.stem for f in PAPER_DIR.glob("*.yaml"))
-        costs = [experiment_cost(compose_experiment([f"experiment=paper/{n}"])) for n in names]
+        costs = [experiment_cost(compose_train([f"experiment=paper/{n}"])) for n in names]
         print(markdown_table(costs, args.tflops))
         return
-    cost = experiment_cost(compose_experiment(args.overrides), args.classes, args.channels, args.train_images)
+    cost = experiment_cost(compose_train(args.overrides), args.classes, args.channels, args.train_images)
     print(describe(cost, args.tflops))
 
 

@@ -30,7 +30,6 @@ PUBLISHED: dict[str, Published] = {
 }
 
 
-
 class PaperData(NamedTuple):
     """A data set of the paper's tables: what a model needs to be built, and its size."""
 

@@ -23,11 +23,10 @@ from typing import Any, Callable
 
 import lightning as L
 import optuna
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from gmsop.config import register_configs
-from gmsop.paths import CONFIG_DIR, write_text_atomic
+from gmsop.config import compose_train
+from gmsop.paths import write_text_atomic
 from gmsop.registry import ConfigError
 
 METHODS = {"grid", "random", "bayes"}
@@ -151,8 +150,7 @@ def make_objective(spec: SweepSpec, runs_dir: Path, extra: list[str]) -> Callabl
         values = {k: SweepSpec.suggest(k, p, trial) for k, p in spec.searched.items()}
         overrides = [*spec.base_overrides, *(f"{k}={v}" for k, v in {**spec.fixed, **values}.items()),
                      f"name={spec.name}", f"runs_dir={runs_dir}", f"logger.wandb.group={spec.name}", *extra]
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=overrides)
+        cfg = compose_train(overrides)
         run_dir = runs_dir / spec.name / f"trial_{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", overrides)
@@ -169,7 +167,6 @@ def run_sweep(
 ):
     """Run until the study holds `trials` finished (complete or pruned) trials, so a re-run
     resumes; return the study."""
-    register_configs()
     spec = SweepSpec(path)
     (runs_dir / spec.name).mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(runs_dir / spec.name / 'optuna.db').resolve()}"
