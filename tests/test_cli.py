@@ -66,6 +66,9 @@ def test_resume_continues_from_saved_step(cli, tmp_path):
     assert "Restored all states" in proc.stdout + proc.stderr
     # the W&B run is continued under the same id
     assert (first / "wandb_run_id.txt").read_text() == (second / "wandb_run_id.txt").read_text()
+    # the learning curves continue too: epoch 0 as the first run recorded it, then epoch 1
+    assert (first / "curves.csv").read_text().splitlines()[1] == (second / "curves.csv").read_text().splitlines()[1]
+    assert len((second / "curves.csv").read_text().splitlines()) == 3
     # "latest" finds the newest run of the experiment (second, at step 6)
     proc = cli("gmsop.train", *common, "trainer.max_epochs=3", "trainer.resume=latest", "logger.wandb.enabled=false",
                f"hydra.run.dir={experiment_runs / 'third'}")

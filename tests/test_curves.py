@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 
 import lightning as L
 import pytest
@@ -31,9 +32,9 @@ def test_curves_file_round_trip_with_missing_values(tmp_path):
     assert read_curves(tmp_path / "missing") == {}
 
 
-def _fit(root, max_epochs, ckpt_path=None):
+def _fit(root, max_epochs, ckpt_path=None, earlier_run=None):
     model = SecondOrderClassifier({"backbone": "resnet18_64"}, {"name": "gap"}, SGD, 10, 1)
-    curves = LearningCurves(root, title="test")
+    curves = LearningCurves(root, title="test", earlier_run=earlier_run)
     trainer = L.Trainer(max_epochs=max_epochs, limit_train_batches=3, limit_val_batches=2, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=root,
                         logger=CSVLogger(save_dir=root, name="csv", version=""),
@@ -61,13 +62,22 @@ def test_curves_match_the_logged_metrics_and_the_schedule(tmp_path):
 
 
 def test_resumed_run_keeps_the_earlier_epochs(tmp_path):
-    first, second = tmp_path / "first", tmp_path / "second"
+    first, second, moved = tmp_path / "first", tmp_path / "second", tmp_path / "moved"
     _fit(first, max_epochs=2)
-    _fit(second, max_epochs=3, ckpt_path=first / "checkpoints" / "last.ckpt")
+    ckpt = first / "checkpoints" / "last.ckpt"
+    _fit(second, max_epochs=3, ckpt_path=ckpt, earlier_run=first)
     before, after = read_curves(first), read_curves(second)
     assert sorted(after) == [0, 1, 2]
     assert after[0] == pytest.approx(before[0])  # restored from the checkpoint, not re-measured
-    assert after[1]["val/top1_err"] == pytest.approx(before[1]["val/top1_err"])
-    # The checkpoint is written when epoch 1's validation ends, before its training metrics are final.
-    assert math.isnan(after[1]["train/loss"])
+    # Epoch 1's training values were final only after its checkpoint was written: taken from first/curves.csv.
+    assert after[1] == pytest.approx(before[1])
     assert all(math.isfinite(after[2][c]) for c in COLUMNS[1:])
+
+    # A checkpoint without its run folder's curves.csv: the history still starts at epoch 0,
+    # but the epoch resumed from has no training values.
+    moved.mkdir()
+    shutil.copy(ckpt, moved / "last.ckpt")
+    _fit(tmp_path / "third", max_epochs=3, ckpt_path=moved / "last.ckpt", earlier_run=tmp_path)
+    third = read_curves(tmp_path / "third")
+    assert third[0] == pytest.approx(before[0]) and third[1]["val/top1_err"] == pytest.approx(before[1]["val/top1_err"])
+    assert math.isnan(third[1]["train/loss"])

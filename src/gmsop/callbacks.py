@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from gmsop.curves import TRAIN_METRICS, VAL_METRICS, Curves, write_curves
+from gmsop.curves import TRAIN_METRICS, VAL_METRICS, Curves, read_curves, write_curves
 
 
 class Throughput(L.Callback):
@@ -120,12 +121,15 @@ class LearningCurves(L.Callback):
     The history travels in the checkpoint (callback state), so a resumed run's curves
     start at epoch 0. Validation values are taken when validation ends; training values
     once the epoch's metrics are final (the next epoch's start, or the end of training),
-    so the epoch a run is resumed from has no training values (a gap in the plot).
+    which is after the checkpoint of that epoch was written: on resume they are filled in
+    from `earlier_run`'s curves.csv (the folder the checkpoint came from), for the epochs
+    the checkpoint holds. Without that file the resumed-from epoch has no training values.
     """
 
-    def __init__(self, run_dir: Path, title: str) -> None:
+    def __init__(self, run_dir: Path, title: str, earlier_run: Path | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.title = title
+        self.earlier_run = earlier_run
         self.curves: Curves = {}
         self._pending_train_epoch: int | None = None
 
@@ -167,3 +171,7 @@ class LearningCurves(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.curves = {int(e): dict(v) for e, v in state_dict["curves"].items()}
+        earlier = read_curves(self.earlier_run) if self.earlier_run else {}
+        for epoch, row in self.curves.items():
+            known = {k: v for k, v in earlier.get(epoch, {}).items() if not math.isnan(v)}
+            self.curves[epoch] = {**known, **row}  # the checkpoint's own values win

@@ -31,5 +31,10 @@ def resolve_resume(resume: Optional[str], experiment_runs: Path) -> tuple[Option
         ckpt = path / LAST_CKPT if path.is_dir() else path
         if not ckpt.is_file():
             raise ResumeError(f"trainer.resume={resume}: no checkpoint at {ckpt} (give a .ckpt, a run folder, or 'latest')")
-    id_file = ckpt.parent.parent / WANDB_ID_FILE
+    id_file = run_folder_of(ckpt) / WANDB_ID_FILE
     return ckpt, (id_file.read_text().strip() if id_file.is_file() else None)
+
+
+def run_folder_of(ckpt: Path) -> Path:
+    """The run folder a checkpoint was saved in (RUN/checkpoints/NAME.ckpt)."""
+    return ckpt.parent.parent

@@ -18,7 +18,7 @@ from gmsop.callbacks import LearningCurves, Throughput
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import write_text_atomic
-from gmsop.resume import WANDB_ID_FILE, resolve_resume
+from gmsop.resume import WANDB_ID_FILE, resolve_resume, run_folder_of
 
 
 @dataclass
@@ -52,7 +52,7 @@ def run_training(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Cal
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/top1_err", mode="min", save_last=True
     )
     throughput = Throughput()
-    curves = LearningCurves(run_dir, title=f"{cfg.name} ({run_dir.name})")
+    curves = LearningCurves(run_dir, f"{cfg.name} ({run_dir.name})", run_folder_of(ckpt_path) if ckpt_path else None)
     callbacks = [checkpoint, OnExceptionCheckpoint(run_dir / "checkpoints"), throughput, curves]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
