@@ -7,12 +7,11 @@ Columns: epoch, lr, then the per-epoch metrics below; a value not (yet) known is
 from __future__ import annotations
 
 import csv
-import io
 import math
 from pathlib import Path
 from typing import Mapping
 
-from gmsop.paths import write_text_atomic
+from gmsop.paths import write_csv_atomic
 
 CURVES_FILE = "curves.csv"
 TRAIN_METRICS = ("train/loss", "train/top1_err")
@@ -24,13 +23,9 @@ Curves = dict[int, dict[str, float]]  # epoch -> column -> value
 
 def write_curves(run_dir: Path, curves: Mapping[int, Mapping[str, float]]) -> Path:
     """Write curves.csv (rows sorted by epoch) atomically; return its path."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    writer.writeheader()
-    for epoch in sorted(curves):
-        writer.writerow({**curves[epoch], "epoch": epoch})
     path = run_dir / CURVES_FILE
-    write_text_atomic(path, buf.getvalue())
+    rows = ([epoch, *(curves[epoch].get(c, "") for c in COLUMNS[1:])] for epoch in sorted(curves))
+    write_csv_atomic(path, COLUMNS, rows)
     return path
 
 

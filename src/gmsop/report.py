@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from gmsop.curves import Curves, read_curves
-from gmsop.paths import write_text_atomic
+from gmsop.paths import write_csv_atomic, write_text_atomic
 from gmsop.published import Published, match
 
 IGNORED_OVERRIDE_PREFIXES = ("runs_dir=", "hydra.", "trainer.enable_progress_bar")
@@ -132,9 +131,7 @@ def report(root: Path, out: Optional[Path] = None) -> Path:
     out = out or root / "report"
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(runs, root)
-    buf = io.StringIO()
-    csv.writer(buf).writerows([COLUMNS, *rows])
-    write_text_atomic(out / "report.csv", buf.getvalue())
+    write_csv_atomic(out / "report.csv", COLUMNS, rows)
     plot_errors(runs, out / "errors.png")
     has_usage = plot_usage(runs, out / "component_usage.png")
     md = markdown(rows, f"Runs under {root}") + "\n![validation error per run](errors.png)\n"

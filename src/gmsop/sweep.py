@@ -15,8 +15,6 @@ each trial) and plots of the search: sweep_history.png and sweep_params.png.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +24,7 @@ import optuna
 from omegaconf import OmegaConf
 
 from gmsop.config import compose_train
-from gmsop.paths import write_text_atomic
+from gmsop.paths import write_csv_atomic
 from gmsop.registry import ConfigError
 
 METHODS = {"grid", "random", "bayes"}
@@ -188,13 +186,9 @@ def write_study_summary(study: optuna.Study, metric: str, folder: Path) -> None:
     from gmsop.plots import study_figures
 
     names = sorted({name for t in study.trials for name in t.params})
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["trial", "state", metric, *names, "run_dir"])
-    for t in study.trials:
-        writer.writerow([t.number, t.state.name, "" if t.value is None else t.value,
-                         *(t.params.get(n, "") for n in names), t.user_attrs.get("run_dir", "")])
-    write_text_atomic(folder / "trials.csv", buf.getvalue())
+    rows = [[t.number, t.state.name, "" if t.value is None else t.value, *(t.params.get(n, "") for n in names),
+             t.user_attrs.get("run_dir", "")] for t in study.trials]
+    write_csv_atomic(folder / "trials.csv", ["trial", "state", metric, *names, "run_dir"], rows)
     study_figures(study, metric, folder / "sweep_history.png", folder / "sweep_params.png")
 
 
