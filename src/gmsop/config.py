@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from gmsop.registry import ConfigError
 
 
 @dataclass
@@ -59,7 +61,13 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = None
     deterministic: bool = False
     enable_progress_bar: bool = True
-    resume: Optional[str] = None  # a .ckpt, a run folder, or "latest" (newest run of this experiment)
+    # Ours, not the Trainer's (RUN_CONTROL_KEYS):
+    resume: Optional[str] = None  # a .ckpt, a run folder, "latest" or "auto" (see gmsop.resume)
+    resume_allow_changes: bool = False  # resume even if model/head/optim/data differ from the checkpoint's
+    checkpoint_every_n_steps: Optional[int] = None  # also write last.ckpt every N steps (long epochs)
+
+
+RUN_CONTROL_KEYS = ("resume", "resume_allow_changes", "checkpoint_every_n_steps")  # not passed to the Trainer
 
 
 @dataclass
@@ -100,8 +108,25 @@ class EvalConfig:
     runs_dir: str = "runs"
 
 
+def run_name(name: str) -> str:
+    """The experiment name as a folder name: non-empty, no path separators (checked before any folder exists)."""
+    if not isinstance(name, str) or not name.strip() or "/" in name or name in (".", ".."):
+        raise ConfigError(f"name={name!r}: give a non-empty experiment name without '/' (it names runs_dir/NAME)")
+    return name
+
+
+def register_resolvers() -> None:
+    """${run_name:NAME} (validated experiment name) and ${run_uid:} (random, fixed per process) for run folders."""
+    from gmsop.run_folder import run_uid
+
+    if not OmegaConf.has_resolver("run_uid"):
+        OmegaConf.register_new_resolver("run_uid", run_uid)
+        OmegaConf.register_new_resolver("run_name", run_name)
+
+
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore (train.yaml/eval.yaml extend them)."""
+    """Put the schemas in Hydra's ConfigStore (train.yaml/eval.yaml extend them), and the run-folder resolvers."""
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)

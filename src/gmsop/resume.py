@@ -1,40 +1,168 @@
-"""Find the checkpoint (and W&B run id) to resume from."""
+"""What a run continues from: the checkpoint, its run folder and W&B run id, and whether the
+checkpoint fits the config it is resumed with.
+
+`trainer.resume` is one of:
+- unset: a fresh run; its folder must not hold another run.
+- a run folder or a .ckpt file: continue that run (same W&B run) in this run's new folder.
+- `latest`: the newest run of this experiment (runs_dir/name) that has a last.ckpt and is not in use.
+- `auto`: continue in place if this run's own folder holds a checkpoint (a re-submitted or
+  requeued job with a fixed hydra.run.dir, e.g. trainer=slurm), else start fresh.
+
+Every checkpoint records the run's config, folder and W&B id (key `gmsop`), so a resume
+knows which W&B run to continue and refuses a config that does not fit the checkpoint.
+"""
 
 from __future__ import annotations
 
+import pickle
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
-LAST_CKPT = Path("checkpoints") / "last.ckpt"
+import lightning as L
+import torch
+
+from gmsop.checkpointing import CHECKPOINT_DIR, LAST
+from gmsop.run_folder import holds_run, is_locked, require_fresh
+
+LAST_CKPT = Path(CHECKPOINT_DIR) / f"{LAST}.ckpt"
 WANDB_ID_FILE = "wandb_run_id.txt"
+RECORD_KEY = "gmsop"
+# Data keys that change how data is read, not what the model learns: free to differ on resume.
+DATA_KEYS_FREE_ON_RESUME = ("root", "num_workers", "eval_batch_size", "verify_images")
 
 
 class ResumeError(FileNotFoundError):
     """No checkpoint at the place trainer.resume names."""
 
 
-def resolve_resume(resume: Optional[str], experiment_runs: Path) -> tuple[Optional[Path], Optional[str]]:
-    """trainer.resume -> (checkpoint path, W&B run id to continue, if the run saved one).
+class CheckpointError(ValueError):
+    """A file is not a readable gmsop checkpoint, or does not fit the config or data."""
 
-    `resume` is a .ckpt file, a run folder (its checkpoints/last.ckpt), or "latest": the
-    newest run folder of this experiment (under runs_dir/name) that has a last.ckpt.
-    """
+
+@dataclass
+class ResumePlan:
+    ckpt: Optional[Path] = None  # None: a fresh run
+    source: Optional[Path] = None  # the run folder the checkpoint belongs to
+    wandb_id: Optional[str] = None
+    in_place: bool = False  # continuing in the run's own folder (trainer.resume=auto)
+    checkpoint: Optional[dict] = None  # the loaded checkpoint (for the compatibility check)
+
+
+def plan_resume(resume: Optional[str], run_dir: Path, experiment_runs: Path) -> ResumePlan:
+    """trainer.resume -> what to continue from (see the module docstring)."""
     if not resume:
-        return None, None
+        require_fresh(run_dir)
+        return ResumePlan()
+    if resume == "auto":
+        ckpt = newest_checkpoint(run_dir)
+        if ckpt is None:
+            return ResumePlan()
+        return _plan(ckpt, in_place=True)
     if resume == "latest":
-        candidates = sorted(experiment_runs.glob(f"**/{LAST_CKPT}"), key=lambda p: p.stat().st_mtime)
+        candidates = [p for p in experiment_runs.glob(f"**/{LAST_CKPT}")
+                      if run_folder_of(p) != run_dir and not is_locked(run_folder_of(p))]
         if not candidates:
-            raise ResumeError(f"trainer.resume=latest: no {LAST_CKPT} under {experiment_runs}")
-        ckpt = candidates[-1]
+            raise ResumeError(f"trainer.resume=latest: no {LAST_CKPT} under {experiment_runs} (outside runs in use)")
+        ckpt = max(candidates, key=lambda p: p.stat().st_mtime)
     else:
         path = Path(resume).expanduser()
-        ckpt = path / LAST_CKPT if path.is_dir() else path
-        if not ckpt.is_file():
-            raise ResumeError(f"trainer.resume={resume}: no checkpoint at {ckpt} (give a .ckpt, a run folder, or 'latest')")
-    id_file = run_folder_of(ckpt) / WANDB_ID_FILE
-    return ckpt, (id_file.read_text().strip() if id_file.is_file() else None)
+        ckpt = newest_checkpoint(path) if path.is_dir() else path
+        if ckpt is None or not ckpt.is_file():
+            raise ResumeError(f"trainer.resume={resume}: no checkpoint at {ckpt or path / LAST_CKPT} "
+                              "(give a .ckpt, a run folder, 'latest' or 'auto')")
+    require_fresh(run_dir)
+    return _plan(ckpt, in_place=False)
+
+
+def _plan(ckpt: Path, in_place: bool) -> ResumePlan:
+    checkpoint = read_checkpoint(ckpt, for_resume=True)
+    record = checkpoint.get(RECORD_KEY) or {}
+    source = run_folder_of(ckpt)
+    id_file = source / WANDB_ID_FILE
+    wandb_id = record.get("wandb_id") or (id_file.read_text().strip() if id_file.is_file() else None)
+    return ResumePlan(ckpt, source, wandb_id, in_place, checkpoint)
+
+
+def newest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The most recent of a run folder's last.ckpt and Lightning's SLURM hpc_ckpt_N.ckpt."""
+    candidates = [p for p in (run_dir / LAST_CKPT, *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
 def run_folder_of(ckpt: Path) -> Path:
-    """The run folder a checkpoint was saved in (RUN/checkpoints/NAME.ckpt)."""
-    return ckpt.parent.parent
+    """The run folder a checkpoint was saved in (RUN/checkpoints/NAME.ckpt, or RUN/hpc_ckpt_N.ckpt)."""
+    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else ckpt.parent
+
+
+def read_checkpoint(path: Path, for_resume: bool = False) -> dict:
+    """Load a gmsop checkpoint on the CPU, or raise CheckpointError naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was not written completely")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
+            AttributeError, ModuleNotFoundError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, Mapping) or not {"model", "head"} <= set(hparams) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a gmsop training checkpoint (no model/head hyperparameters and "
+                              "state_dict); for weights of another model use model.pretrained_file")
+    if for_resume and not {"loops", "optimizer_states"} <= set(ckpt):
+        raise CheckpointError(f"{path} holds weights but no training state (loops, optimizer); it cannot be resumed")
+    return ckpt
+
+
+def differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Keys (dotted) whose values differ between two nested mappings, with both values."""
+    out = []
+    for key in sorted(set(saved) | set(current), key=str):
+        name = f"{prefix}{key}"
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += differences(a, b, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {a!r} in the checkpoint, {b!r} now")
+    return out
+
+
+def config_differences(checkpoint: dict, current: Mapping[str, Any]) -> list[str]:
+    """What differs between a checkpoint's model/head/optim/data/classes and the current ones
+    (data keys that only say where and how data is read are ignored)."""
+    saved = dict(checkpoint["hyper_parameters"])
+
+    def comparable(h: Mapping[str, Any]) -> dict:
+        data = {k: v for k, v in (h.get("data") or {}).items() if k not in DATA_KEYS_FREE_ON_RESUME}
+        return {"model": h.get("model"), "head": h.get("head"), "optim": h.get("optim"), "data": data,
+                "num_classes": h.get("num_classes"), "in_chans": h.get("in_chans")}
+
+    return differences(comparable(saved), comparable(current))
+
+
+def check_compatible(plan: ResumePlan, current: Mapping[str, Any], allow_changes: bool) -> list[str]:
+    """Refuse (CheckpointError) to resume with a config that differs from the checkpoint's, naming
+    the keys, unless allow_changes; return the differences (to warn about)."""
+    if plan.checkpoint is None:
+        return []
+    diff = config_differences(plan.checkpoint, current)
+    if diff and not allow_changes:
+        raise CheckpointError(
+            f"cannot resume {plan.ckpt} with a different config:\n  " + "\n  ".join(diff)
+            + "\nResume with the checkpoint's settings, or pass trainer.resume_allow_changes=true to continue "
+              "anyway (the optimiser and schedule state still come from the checkpoint)"
+        )
+    return diff
+
+
+class RunRecord(L.Callback):
+    """Writes the run's config, folder and W&B run id into every checkpoint (key `gmsop`)."""
+
+    def __init__(self, run_dir: Path, wandb_id: Optional[str], config: Mapping[str, Any]) -> None:
+        self.record = {"run_dir": str(run_dir), "wandb_id": wandb_id, "config": dict(config)}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[RECORD_KEY] = self.record

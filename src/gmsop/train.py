@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gmsop.config import register_configs
 from gmsop.paths import CONFIG_DIR
-from gmsop.training import run_training
+from gmsop.training import RunInterrupted, run_training
 
 register_configs()
+
+
+def _config_files(cfg: DictConfig) -> dict[str, str]:
+    """What Hydra would write to RUN/.hydra/ (it is told not to: gmsop writes them once the folder is checked)."""
+    hydra_cfg = HydraConfig.get()
+    return {"config.yaml": OmegaConf.to_yaml(cfg),
+            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task)))}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     """Train one run; return the best validation top-1 error (what sweeps minimise)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    result = run_training(cfg, run_dir)
+    try:
+        result = run_training(cfg, run_dir, config_files=_config_files(cfg))
+    except RunInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        sys.exit(e.exit_code)  # non-zero, so a scheduler sees the job did not finish
     print(f"\nrun folder:   {result.run_dir}")
     print(f"checkpoint:   {result.best_checkpoint} (last: {result.run_dir / 'checkpoints' / 'last.ckpt'})")
     if result.wandb_dir:

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
+import string
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gmsop.callbacks import LearningCurves, Throughput
+from gmsop.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
+from gmsop.config import RUN_CONTROL_KEYS
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import write_text_atomic
-from gmsop.resume import WANDB_ID_FILE, resolve_resume, run_folder_of
+from gmsop.resume import WANDB_ID_FILE, ResumePlan, RunRecord, check_compatible, newest_checkpoint, plan_resume, run_folder_of
+from gmsop.run_folder import SUMMARY, RunLock
 
 
 @dataclass
@@ -29,13 +37,41 @@ class RunResult:
     wandb_dir: Optional[Path]
 
 
-def run_training(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = ()) -> RunResult:
+class RunInterrupted(Exception):
+    """Training stopped by a signal (SIGTERM/SIGUSR1 preemption, Ctrl-C) after saving a resumable checkpoint."""
+
+    EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
+
+    def __init__(self, reason: str, run_dir: Path, checkpoint: Optional[Path]) -> None:
+        self.reason, self.run_dir, self.checkpoint = reason, run_dir, checkpoint
+        self.exit_code = self.EXIT_CODES.get(reason, 1)
+        how = f"trainer.resume={run_dir}" if checkpoint else "nothing to resume yet (no finished step)"
+        super().__init__(f"{reason}: training in {run_dir} interrupted; resume with {how}")
+
+
+def new_wandb_id() -> str:
+    """A W&B run id (8 lowercase letters/digits, like W&B's own)."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+PLAN_ENV = "GMSOP_RESUME_PLAN"  # rank 0's resume decision, inherited by the DDP processes it launches
+
+
+def run_training(
+    cfg: DictConfig,
+    run_dir: Path,
+    extra_callbacks: Sequence[L.Callback] = (),
+    config_files: Optional[Mapping[str, str]] = None,
+) -> RunResult:
     """Train cfg's model on cfg's data; write checkpoints, CSV/W&B logs and summary.json to run_dir.
 
-    `extra_callbacks` join the run's own (e.g. a sweep's pruning callback).
+    Before anything is written: the config, data and model are validated, run_dir is locked
+    against other processes, and a fresh run refuses a folder that holds another run; a
+    resume refuses a checkpoint whose config differs. `config_files` (name -> text) are then
+    saved to run_dir/.hydra/. `extra_callbacks` join the run's own (e.g. a sweep's pruning).
+    Raises RunInterrupted after SIGTERM/SIGUSR1/Ctrl-C (a resumable last.ckpt is saved).
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
+    rank_zero = rank_zero_only.rank == 0
     container = OmegaConf.to_container(cfg, resolve=True)
     datamodule = build_datamodule(container["data"])
     model = SecondOrderClassifier(
@@ -46,28 +82,96 @@ def run_training(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Cal
         in_chans=datamodule.num_channels,
         data=container["data"],
     )
-    ckpt_path, wandb_id = resolve_resume(cfg.trainer.resume, Path(cfg.runs_dir) / cfg.name)
+    run_dir = run_dir.resolve()
+    locks = [RunLock(run_dir, "train a run in it")] if rank_zero else []
+    try:
+        plan = _plan(cfg, run_dir, rank_zero)
+        if plan.source is not None and not plan.in_place and rank_zero:
+            locks.append(RunLock(plan.source, "continue the run it holds"))
+        changed = check_compatible(plan, model.hparams, cfg.trainer.resume_allow_changes)
+        if changed:
+            warnings.warn(f"resuming {plan.ckpt} with changed settings: " + "; ".join(changed))
+        wandb_id = plan.wandb_id or new_wandb_id()
+        if rank_zero:
+            _write_run_files(run_dir, wandb_id, config_files, plan)
+            os.environ[PLAN_ENV] = json.dumps({"ckpt": str(plan.ckpt) if plan.ckpt else None, "wandb_id": wandb_id,
+                                               "source": str(plan.source) if plan.source else None})
+        return _fit(cfg, container, run_dir, datamodule, model, plan, wandb_id, extra_callbacks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _plan(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> ResumePlan:
+    """Rank 0 decides; processes it launched (DDP) take its decision from the environment."""
+    inherited = os.environ.get(PLAN_ENV)
+    if not rank_zero and inherited:
+        d = json.loads(inherited)
+        ckpt = Path(d["ckpt"]) if d["ckpt"] else None
+        return ResumePlan(ckpt, Path(d["source"]) if d["source"] else None, d["wandb_id"], ckpt is not None
+                          and run_folder_of(ckpt) == run_dir)
+    return plan_resume(cfg.trainer.resume, run_dir, Path(cfg.runs_dir).resolve() / cfg.name)
+
+
+def _write_run_files(run_dir: Path, wandb_id: str, config_files: Optional[Mapping[str, str]], plan: ResumePlan) -> None:
+    """The W&B run id from the first second (so a crash at any point resumes the same W&B run),
+    and the run config (kept as first written when a run continues in place)."""
+    write_text_atomic(run_dir / WANDB_ID_FILE, wandb_id)
+    for name, text in (config_files or {}).items():
+        path = run_dir / ".hydra" / name
+        if not (plan.in_place and path.is_file()):
+            path.parent.mkdir(exist_ok=True)
+            write_text_atomic(path, text)
+
+
+def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id: str, extra_callbacks) -> RunResult:
+    L.seed_everything(cfg.seed, workers=True)
     loggers = _loggers(cfg, run_dir, container, wandb_id)
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val/top1_err", mode="min", save_last=True
-    )
+    checkpoints = checkpoint_callbacks(run_dir, cfg.trainer.checkpoint_every_n_steps)
+    best, interrupt = checkpoints[0], checkpoints[-1]
     throughput = Throughput()
-    curves = LearningCurves(run_dir, f"{cfg.name} ({run_dir.name})", run_folder_of(ckpt_path) if ckpt_path else None)
-    callbacks = [checkpoint, OnExceptionCheckpoint(run_dir / "checkpoints"), throughput, curves]
+    curves = LearningCurves(run_dir, f"{cfg.name} ({run_dir.name})", plan.source)
+    callbacks = [*checkpoints, RunRecord(run_dir, wandb_id, container), throughput, curves]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     callbacks += model.head.callbacks() + list(extra_callbacks)
-    trainer_args = {k: v for k, v in container["trainer"].items() if k != "resume"}  # TrainerConfig mirrors Trainer
-    trainer = L.Trainer(default_root_dir=run_dir, logger=loggers or False, callbacks=callbacks, **trainer_args)
+    trainer_args = {k: v for k, v in container["trainer"].items() if k not in RUN_CONTROL_KEYS}
+    trainer = L.Trainer(default_root_dir=run_dir, logger=loggers or False, callbacks=callbacks,
+                        plugins=[AtomicCheckpointIO()], **trainer_args)
     start = time.perf_counter()
+    status, error = "finished", None
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=plan.ckpt)
+    except SystemExit:  # SIGTERMException, or Lightning's sys.exit(1) after Ctrl-C
+        if interrupt.reason is None:
+            raise
+        status = "interrupted"
+    except BaseException as e:
+        status, error = "failed", f"{type(e).__name__}: {e}"
+        raise
     finally:
-        wandb_dir = _finish_wandb(loggers)
+        wandb_dir = _finish_wandb(loggers, RunInterrupted.EXIT_CODES.get(interrupt.reason, 1) if status != "finished" else 0)
+        if trainer.is_global_zero:
+            _write_summary(cfg, container, run_dir, model, trainer, plan, best, throughput, status, error,
+                           time.perf_counter() - start, interrupt.reason)
+    if status == "interrupted":
+        raise RunInterrupted(interrupt.reason, run_dir, newest_checkpoint(run_dir))
+    metrics = _final_metrics(trainer, throughput)
+    best_path = Path(best.best_model_path) if best.best_model_path else None
+    return RunResult(run_dir, metrics, best_path, wandb_dir)
+
+
+def _final_metrics(trainer: L.Trainer, throughput: Throughput) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics.update(throughput.summary())
+    return metrics
+
+
+def _write_summary(cfg, container, run_dir, model, trainer, plan, best, throughput, status, error, wall_s, reason) -> None:
+    """summary.json: what ran, how it ended (finished / interrupted / failed), and its metrics."""
     summary = {
         "name": cfg.name,
+        "status": status,
         "head": container["head"],
         "backbone": container["model"]["backbone"],
         "data": container["data"]["name"],
@@ -75,18 +179,21 @@ def run_training(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Cal
         "feature_dim": model.head.out_dim,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "wall_s": time.perf_counter() - start,
-        "resumed_from": str(ckpt_path) if ckpt_path else None,
-        "best_checkpoint": checkpoint.best_model_path or None,
-        "metrics": metrics,
+        "wall_s": wall_s,
+        "resumed_from": str(plan.ckpt) if plan.ckpt else None,
+        "best_checkpoint": best.best_model_path or None,
+        "best_score": None if best.best_model_score is None else float(best.best_model_score),
+        "metrics": _final_metrics(trainer, throughput),
     }
-    if trainer.is_global_zero:
-        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
-    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-    return RunResult(run_dir, metrics, best, wandb_dir)
+    if status == "interrupted":
+        summary["interrupted_by"] = reason
+        summary["resume_with"] = f"trainer.resume={run_dir}"
+    if error:
+        summary["error"] = error
+    write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=2))
 
 
-def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id: Optional[str]) -> list:
+def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id: str) -> list:
     loggers: list = []
     w = cfg.logger.wandb
     if w.enabled and w.mode != "disabled":
@@ -106,7 +213,7 @@ def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id
             name=run_dir.name,
             offline=w.mode == "offline",
             id=wandb_id,
-            resume="allow" if wandb_id else None,
+            resume="allow",
             config=container,
         )
         loggers.append(logger)
@@ -130,13 +237,12 @@ def _netrc_has_wandb() -> bool:
     return any("wandb" in host for host in hosts)
 
 
-def _finish_wandb(loggers: list) -> Optional[Path]:
+def _finish_wandb(loggers: list, exit_code: int) -> Optional[Path]:
     """Close the W&B run (one per job, so multirun logs every job); return its local folder."""
     for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             run = logger.experiment
             run_dir = Path(run.dir).parent  # .../wandb/offline-run-*/files -> .../offline-run-*
-            write_text_atomic(Path(logger.save_dir) / WANDB_ID_FILE, run.id)
-            run.finish()
+            run.finish(exit_code=exit_code)
             return run_dir
     return None

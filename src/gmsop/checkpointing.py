@@ -1,0 +1,178 @@
+"""Checkpoint policy: atomic files, last.ckpt after every epoch (and every N steps), the best
+of the whole run kept across resumes, and a resumable checkpoint when a run is interrupted.
+
+- `AtomicCheckpointIO`: every checkpoint file (ours and Lightning's SLURM `hpc_ckpt_N.ckpt`)
+  is written to a temporary file in the same folder, flushed to disk and renamed over the
+  target, so a kill at any moment leaves either the old file or the new one, never half.
+- `LastCheckpoint`: `checkpoints/last.ckpt` after every epoch's validation, whether or not
+  the monitored metric improved (Lightning's `save_last` rides on the top-k save).
+- `BestCheckpoint`: `checkpoints/best.ckpt`; resumed into a new run folder it copies the
+  earlier folder's best file and score, so "best" means best of the run, not of the resume.
+- `SaveOnInterrupt`: SIGTERM (cluster preemption) or Ctrl-C writes the current state to
+  last.ckpt (unless the weights are no longer finite) so the run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last"
+BEST = "best"
+MONITOR = "val/top1_err"
+TMP_MARK = ".tmp-"  # temporary files are named .NAME.tmp-PID
+
+
+def temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def replace_atomically(path: Path, write) -> None:
+    """Call write(tmp_path), fsync it, then rename it over path (a reader sees old or new, never half)."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files left in folder (recursively) by a process that was killed mid-write.
+
+    Call only while holding the folder's run lock: then no live writer owns them.
+    """
+    removed = []
+    for tmp in Path(folder).rglob(f".*{TMP_MARK}*"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO, but written via a same-folder temporary file and a rename.
+
+    (Lightning's own `_atomic_save` stages the bytes in the system temp folder and moves them,
+    which is a non-atomic copy when /tmp is another file system, and leaves the temporary file
+    behind after kill -9.)
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """checkpoints/last.ckpt after every epoch (or every `every_n_train_steps` steps), overwritten in place."""
+
+    def __init__(self, dirpath: Path, every_n_train_steps: Optional[int] = None) -> None:
+        super().__init__(dirpath=dirpath, filename=LAST, monitor=None, save_top_k=1, enable_version_counter=False,
+                         every_n_train_steps=every_n_train_steps)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to carry: the file name is fixed (and avoids Lightning's 'dirpath changed' warning)."""
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """checkpoints/best.ckpt by lowest validation top-1 error over the whole run, across resumes."""
+
+    def __init__(self, dirpath: Path) -> None:
+        super().__init__(dirpath=dirpath, filename=BEST, monitor=MONITOR, mode="min", save_top_k=1,
+                         enable_version_counter=False)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath:  # resumed in place
+            return super().load_state_dict(state_dict)
+        earlier, score = state_dict.get("best_model_path"), state_dict.get("best_model_score")
+        if not earlier or score is None:
+            return
+        if not Path(earlier).is_file():
+            rank_zero_warn(f"the best checkpoint of the resumed run ({earlier}) is gone; best.ckpt will be the best "
+                           "since this resume")
+            return
+        target = Path(self.dirpath) / f"{BEST}{self.FILE_EXTENSION}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(target, lambda tmp: shutil.copyfile(earlier, tmp))
+        self.best_model_path = self.kth_best_model_path = str(target)
+        self.best_model_score = self.kth_value = score
+        self.best_k_models = {str(target): score}
+
+
+class SaveOnInterrupt(L.Callback):
+    """On SIGTERM / SIGUSR1 / Ctrl-C, save the current training state to last.ckpt so nothing
+    since the last epoch is lost; never on other errors, nor weights that are no longer finite.
+
+    Lightning turns SIGTERM into a SIGTERMException at the next batch. Outside SLURM, SIGUSR1 is
+    treated as SIGTERM; under SLURM Lightning's own SIGUSR1 handler (checkpoint + requeue) stays.
+    `reason` names the interruption once one happened.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.saved: Optional[Path] = None
+        self.reason: Optional[str] = None
+        self._previous_usr1 = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not SLURMEnvironment.detect() and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            self._previous_usr1 = signal.signal(signal.SIGUSR1, _usr1_as_sigterm)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_usr1)
+            self._previous_usr1 = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return
+        self.reason = "SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT"
+        if trainer.sanity_checking or trainer.global_step == 0:
+            return
+        if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
+            rank_zero_warn(f"interrupted with non-finite weights: {self.path} keeps the last good state")
+            return
+        trainer.save_checkpoint(self.path)
+        self.saved = self.path
+        rank_zero_info(f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {self.path}")
+
+
+def _usr1_as_sigterm(signum, frame) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def checkpoint_callbacks(run_dir: Path, every_n_train_steps: Optional[int]) -> list[L.Callback]:
+    """The run's checkpoint callbacks, best first (Lightning's `ckpt_path='best'` reads the first)."""
+    folder = run_dir / CHECKPOINT_DIR
+    callbacks: list[L.Callback] = [BestCheckpoint(folder), LastCheckpoint(folder)]
+    if every_n_train_steps:
+        callbacks.append(LastCheckpoint(folder, every_n_train_steps))
+    callbacks.append(SaveOnInterrupt(folder / f"{LAST}.ckpt"))
+    return callbacks

@@ -1,0 +1,101 @@
+"""Run folders: unique names, an exclusive lock while a process writes one, and no reuse by accident.
+
+A run folder belongs to one training. Its default name is the start time plus a random
+suffix (`runs/NAME/2026-11-25_18-30-12_3fa9c1`), so runs started in the same second never
+share a folder. The process training into a folder (or continuing a run from it) holds an
+exclusive lock on `FOLDER/.run.lock` (released by the kernel even after kill -9), so a second
+process can neither write into it nor continue the same run at the same time.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import os
+import secrets
+from pathlib import Path
+from typing import Optional
+
+from gmsop.checkpointing import CHECKPOINT_DIR, remove_stale_temporaries
+
+LOCK_FILE = ".run.lock"
+SUMMARY = "summary.json"
+
+
+class RunFolderError(RuntimeError):
+    """A run folder is in use by another process, or already holds another run."""
+
+
+@functools.cache
+def run_uid() -> str:
+    """A random suffix, fixed for the process (Hydra resolves the run folder name more than once)."""
+    return secrets.token_hex(3)
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on folder/.run.lock, held until release() or process exit."""
+
+    def __init__(self, folder: Path, purpose: str) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / LOCK_FILE
+        self._fd: Optional[int] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            self._fd = None
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunFolderError(
+                f"run folder {self.folder} is in use by {holder}; cannot {purpose}. Wait for it to finish, "
+                "or start this run in another folder (leave hydra.run.dir at its default for a unique one)"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} ({purpose})\n".encode(), 0)
+        remove_stale_temporaries(self.folder)  # we hold the lock: no live writer owns them
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether a live process holds folder's run lock."""
+    path = Path(folder) / LOCK_FILE
+    if not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether folder already holds (part of) a training run: checkpoints or a summary."""
+    folder = Path(folder)
+    ckpts = folder / CHECKPOINT_DIR
+    return (folder / SUMMARY).is_file() or (ckpts.is_dir() and any(ckpts.glob("*.ckpt"))) or any(folder.glob("hpc_ckpt_*.ckpt"))
+
+
+def require_fresh(folder: Path) -> None:
+    """Refuse to start a new run in a folder that holds another run (it would mix or resume it)."""
+    if holds_run(folder):
+        raise RunFolderError(
+            f"run folder {folder} already holds a run (checkpoints or summary.json). To continue that run: "
+            f"trainer.resume={folder} (or trainer.resume=auto with this hydra.run.dir). To start a new one, "
+            "leave hydra.run.dir at its default (a unique folder) or name an empty folder"
+        )
