@@ -21,12 +21,20 @@ def random_spd(batch: int, c: int, lo: float, hi: float, seed: int = 0, dtype=to
     return (q * lam[:, None, :]) @ q.transpose(1, 2)
 
 
-def run_cli(module: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+CLI_ENV = {"WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+
+
+def run_cli(module: str, *args: str, cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m MODULE args...` as a user would; never raises on a non-zero exit."""
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env={**os.environ, **CLI_ENV, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start `python -m MODULE args...` in the background (to signal or kill it); output goes to cwd/MODULE-PID.log."""
+    log = open(cwd / f"{module}-{os.urandom(3).hex()}.log", "w+")
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env={**os.environ, **CLI_ENV, **(env or {})},
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture

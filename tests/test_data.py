@@ -113,3 +113,27 @@ def test_imagefolder_missing_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MissingDataError, match="no class sub-folders"):
         build_datamodule({"name": "imagefolder", "root": str(tmp_path / "empty")})
+
+
+def test_imagefolder_refuses_empty_class_folders_one_class_and_unreadable_images(tmp_path):
+    _image_tree(tmp_path / "phantom")
+    (tmp_path / "phantom" / "zebra").mkdir()  # a class folder with no images
+    (tmp_path / "phantom" / "zebra" / "notes.txt").write_text("todo")
+    dm = build_datamodule({"name": "imagefolder", "root": str(tmp_path / "phantom"), "num_workers": 0})
+    with pytest.raises(MissingDataError, match=r"class folder\(s\) .*zebra hold no images"):
+        dm.setup()
+    _image_tree(tmp_path / "one", classes=("cat",))
+    with pytest.raises(MissingDataError, match=r"has 1 class folder\(s\) \(cat\); a classifier needs at least 2"):
+        build_datamodule({"name": "imagefolder", "root": str(tmp_path / "one")})
+    _image_tree(tmp_path / "corrupt", per_class=40)
+    broken = tmp_path / "corrupt" / "dog" / "17.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    cfg = {"name": "imagefolder", "root": str(tmp_path / "corrupt"), "num_workers": 0, "stats_sample": 4}
+    with pytest.raises(MissingDataError, match=r"1 unreadable image\(s\) under .*\n  .*dog/17.png"):
+        build_datamodule(cfg).setup()  # found before training, though not in the 4-image statistics sample
+    dm = build_datamodule({**cfg, "verify_images": False})
+    dm.setup()
+    index = [i for i, (path, _) in enumerate(dm._train.samples + dm._val.samples) if path == str(broken)][0]
+    ds, i = (dm._train, index) if index < len(dm._train) else (dm._val, index - len(dm._train))
+    with pytest.raises(MissingDataError, match=r"cannot read image .*dog/17.png"):
+        ds[i]  # unchecked, it is still named when read

@@ -39,7 +39,8 @@ def test_report_table_csv_and_plots(tmp_path):
               overrides=["head=gmsop", "experiment=x"])
     _fake_run(tmp_path / "m" / "2", "ablation_heads", {"name": "sop"}, top1=0.45, overrides=["head=sop", "experiment=x"],
               curves=False)  # a run made before curves.csv existed
-    runs = collect(tmp_path)
+    runs, skipped = collect(tmp_path)
+    assert skipped == []
     assert [r.label for r in runs] == ["head=gap", "head=gmsop", "head=sop"]
     assert runs[1].usage == [0.9, 0.1]  # last epoch's validation usage
     assert runs[1].curves[1]["val/top1_err"] == 0.385 and runs[2].curves == {}
@@ -55,6 +56,25 @@ def test_report_table_csv_and_plots(tmp_path):
 def test_report_without_runs_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         collect(tmp_path)
+
+
+def test_report_names_corrupt_and_unfinished_runs_and_keeps_the_rest(tmp_path, capsys):
+    _fake_run(tmp_path / "ok", "abl", {"name": "gap"}, top1=0.5)
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "summary.json").write_text('{"name": "abl", "metr')  # cut off mid-write by another tool
+    (tmp_path / "killed" / "checkpoints").mkdir(parents=True)  # kill -9 before summary.json
+    _fake_run(tmp_path / "stopped", "abl", {"name": "gap"}, top1=0.1)
+    summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    (tmp_path / "stopped" / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    runs, skipped = collect(tmp_path)
+    assert [r.folder.name for r in runs] == ["ok"]
+    why = {k.folder.name: k.why for k in skipped}
+    assert set(why) == {"corrupt", "killed", "stopped"}
+    assert "unreadable summary.json (JSONDecodeError" in why["corrupt"] and why["stopped"].startswith("interrupted")
+    assert "killed before it could write summary.json" in why["killed"]
+    md = (report(tmp_path) / "report.md").read_text()
+    assert "## Not included" in md and "`corrupt`: unreadable summary.json" in md
+    assert "not included: " + str(tmp_path / "killed") in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -39,17 +39,37 @@ def test_wandb_distributions_map_to_optuna():
     assert isinstance(dists["model.dropout"], optuna.distributions.FloatDistribution) and not dists["model.dropout"].log
 
 
+M = "metric: {name: val/top1_err}\n"
+
+
 @pytest.mark.parametrize("body,message", [
-    ("method: anneal\nmetric: {name: m}\nparameters: {a: {values: [1]}}", "method='anneal'"),
+    ("method: anneal\n" + M + "parameters: {a: {values: [1]}}", "method='anneal'"),
     ("method: random\nparameters: {a: {values: [1]}}", "metric.name is required"),
-    ("method: grid\nmetric: {name: m}\nparameters: {a: {min: 0.1, max: 1.0}}", "needs `values` for every parameter"),
-    ("method: random\nmetric: {name: m}\nparameters: {a: {distribution: q_normal, min: 0, max: 1}}", "not supported"),
-    ("method: random\nmetric: {name: m}\nparameters: {a: {distribution: log_uniform_values, min: 0, max: 1}}", "bad range"),
+    ("method: grid\n" + M + "parameters: {a: {min: 0.1, max: 1.0}}", "needs `values` for every parameter"),
+    ("method: random\n" + M + "parameters: {a: {distribution: q_normal, min: 0, max: 1}}", "not supported"),
+    ("method: random\n" + M + "parameters: {a: {distribution: log_uniform_values, min: 0, max: 1}}", "bad range"),
+    ("method: random\n" + M + "parameters: {a: [1, 2", "is not valid YAML"),
+    ("- method: random\n- metric: x\n", "the top level must be a mapping"),
+    ("method: random\n" + M + "parameters: {optim.lr: 0.1}", "parameters.optim.lr=0.1; give a mapping"),
+    ("method: random\n" + M + "parameters: {optim.lr: null}", "parameters.optim.lr=None; give a mapping"),
+    ("method: random\n" + M + "parameters: {head.k: {min: 8, max: 2}}", r"head.k: bad range \[8, 2\] \(min > max\)"),
+    ("method: random\nmetric: {name: val/top1_error}\nparameters: {a: {values: [1]}}", "'val/top1_error' is not logged"),
 ])
 def test_sweep_file_errors(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message):
-        spec = SweepSpec(_write(tmp_path, body))
-        spec.sampler(0)
+        SweepSpec(_write(tmp_path, body))
+
+
+@pytest.mark.parametrize("override,message", [("optim.lrr=0.1", "does not compose"),
+                                              ("head.kk=2", "head.kk"), ("optim.lr=-1", "optim.lr=-1")])
+def test_trial_config_errors_are_found_before_the_first_trial(tmp_path, override, message):
+    from gmsop.sweep import run_sweep
+
+    sweep = _write(tmp_path, "name: s\nmethod: random\n" + M + "parameters: {optim.lr: {values: [0.01]}}\n"
+                             "command: [python, -m, gmsop.train, experiment=default]")
+    with pytest.raises(ConfigError, match=message):
+        run_sweep(sweep, 1, None, tmp_path / "runs", [override])
+    assert not (tmp_path / "runs").exists()  # nothing written, no trial started
 
 
 @pytest.mark.slow
@@ -72,7 +92,7 @@ command: [python, -m, gmsop.train, experiment=isqrt_digits, "${args_no_hyphens}"
     assert "1 trials finished, running 1 more" in proc.stdout
     root = tmp_path / "runs" / "tiny_sweep"
     summaries = sorted(root.glob("trial_*/summary.json"))
-    assert [p.parent.name for p in summaries] == ["trial_0000", "trial_0001"]
+    assert [p.parent.name[:10] for p in summaries] == ["trial_0000", "trial_0001"]
     assert all(json.loads(p.read_text())["epochs"] == 1 for p in summaries)
     with sqlite3.connect(root / "optuna.db") as db:
         assert db.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0] == 2

@@ -11,35 +11,46 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from gmsop.config import register_configs
+from gmsop.errors import exit_on_user_error
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import CONFIG_DIR, write_text_atomic
+from gmsop.resume import CheckpointError, read_checkpoint
 
 register_configs()
 
 
 def evaluate(ckpt_path: Path, data_overrides: dict, accelerator: str = "auto", devices=1) -> dict[str, float]:
-    """Validate a checkpoint on its data set's validation split; return the metrics."""
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    data_cfg = dict(ckpt["hyper_parameters"].get("data") or {})
-    if not data_cfg:
-        raise ValueError(f"{ckpt_path} holds no data config; pass the full data.* config")
+    """Validate a checkpoint on its data set's validation split; return the metrics.
+
+    Refuses (CheckpointError, naming the file) a file that is not a gmsop checkpoint, and data
+    whose class count or channel count differs from what the model was trained for.
+    """
+    ckpt = read_checkpoint(ckpt_path)
+    hparams = ckpt["hyper_parameters"]
+    data_cfg = dict(hparams.get("data") or {})
+    if not data_cfg and "name" not in data_overrides:
+        raise CheckpointError(f"{ckpt_path} holds no data config; pass the full data.* config (data.name=...)")
     data_cfg.update(data_overrides)
     datamodule = build_datamodule(data_cfg)
-    model = SecondOrderClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
+    for what, model_has, data_has in (("classes", hparams["num_classes"], datamodule.num_classes),
+                                      ("input channels", hparams["in_chans"], datamodule.num_channels)):
+        if model_has != data_has:
+            raise CheckpointError(f"{ckpt_path} was trained for {model_has} {what}, but data "
+                                  f"{data_cfg['name']!r} has {data_has}; evaluate it on data like its training data")
+    model = SecondOrderClassifier(**hparams)
+    model.load_state_dict(ckpt["state_dict"])
     trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False)
     (metrics,) = trainer.validate(model, datamodule=datamodule)
     return {k: float(v) for k, v in metrics.items()}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     metrics = evaluate(

@@ -14,10 +14,12 @@ from typing import Any, Callable, Generic, Mapping, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gmsop.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is unknown, missing or of the wrong type."""
 
 

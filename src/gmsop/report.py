@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,6 +22,7 @@ from omegaconf import OmegaConf
 from gmsop.curves import Curves, read_curves
 from gmsop.paths import write_csv_atomic, write_text_atomic
 from gmsop.published import Published, match
+from gmsop.run_folder import is_locked
 
 IGNORED_OVERRIDE_PREFIXES = ("runs_dir=", "hydra.", "trainer.enable_progress_bar")
 
@@ -56,21 +58,48 @@ def _last_usage(folder: Path) -> Optional[list[float]]:
     return [float(rows[-1][c]) for c in cols]
 
 
-def collect(root: Path) -> list[Run]:
-    """Every finished run (a folder with summary.json) under root, labelled by what differs."""
-    folders = sorted(p.parent for p in root.rglob("summary.json") if "report" not in p.parts)
-    if not folders:
-        raise FileNotFoundError(f"no finished runs (summary.json) under {root}")
+@dataclass
+class Skipped:
+    folder: Path
+    why: str
+
+
+def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
+    """Every finished run (summary.json with status finished) under root, labelled by what differs;
+    and the run folders left out (interrupted, failed, killed or unreadable), with the reason."""
+    summaries, skipped = {}, []
+    for path in sorted(p for p in root.rglob("summary.json") if "report" not in p.relative_to(root).parts):
+        try:
+            s = json.loads(path.read_text())
+            if not isinstance(s, dict) or "metrics" not in s or "head" not in s:
+                raise ValueError("not a gmsop run summary")
+        except (ValueError, OSError) as e:
+            skipped.append(Skipped(path.parent, f"unreadable {path.name} ({type(e).__name__}: {e})"))
+            continue
+        status = s.get("status", "finished")  # runs made before status existed only wrote it when finished
+        if status != "finished":
+            skipped.append(Skipped(path.parent, f"{status}" + (f" ({s['error']})" if s.get("error") else "")
+                                   + f" at epoch {s.get('epochs')}, step {s.get('global_step')}"))
+            continue
+        summaries[path.parent] = s
+    for ckpt_dir in sorted(root.rglob("checkpoints")):
+        folder = ckpt_dir.parent
+        if folder not in summaries and not (folder / "summary.json").is_file():
+            state = "running now" if is_locked(folder) else "killed before it could write summary.json"
+            skipped.append(Skipped(folder, f"no summary.json ({state}); resume with trainer.resume={folder}"))
+    if not summaries:
+        why = "".join(f"\n  {k.folder}: {k.why}" for k in skipped)
+        raise FileNotFoundError(f"no finished runs (summary.json) under {root}{why}")
+    folders = list(summaries)
     overrides = {f: _overrides(f) for f in folders}
     common = set.intersection(*(set(o) for o in overrides.values())) if len(folders) > 1 else set()
     runs = []
-    for f in folders:
-        s = json.loads((f / "summary.json").read_text())
+    for f, s in summaries.items():
         varying = [o for o in overrides[f] if o not in common and not o.startswith("experiment=")]
         label = (" ".join(varying) or s["head"]["name"]) if len(folders) > 1 else s["name"]
         runs.append(Run(f, label, s, match(s["name"], s["data"], s["backbone"], s["head"]), _last_usage(f),
                         read_curves(f)))
-    return runs
+    return runs, skipped
 
 
 COLUMNS = ["run", "head", "top-1 err %", "top-5 err %", "published top-1/top-5 %", "params (M)", "feature dim",
@@ -127,7 +156,9 @@ def plot_curves(runs: list[Run], out: Path) -> bool:
 
 def report(root: Path, out: Optional[Path] = None) -> Path:
     """Write the report for the runs under root; return its folder."""
-    runs = collect(root)
+    runs, skipped = collect(root)
+    for k in skipped:
+        print(f"not included: {k.folder}: {k.why}", file=sys.stderr)
     out = out or root / "report"
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(runs, root)
@@ -139,6 +170,8 @@ def report(root: Path, out: Optional[Path] = None) -> Path:
         md += "\n![loss and error per epoch](curves.png)\n"
     if has_usage:
         md += "\n![component usage (validation, last epoch)](component_usage.png)\n"
+    if skipped:
+        md += "\n## Not included\n\n" + "".join(f"- `{os.path.relpath(k.folder, root)}`: {k.why}\n" for k in skipped)
     write_text_atomic(out / "report.md", md)
     return out
 

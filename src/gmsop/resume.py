@@ -24,6 +24,7 @@ import lightning as L
 import torch
 
 from gmsop.checkpointing import CHECKPOINT_DIR, LAST
+from gmsop.errors import UserError
 from gmsop.run_folder import holds_run, is_locked, require_fresh
 
 LAST_CKPT = Path(CHECKPOINT_DIR) / f"{LAST}.ckpt"
@@ -33,11 +34,11 @@ RECORD_KEY = "gmsop"
 DATA_KEYS_FREE_ON_RESUME = ("root", "num_workers", "eval_batch_size", "verify_images")
 
 
-class ResumeError(FileNotFoundError):
+class ResumeError(UserError, FileNotFoundError):
     """No checkpoint at the place trainer.resume names."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file is not a readable gmsop checkpoint, or does not fit the config or data."""
 
 
@@ -57,8 +58,8 @@ def plan_resume(resume: Optional[str], run_dir: Path, experiment_runs: Path) -> 
         return ResumePlan()
     if resume == "auto":
         ckpt = newest_checkpoint(run_dir)
-        if ckpt is None:
-            return ResumePlan()
+        if ckpt is None:  # killed before its first checkpoint (or new): start over, as the same W&B run
+            return ResumePlan(wandb_id=_wandb_id_in(run_dir))
         return _plan(ckpt, in_place=True)
     if resume == "latest":
         candidates = [p for p in experiment_runs.glob(f"**/{LAST_CKPT}")
@@ -80,9 +81,12 @@ def _plan(ckpt: Path, in_place: bool) -> ResumePlan:
     checkpoint = read_checkpoint(ckpt, for_resume=True)
     record = checkpoint.get(RECORD_KEY) or {}
     source = run_folder_of(ckpt)
-    id_file = source / WANDB_ID_FILE
-    wandb_id = record.get("wandb_id") or (id_file.read_text().strip() if id_file.is_file() else None)
-    return ResumePlan(ckpt, source, wandb_id, in_place, checkpoint)
+    return ResumePlan(ckpt, source, record.get("wandb_id") or _wandb_id_in(source), in_place, checkpoint)
+
+
+def _wandb_id_in(run_dir: Path) -> Optional[str]:
+    id_file = run_dir / WANDB_ID_FILE
+    return (id_file.read_text().strip() or None) if id_file.is_file() else None
 
 
 def newest_checkpoint(run_dir: Path) -> Optional[Path]:

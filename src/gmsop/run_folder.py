@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Optional
 
 from gmsop.checkpointing import CHECKPOINT_DIR, remove_stale_temporaries
+from gmsop.errors import UserError
 
 LOCK_FILE = ".run.lock"
 SUMMARY = "summary.json"
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError, RuntimeError):
     """A run folder is in use by another process, or already holds another run."""
 
 

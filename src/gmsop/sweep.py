@@ -16,51 +16,93 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
 import optuna
+import yaml
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from gmsop.config import compose_train
+from gmsop.errors import exit_on_user_error
+from gmsop.models.classifier import EPOCH_METRIC_PREFIXES, EPOCH_METRICS
 from gmsop.paths import write_csv_atomic
 from gmsop.registry import ConfigError
+from gmsop.run_folder import LOCK_FILE, is_locked, run_uid
+from gmsop.training import RunInterrupted
 
 METHODS = {"grid", "random", "bayes"}
 
 
 class SweepSpec:
-    """A parsed sweep file: Optuna distributions, direction, sampler and base overrides."""
+    """A parsed sweep file: Optuna distributions, direction, sampler and base overrides.
+
+    Every error in the file is found here, before the first trial, and names the key.
+    """
 
     def __init__(self, path: Path) -> None:
-        spec = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         self.path = path
+        spec = self._load(path)
         self.name = str(spec.get("name") or path.stem)
         self.method = spec.get("method", "random")
         if self.method not in METHODS:
             raise ConfigError(f"{path}: method={self.method!r}; allowed: {', '.join(sorted(METHODS))}")
         metric = spec.get("metric") or {}
-        if "name" not in metric:
+        if not isinstance(metric, dict) or "name" not in metric:
             raise ConfigError(f"{path}: metric.name is required (e.g. val/top1_err)")
         self.metric = metric["name"]
+        if self.metric not in EPOCH_METRICS and not str(self.metric).startswith(EPOCH_METRIC_PREFIXES):
+            raise ConfigError(f"{path}: metric.name={self.metric!r} is not logged by training; allowed: "
+                              f"{', '.join(EPOCH_METRICS)}, or {'/'.join(EPOCH_METRIC_PREFIXES)}... keys")
         goal = metric.get("goal", "minimize")
         if goal not in ("minimize", "maximize"):
             raise ConfigError(f"{path}: metric.goal={goal!r}; allowed: minimize, maximize")
         self.direction = goal
         params = spec.get("parameters") or {}
-        if not params:
-            raise ConfigError(f"{path}: no parameters to sweep")
+        if not isinstance(params, dict) or not params:
+            raise ConfigError(f"{path}: no parameters to sweep (`parameters:` must map keys to specs)")
+        for key, p in params.items():
+            if not isinstance(p, dict):
+                raise ConfigError(f"{path}: parameters.{key}={p!r}; give a mapping: {{value: X}}, {{values: [...]}} "
+                                  "or {min: A, max: B}")
         self.fixed = {k: v["value"] for k, v in params.items() if "value" in v}
         self.searched = {k: v for k, v in params.items() if "value" not in v}
+        command = spec.get("command", [])
+        if not isinstance(command, list):
+            raise ConfigError(f"{path}: command={command!r}; give a list of arguments")
         # The command's key=value arguments, less W&B's mode: local trials stay offline unless
         # logger.wandb.mode=online is passed on the command line.
         self.base_overrides = [
-            a for a in spec.get("command", [])
+            a for a in command
             if isinstance(a, str) and "=" in a and "${" not in a and not a.startswith("logger.wandb.mode=")
         ]
         for key, p in self.searched.items():
-            self.suggest(key, p, _Probe())  # validates every parameter now, not mid-sweep
+            try:
+                self.suggest(key, p, _Probe())  # validates every parameter now, not mid-sweep
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
+        if self.method == "grid":
+            self.grid()
+
+    @staticmethod
+    def _load(path: Path) -> dict:
+        try:
+            spec = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        except (yaml.YAMLError, OmegaConfBaseException) as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping (name, method, metric, parameters, command), "
+                              f"not a {type(spec).__name__}")
+        return spec
+
+    def probe_overrides(self) -> list[str]:
+        """The overrides of a trial with the first value of every searched parameter (to validate the config)."""
+        values = {k: self.suggest(k, p, _Probe()) for k, p in self.searched.items()}
+        return [*self.base_overrides, *(f"{k}={v}" for k, v in {**self.fixed, **values}.items())]
 
     def grid(self) -> dict[str, list]:
         for key, p in self.searched.items():
@@ -107,6 +149,8 @@ class _Probe:
         return values[0]
 
     def suggest_int(self, key, lo, hi):
+        if lo > hi:
+            raise ConfigError(f"parameter {key}: bad range [{lo}, {hi}] (min > max)")
         return lo
 
     def suggest_float(self, key, lo, hi, log=False):
@@ -141,7 +185,23 @@ def _pruner(name: str) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if name == "median" else optuna.pruners.NopPruner()
 
 
-def make_objective(spec: SweepSpec, runs_dir: Path, extra: list[str]) -> Callable[[optuna.Trial], float]:
+def check_trial_config(spec: SweepSpec, extra: list[str]) -> None:
+    """Compose and validate one trial's config now, so a misspelled key fails before trial 0 runs."""
+    from gmsop.data import DATA
+    from gmsop.heads import HEADS
+    from gmsop.models.classifier import validate_optim
+
+    try:
+        cfg = compose_train([*spec.probe_overrides(), f"name={spec.name}", *extra])
+    except (OmegaConfBaseException, HydraException) as e:  # unknown keys, bad values
+        raise ConfigError(f"{spec.path}: the trial config does not compose: {e}") from None
+    container = OmegaConf.to_container(cfg, resolve=True)
+    HEADS.validate(container["head"], path="head")
+    DATA.validate(container["data"], path="data")
+    validate_optim(container["optim"])
+
+
+def make_objective(spec: SweepSpec, runs_dir: Path, extra: list[str], study_uid: str) -> Callable[[optuna.Trial], float]:
     from gmsop.training import run_training
 
     def objective(trial: optuna.Trial) -> float:
@@ -149,7 +209,7 @@ def make_objective(spec: SweepSpec, runs_dir: Path, extra: list[str]) -> Callabl
         overrides = [*spec.base_overrides, *(f"{k}={v}" for k, v in {**spec.fixed, **values}.items()),
                      f"name={spec.name}", f"runs_dir={runs_dir}", f"logger.wandb.group={spec.name}", *extra]
         cfg = compose_train(overrides)
-        run_dir = runs_dir / spec.name / f"trial_{trial.number:04d}"
+        run_dir = runs_dir / spec.name / f"trial_{trial.number:04d}_{study_uid}"  # unique to this study
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", overrides)
         result = run_training(cfg, run_dir, [PruneTrial(trial, spec.metric)])
@@ -160,22 +220,55 @@ def make_objective(spec: SweepSpec, runs_dir: Path, extra: list[str]) -> Callabl
     return objective
 
 
+HEARTBEAT_S, GRACE_S = 30, 90  # a RUNNING trial silent for GRACE_S is failed by Optuna
+
+
+def fail_abandoned_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+    """Mark FAIL every RUNNING trial whose run folder shows no live process (its run lock is free):
+    a trial killed with kill -9. Trials on other machines are left to Optuna's heartbeat."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        run_dir = Path(t.user_attrs.get("run_dir", ""))
+        if t.user_attrs.get("run_dir") and (run_dir / LOCK_FILE).is_file() and not is_locked(run_dir):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            failed.append(t.number)
+    return failed
+
+
 def run_sweep(
     path: Path, trials: int, storage: str | None, runs_dir: Path, extra: list[str], seed: int = 0, pruner: str = "median"
 ):
     """Run until the study holds `trials` finished (complete or pruned) trials, so a re-run
-    resumes; return the study."""
+    resumes; return the study.
+
+    On a re-run, trials left RUNNING by a killed sweep are marked FAIL (and do not count), and
+    the sampler is seeded with `seed` plus the number of trials so far, so it does not repeat
+    the parameters it drew before.
+    """
     spec = SweepSpec(path)
+    _pruner(pruner)
+    check_trial_config(spec, extra)
     (runs_dir / spec.name).mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{(runs_dir / spec.name / 'optuna.db').resolve()}"
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
-                                sampler=spec.sampler(seed), pruner=_pruner(pruner), load_if_exists=True)
+    url = storage or f"sqlite:///{(runs_dir / spec.name / 'optuna.db').resolve()}"
+    rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    study = optuna.create_study(study_name=spec.name, storage=rdb, direction=spec.direction, load_if_exists=True)
+    if "uid" not in study.user_attrs:
+        study.set_user_attr("uid", run_uid())
+    abandoned = fail_abandoned_trials(study, rdb)
+    optuna.storages.fail_stale_trials(study)
+    if abandoned:
+        print(f"sweep {spec.name}: trial(s) {', '.join(map(str, abandoned))} were killed while running; marked FAIL")
+    study.sampler = spec.sampler(seed + len(study.trials))
+    study.pruner = _pruner(pruner)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len([t for t in study.trials if t.state in finished])
     remaining = max(0, trials - done)
     print(f"sweep {spec.name}: {done} trials finished, running {remaining} more ({spec.method}, {spec.direction} {spec.metric})")
     if remaining:
-        study.optimize(make_objective(spec, runs_dir, extra), n_trials=remaining, catch=(FloatingPointError,),
+        objective = make_objective(spec, runs_dir, extra, study.user_attrs["uid"])
+        study.optimize(objective, n_trials=remaining, catch=(FloatingPointError,),
                        callbacks=[lambda study, _trial: write_study_summary(study, spec.metric, runs_dir / spec.name)])
     return study
 
@@ -192,6 +285,7 @@ def write_study_summary(study: optuna.Study, metric: str, folder: Path) -> None:
     study_figures(study, metric, folder / "sweep_history.png", folder / "sweep_params.png")
 
 
+@exit_on_user_error
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", type=Path, help="sweep file in W&B's schema")
@@ -205,7 +299,11 @@ def main() -> None:
     args = p.parse_intermixed_args()
     if not args.file.is_file():
         p.error(f"sweep file {args.file} does not exist")
-    study = run_sweep(args.file, args.trials, args.storage, args.runs_dir, args.overrides, args.seed, args.pruner)
+    try:
+        study = run_sweep(args.file, args.trials, args.storage, args.runs_dir, args.overrides, args.seed, args.pruner)
+    except RunInterrupted as e:  # the trial is marked FAIL; re-running the command resumes the sweep
+        print(f"\n{e}; re-run the sweep command to continue the sweep", file=sys.stderr)
+        sys.exit(e.exit_code)
     best = study.best_trial
     print(f"best trial #{best.number}: {best.value:.4f} with {best.params}; run folder {best.user_attrs['run_dir']}")
 

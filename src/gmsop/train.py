@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from gmsop.config import register_configs
+from gmsop.errors import exit_on_user_error
 from gmsop.paths import CONFIG_DIR
 from gmsop.training import RunInterrupted, run_training
 
@@ -24,6 +25,7 @@ def _config_files(cfg: DictConfig) -> dict[str, str]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float:
     """Train one run; return the best validation top-1 error (what sweeps minimise)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -10,6 +12,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 from gmsop.data.base import DATA, ImageDataModule, uint8_channel_stats
 from gmsop.data.errors import MissingDataError
@@ -27,8 +30,28 @@ class _UInt8Images(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        with Image.open(path) as img:
-            return self.resize(img.convert(self.mode)), label
+        try:
+            with Image.open(path) as img:
+                return self.resize(img.convert(self.mode)), label
+        except (OSError, SyntaxError, ValueError) as e:
+            raise MissingDataError(f"cannot read image {path}: {e}; remove or replace the file") from None
+
+
+def unreadable_images(paths: list[str]) -> list[tuple[str, str]]:
+    """(path, reason) for every file that PIL cannot open and verify (header and structure; fast)."""
+
+    def check(path: str):
+        try:
+            with Image.open(path) as img:
+                img.verify()
+            return None
+        except Exception as e:  # PIL raises many types for bad files
+            return path, f"{type(e).__name__}: {e}"
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        results = pool.map(check, paths, chunksize=64)
+        found = tqdm(results, total=len(paths), desc="checking images", disable=len(paths) < 5000, leave=False)
+        return [r for r in found if r is not None]
 
 
 @DATA.register("imagefolder")
@@ -51,6 +74,7 @@ class ImageFolderDataModule(ImageDataModule):
         split_seed: int = 0,
         grayscale: bool = False,
         stats_sample: int = 2000,
+        verify_images: bool = True,
     ) -> None:
         super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size)
         self.root = Path(root).expanduser()
@@ -66,7 +90,11 @@ class ImageFolderDataModule(ImageDataModule):
         if not any(p.is_dir() for p in class_root.iterdir()):
             raise MissingDataError(f"no class sub-folders in {class_root}; expected {class_root}/CLASS/img.jpg")
         self.class_names, self.class_to_idx = find_classes(str(class_root))
+        if len(self.class_names) < 2:
+            raise MissingDataError(f"{class_root} has {len(self.class_names)} class folder(s) "
+                                   f"({', '.join(self.class_names)}); a classifier needs at least 2")
         self.num_classes = len(self.class_names)
+        self.verify_images = verify_images
         self.num_channels = 1 if grayscale else 3
         self.val_fraction, self.split_seed, self.stats_sample = val_fraction, split_seed, stats_sample
 
@@ -74,6 +102,19 @@ class ImageFolderDataModule(ImageDataModule):
         samples = make_dataset(str(folder), self.class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
         if not samples:
             raise MissingDataError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {folder}")
+        empty = sorted(set(self.class_names) - {self.class_names[label] for _, label in samples})
+        if empty:
+            raise MissingDataError(
+                f"class folder(s) {', '.join(str(folder / c) for c in empty)} hold no images "
+                f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder(s), or each becomes a class never seen"
+            )
+        if self.verify_images:
+            bad = unreadable_images([path for path, _ in samples])
+            if bad:
+                listed = "\n  ".join(f"{p} ({why})" for p, why in bad[:10])
+                more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+                raise MissingDataError(f"{len(bad)} unreadable image(s) under {folder}:\n  {listed}{more}\n"
+                                       "remove or replace them (or data.verify_images=false to find them while training)")
         return samples
 
     def datasets(self):

@@ -15,6 +15,10 @@ from gmsop.models.factory import create_backbone
 from gmsop.registry import ConfigError
 
 OPTIMISERS = ("sgd", "adamw")
+# What every run logs once per epoch (keys in trainer.callback_metrics), e.g. for a sweep's metric.
+EPOCH_METRICS = ("val/top1_err", "val/top5_err", "val/loss", "val/ce", "val/aux_loss",
+                 "train/top1_err", "train/top5_err", "train/loss_epoch", "train/ce_epoch", "train/aux_loss_epoch")
+EPOCH_METRIC_PREFIXES = ("val/head/", "usage/", "gate/")  # head-specific (e.g. a mixture's usage per component)
 SCHEDULERS = ("multistep", "cosine", "none")
 
 
@@ -114,11 +118,15 @@ class SecondOrderClassifier(L.LightningModule):
 
 
 def validate_optim(optim: Mapping[str, Any]) -> None:
-    """Fail early, naming the key, for an unknown optimiser or scheduler."""
+    """Fail early, naming the key, for an unknown optimiser or scheduler or an out-of-range value."""
     if optim["name"] not in OPTIMISERS:
         raise ConfigError(f"unknown optim.name={optim['name']!r}; allowed: {', '.join(OPTIMISERS)}")
     if optim["scheduler"] not in SCHEDULERS:
         raise ConfigError(f"unknown optim.scheduler={optim['scheduler']!r}; allowed: {', '.join(SCHEDULERS)}")
+    for key, ok, allowed in (("lr", optim["lr"] >= 0, ">= 0"), ("weight_decay", optim["weight_decay"] >= 0, ">= 0"),
+                             ("momentum", 0 <= optim["momentum"] < 1, "in [0, 1)"), ("gamma", optim["gamma"] > 0, "> 0")):
+        if not ok:
+            raise ConfigError(f"optim.{key}={optim[key]!r}; allowed: {allowed}")
 
 
 def build_optimiser(params, optim: Mapping[str, Any], max_epochs: int):

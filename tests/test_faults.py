@@ -1,0 +1,272 @@
+"""Fault injection through the real entry points: kill -9, SIGTERM, SIGUSR1 under (simulated)
+SLURM, two runs at once, reused folders, corrupt files. After each: the final epoch and step
+are right, no file is half-written, one W&B run id per training, no temporary files left."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli, start_cli
+
+QUIET = ("trainer.enable_progress_bar=false",)
+# A short run: digits, the paper's ResNet-18 with a GAP head, 8 steps per epoch.
+SHORT = ("head=gap", "trainer.limit_train_batches=8", "trainer.limit_val_batches=2", "logger.csv=true", *QUIET)
+STEPS_PER_EPOCH = 8
+
+
+def _train(tmp_path, *args, env=None):
+    return run_cli("gmsop.train", *args, f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path, env=env)
+
+
+def _start(tmp_path, *args, env=None):
+    return start_cli("gmsop.train", *args, f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path, env=env)
+
+
+def _ok(proc) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _wait_for(predicate, timeout: float = 120, what: str = "") -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError(f"waited {timeout}s for {what}")
+        time.sleep(0.05)
+
+
+def _output(proc: subprocess.Popen) -> str:
+    proc.stdout.seek(0)
+    return proc.stdout.read()
+
+
+def _step(ckpt: Path) -> int:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+
+
+def _assert_clean(run_dir: Path) -> None:
+    """No temporary files; every checkpoint loads and is finite; one W&B run id in the folder."""
+    assert not [p for p in run_dir.rglob(".*.tmp-*")], "temporary files left behind"
+    for ckpt in run_dir.rglob("*.ckpt"):
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
+    run_id = (run_dir / "wandb_run_id.txt").read_text()
+    assert {p.name.rsplit("-", 1)[1] for p in run_dir.glob("wandb/offline-run-*")} == {run_id}
+
+
+@pytest.mark.slow
+def test_last_checkpoint_every_epoch_and_a_used_folder_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ("head=gap", "optim.lr=0", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
+            "trainer.limit_val_batches=2", f"hydra.run.dir={run_dir}", *QUIET)
+    proc = _train(tmp_path, *args)
+    _ok(proc)
+    assert _step(run_dir / "checkpoints" / "last.ckpt") == 6  # not 3: no improvement at lr=0, still saved
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert "ckpt_path=None" not in proc.stderr  # Lightning's "last checkpoint" warning on fresh runs is gone
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".run.lock" not in p.name}
+    again = _train(tmp_path, *args)  # the same folder again, without resume
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "trainer.resume=" in again.stderr
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".run.lock" not in p.name}
+    assert after.keys() - before.keys() <= {run_dir / "train.log"} and all(after[p] == before[p] for p in before
+                                                                            if p.name != "train.log")
+    assert _summary(run_dir)["resumed_from"] is None
+
+
+@pytest.mark.slow
+def test_two_runs_with_one_name_started_together_get_their_own_folders(tmp_path):
+    procs = [_start(tmp_path, *SHORT, "name=twins", "trainer.max_epochs=1") for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, _output(p)
+    folders = sorted((tmp_path / "runs" / "twins").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        assert _summary(folder)["global_step"] == STEPS_PER_EPOCH
+        assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+        _assert_clean(folder)
+    assert len({(f / "wandb_run_id.txt").read_text() for f in folders}) == 2
+
+
+@pytest.mark.slow
+def test_sigterm_saves_exits_nonzero_and_resumes_in_place_while_others_are_kept_out(tmp_path):
+    run_dir = tmp_path / "run"
+    args = (*SHORT, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}")
+    first = _start(tmp_path, *args)
+    _wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").is_file(), what="the first checkpoint")
+    # A second process can neither train into the folder nor continue the run while it is in use.
+    intruder = _train(tmp_path, *SHORT, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}", "trainer.resume=auto")
+    assert intruder.returncode == 2 and "is in use by pid" in intruder.stderr
+    branch = _train(tmp_path, *SHORT, "trainer.max_epochs=3", f"trainer.resume={run_dir}")
+    assert branch.returncode == 2 and "is in use by pid" in branch.stderr
+    time.sleep(random.Random(0).uniform(0, 1.5))
+    first.send_signal(signal.SIGTERM)  # how SLURM and Kubernetes preempt
+    assert first.wait(timeout=120) == 143, _output(first)
+    summary = _summary(run_dir)
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM"
+    assert _step(run_dir / "checkpoints" / "last.ckpt") == summary["global_step"] > 0  # saved where it stopped
+    proc = _train(tmp_path, *args, "trainer.resume=auto")
+    _ok(proc)
+    summary = _summary(run_dir)
+    assert (summary["status"], summary["epochs"], summary["global_step"]) == ("finished", 3, 3 * STEPS_PER_EPOCH)
+    _assert_clean(run_dir)
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) == 2  # two processes, one W&B run id
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_resume_loses_no_finished_step(tmp_path):
+    """kill -9 three times at random moments (checkpoints are written every step, so some kills
+    land inside a write), resume each time; the run ends at the right epoch and step."""
+    run_dir = tmp_path / "run"
+    args = (*SHORT, "trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=1", f"hydra.run.dir={run_dir}",
+            "trainer.resume=auto")
+    rng = random.Random(9)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    steps = []
+    for _ in range(3):
+        proc = _start(tmp_path, *args)
+        before = _step(last) if last.is_file() else -1
+        _wait_for(lambda: last.is_file() and last.stat().st_mtime > time.time() - 2 and _step(last) > before,
+                  what="a new checkpoint")
+        time.sleep(rng.uniform(0, 1.0))
+        proc.kill()
+        proc.wait()
+        steps.append(_step(last))  # loads: never half-written
+    assert steps == sorted(steps) and steps[-1] > steps[0]  # every resume continued, none went back
+    proc = _train(tmp_path, *args)
+    _ok(proc)
+    summary = _summary(run_dir)
+    assert (summary["status"], summary["epochs"], summary["global_step"]) == ("finished", 3, 3 * STEPS_PER_EPOCH)
+    assert _step(last) == 3 * STEPS_PER_EPOCH
+    _assert_clean(run_dir)
+
+
+def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    target.parent.mkdir()
+    target.write_bytes(b"old complete checkpoint")
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from pathlib import Path
+from gmsop.checkpointing import replace_atomically
+def slow(tmp):
+    with open(tmp, "wb") as f:
+        f.write(b"half of a new chec")
+        f.flush()
+        Path({str(tmp_path / 'writing')!r}).touch()
+        time.sleep(60)
+replace_atomically(Path({str(target)!r}), slow)
+"""])
+    _wait_for(lambda: (tmp_path / "writing").exists(), what="the write to start")
+    writer.kill()
+    writer.wait()
+    assert target.read_bytes() == b"old complete checkpoint"
+    (leftover,) = target.parent.glob(".last.ckpt.tmp-*")  # what a killed writer leaves
+    from gmsop.run_folder import RunLock
+
+    with RunLock(tmp_path, "test"):  # the next process to take the folder removes it
+        assert not leftover.exists()
+
+
+@pytest.mark.slow
+def test_resume_into_a_new_folder_keeps_the_best_and_refuses_a_changed_config(tmp_path):
+    common = ("head=gap", "optim.lr=0.02", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", *QUIET)
+    first, second, third = (tmp_path / n for n in ("first", "second", "third"))
+    _ok(_train(tmp_path, *common, "trainer.max_epochs=2", f"hydra.run.dir={first}"))
+    changed = _train(tmp_path, *common, "head=isqrt", "optim.lr=0.05", "trainer.max_epochs=3",
+                     f"trainer.resume={first}", f"hydra.run.dir={third}")
+    assert changed.returncode == 2
+    assert "head.name: 'gap' in the checkpoint, 'isqrt' now" in changed.stderr and "optim.lr: 0.02" in changed.stderr
+    assert not (third / "wandb").exists() and not (third / "checkpoints").exists()  # refused before writing
+    _ok(_train(tmp_path, *common, "trainer.max_epochs=4", f"trainer.resume={first}", f"hydra.run.dir={second}"))
+    summary = _summary(second)
+    assert (summary["epochs"], summary["global_step"]) == (4, 12)
+    val = [float(line.split(",")[5]) for line in (second / "curves.csv").read_text().splitlines()[1:]]
+    header = (second / "curves.csv").read_text().splitlines()[0].split(",")
+    assert header[5] == "val/top1_err" and len(val) == 4  # the whole run's epochs, 2 before the resume
+    best = second / "checkpoints" / "best.ckpt"
+    assert summary["best_checkpoint"] == str(best) and summary["best_score"] == pytest.approx(min(val))
+    assert _step(best) == 3 * (1 + val.index(min(val)))  # the best epoch of the whole run, wherever it was
+    assert (first / "wandb_run_id.txt").read_text() == (second / "wandb_run_id.txt").read_text()
+    allowed = _train(tmp_path, *common, "optim.weight_decay=0.001", "trainer.max_epochs=5", f"trainer.resume={second}",
+                     "trainer.resume_allow_changes=true", f"hydra.run.dir={third}")
+    _ok(allowed)
+    assert "optim.weight_decay" in allowed.stderr and _summary(third)["global_step"] == 15
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_without_a_nan_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _train(tmp_path, "head=isqrt", "optim.lr=1e12", "trainer.max_epochs=3", "trainer.limit_val_batches=2",
+                  f"hydra.run.dir={run_dir}", *QUIET)
+    assert proc.returncode != 0 and "non-finite training loss" in proc.stderr and "head 'isqrt'" in proc.stderr
+    assert _summary(run_dir)["status"] == "failed"
+    assert not (run_dir / "checkpoints" / "on_exception.ckpt").exists()
+    _assert_clean(run_dir)  # whatever checkpoints exist hold finite weights
+
+
+@pytest.mark.slow
+def test_sigusr1_under_slurm_requeues_and_the_requeued_job_continues(tmp_path):
+    """Simulated SLURM job 4242: Lightning saves hpc_ckpt_1.ckpt and calls `scontrol requeue` on
+    SIGUSR1; SLURM's SIGTERM stops the job (143); the requeued job (same id, same command) resumes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.calls'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    import os
+
+    env = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "gmsop", "SLURM_PROCID": "0",
+           "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    args = (*SHORT, "name=cluster", "trainer=slurm", "trainer.max_epochs=3")
+    run_dir = tmp_path / "runs" / "cluster" / "slurm_4242"
+    job = _start(tmp_path, *args, env=env)
+    _wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").is_file(), what="the first checkpoint")
+    job.send_signal(signal.SIGUSR1)
+    _wait_for(lambda: (tmp_path / "scontrol.calls").is_file(), what="the requeue")
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "4242"]
+    assert (run_dir / "hpc_ckpt_1.ckpt").is_file()
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=120) == 143, _output(job)
+    requeued = _train(tmp_path, *args, env=env)
+    _ok(requeued)
+    summary = _summary(run_dir)
+    assert (summary["epochs"], summary["global_step"]) == (3, 3 * STEPS_PER_EPOCH)
+    assert [p.name for p in (tmp_path / "runs" / "cluster").iterdir()] == ["slurm_4242"]
+    _assert_clean(run_dir)
+
+
+@pytest.mark.slow
+def test_bad_names_and_values_fail_before_any_folder_is_made(tmp_path):
+    proc = _train(tmp_path, "name=", *QUIET)
+    assert proc.returncode != 0 and "name=''" in proc.stderr
+    proc = _train(tmp_path, "optim.lr=-0.1", *QUIET)
+    assert proc.returncode == 2 and "optim.lr=-0.1; allowed: >= 0" in proc.stderr
+    assert not any(p.is_dir() for p in (tmp_path / "runs").glob("*/*/checkpoints"))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir()) or \
+        all(not any(f.glob("*.ckpt")) for f in (tmp_path / "runs").rglob("checkpoints"))
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoints_are_named_by_resume_and_eval(tmp_path):
+    bad = tmp_path / "bad"
+    (bad / "checkpoints").mkdir(parents=True)
+    (bad / "checkpoints" / "last.ckpt").write_text("this is not a checkpoint")
+    proc = _train(tmp_path, *SHORT, f"trainer.resume={bad}")
+    assert proc.returncode == 2 and f"{bad / 'checkpoints' / 'last.ckpt'} is not a readable PyTorch checkpoint" in proc.stderr
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    proc = run_cli("gmsop.eval", f"ckpt_path={empty}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    assert proc.returncode == 2 and f"checkpoint {empty} is empty (0 bytes)" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,110 @@
+"""Checkpoint reading, the resume plan and the compatibility check, on small in-process models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from gmsop.checkpointing import BestCheckpoint
+from gmsop.eval import evaluate
+from gmsop.models.classifier import SecondOrderClassifier
+from gmsop.resume import CheckpointError, ResumeError, check_compatible, plan_resume, read_checkpoint
+from gmsop.run_folder import RunFolderError, RunLock
+from tests.test_data import _image_tree
+
+MODEL = {"backbone": "resnet18_64", "pretrained": False, "pretrained_file": None, "last_stride": None,
+         "output_stride": None, "backbone_kwargs": {}, "bn": True, "dropout": 0.0}
+OPTIM = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "scheduler": "none",
+         "milestones": [], "gamma": 0.1, "min_lr": 0.0}
+
+
+def _checkpoint(path: Path, resumable: bool = True, **hparams) -> dict:
+    model = SecondOrderClassifier(**{"model": MODEL, "head": {"name": "gap"}, "optim": OPTIM, "num_classes": 10,
+                                     "in_chans": 1, "data": {"name": "digits", "image_size": 32}, **hparams})
+    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 3}
+    if resumable:
+        ckpt.update(loops={}, optimizer_states=[])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return ckpt
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", r"is empty \(0 bytes\)"),
+    (b"epoch=3 val=0.1\n", "is not a readable PyTorch checkpoint"),
+    (None, "is not a gmsop training checkpoint"),
+])
+def test_unreadable_checkpoints_are_named(tmp_path, content, message):
+    path = tmp_path / "x.ckpt"
+    if content is None:
+        torch.save({"weights": torch.zeros(2)}, path)  # a plain torch file, not ours
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as err:
+        read_checkpoint(path)
+    assert str(path) in str(err.value)
+
+
+def test_weights_only_checkpoint_cannot_be_resumed(tmp_path):
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    _checkpoint(path, resumable=False)
+    with pytest.raises(CheckpointError, match="no training state"):
+        plan_resume(str(path), tmp_path / "new", tmp_path)
+
+
+def test_compatibility_names_every_changed_key_and_ignores_where_data_lives(tmp_path):
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = _checkpoint(path)
+    plan = plan_resume(str(tmp_path / "run"), tmp_path / "new", tmp_path)
+    current = {**saved["hyper_parameters"], "head": {"name": "gmsop", "k": 4}, "data": {"name": "digits",
+               "image_size": 32, "root": "/elsewhere", "num_workers": 8}}
+    with pytest.raises(CheckpointError) as err:
+        check_compatible(plan, current, allow_changes=False)
+    assert "head.name: 'gap' in the checkpoint, 'gmsop' now" in str(err.value)
+    assert "head.k: '<absent>' in the checkpoint, 4 now" in str(err.value)
+    assert "data.root" not in str(err.value) and "num_workers" not in str(err.value)
+    assert len(check_compatible(plan, current, allow_changes=True)) == 2
+    assert check_compatible(plan, saved["hyper_parameters"], allow_changes=False) == []
+
+
+def test_latest_skips_runs_in_use_and_a_fresh_run_refuses_a_used_folder(tmp_path):
+    runs = tmp_path / "runs" / "exp"
+    _checkpoint(runs / "old" / "checkpoints" / "last.ckpt")
+    _checkpoint(runs / "busy" / "checkpoints" / "last.ckpt")  # newer, but a live process holds it
+    with RunLock(runs / "busy", "train"):
+        assert plan_resume("latest", runs / "new", runs).source == runs / "old"
+        with pytest.raises(RunFolderError, match="in use by pid"):
+            RunLock(runs / "busy", "train")
+    assert plan_resume("latest", runs / "new", runs).source == runs / "busy"
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        plan_resume(None, runs / "old", runs)
+    with pytest.raises(ResumeError, match="no checkpoint at"):
+        plan_resume(str(tmp_path / "missing"), runs / "new", runs)
+    assert plan_resume("auto", runs / "new", runs).ckpt is None  # nothing there yet: a fresh start
+
+
+def test_best_checkpoint_is_carried_into_a_new_folder(tmp_path):
+    old = tmp_path / "old" / "checkpoints"
+    old.mkdir(parents=True)
+    (old / "best.ckpt").write_bytes(b"epoch 1 weights")
+    earlier = BestCheckpoint(old)
+    earlier.best_model_path, earlier.best_model_score = str(old / "best.ckpt"), torch.tensor(0.12)
+    resumed = BestCheckpoint(tmp_path / "new" / "checkpoints")
+    resumed.load_state_dict(earlier.state_dict())
+    assert resumed.best_model_path == str(tmp_path / "new" / "checkpoints" / "best.ckpt")
+    assert float(resumed.best_model_score) == pytest.approx(0.12)
+    assert Path(resumed.best_model_path).read_bytes() == b"epoch 1 weights"
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda decision: decision))
+    assert not resumed.check_monitor_top_k(trainer, torch.tensor(0.2))  # a worse epoch after the resume is not "best"
+    assert resumed.check_monitor_top_k(trainer, torch.tensor(0.1))
+
+
+def test_eval_refuses_data_the_model_was_not_trained_for(tmp_path):
+    ckpt = tmp_path / "digits.ckpt"
+    _checkpoint(ckpt)
+    _image_tree(tmp_path / "pets", classes=("cat", "dog", "owl"), per_class=4)
+    with pytest.raises(CheckpointError, match=r"trained for 10 classes, but data 'imagefolder' has 3"):
+        evaluate(ckpt, {"name": "imagefolder", "root": str(tmp_path / "pets"), "num_workers": 0})
