@@ -31,10 +31,12 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: int = 300, env: dict | 
 
 
 def start_cli(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start `python -m MODULE args...` in the background (to signal or kill it); output goes to cwd/MODULE-PID.log."""
+    """Start `python -m MODULE args...` in the background (to signal or kill it); output goes to cwd/MODULE-RANDOM.log (proc.log)."""
     log = open(cwd / f"{module}-{os.urandom(3).hex()}.log", "w+")
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env={**os.environ, **CLI_ENV, **(env or {})},
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env={**os.environ, **CLI_ENV, **(env or {})},
                             stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log  # read it back with proc.log.seek(0); proc.log.read()
+    return proc
 
 
 @pytest.fixture

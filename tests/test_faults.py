@@ -48,8 +48,8 @@ def _wait_for(predicate, timeout: float = 120, what: str = "") -> None:
 
 
 def _output(proc: subprocess.Popen) -> str:
-    proc.stdout.seek(0)
-    return proc.stdout.read()
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def _step(ckpt: Path) -> int:
@@ -102,24 +102,24 @@ def test_two_runs_with_one_name_started_together_get_their_own_folders(tmp_path)
 @pytest.mark.slow
 def test_sigterm_saves_exits_nonzero_and_resumes_in_place_while_others_are_kept_out(tmp_path):
     run_dir = tmp_path / "run"
-    args = (*SHORT, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}")
-    first = _start(tmp_path, *args)
+    first = _start(tmp_path, *SHORT, "trainer.max_epochs=100", f"hydra.run.dir={run_dir}")  # stopped long before
     _wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").is_file(), what="the first checkpoint")
     # A second process can neither train into the folder nor continue the run while it is in use.
-    intruder = _train(tmp_path, *SHORT, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}", "trainer.resume=auto")
-    assert intruder.returncode == 2 and "is in use by pid" in intruder.stderr
-    branch = _train(tmp_path, *SHORT, "trainer.max_epochs=3", f"trainer.resume={run_dir}")
-    assert branch.returncode == 2 and "is in use by pid" in branch.stderr
+    intruders = [_start(tmp_path, *SHORT, f"hydra.run.dir={run_dir}", "trainer.resume=auto"),
+                 _start(tmp_path, *SHORT, f"trainer.resume={run_dir}")]
+    for p in intruders:
+        assert p.wait(timeout=120) == 2 and "is in use by pid" in _output(p)
     time.sleep(random.Random(0).uniform(0, 1.5))
     first.send_signal(signal.SIGTERM)  # how SLURM and Kubernetes preempt
     assert first.wait(timeout=120) == 143, _output(first)
     summary = _summary(run_dir)
     assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM"
     assert _step(run_dir / "checkpoints" / "last.ckpt") == summary["global_step"] > 0  # saved where it stopped
-    proc = _train(tmp_path, *args, "trainer.resume=auto")
+    epochs = summary["epochs"] + 1  # finish the interrupted epoch
+    proc = _train(tmp_path, *SHORT, f"trainer.max_epochs={epochs}", f"hydra.run.dir={run_dir}", "trainer.resume=auto")
     _ok(proc)
     summary = _summary(run_dir)
-    assert (summary["status"], summary["epochs"], summary["global_step"]) == ("finished", 3, 3 * STEPS_PER_EPOCH)
+    assert (summary["status"], summary["epochs"], summary["global_step"]) == ("finished", epochs, epochs * STEPS_PER_EPOCH)
     _assert_clean(run_dir)
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 2  # two processes, one W&B run id
 
@@ -270,3 +270,44 @@ def test_corrupt_checkpoints_are_named_by_resume_and_eval(tmp_path):
     proc = run_cli("gmsop.eval", f"ckpt_path={empty}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
     assert proc.returncode == 2 and f"checkpoint {empty} is empty (0 bytes)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_sweep_killed_mid_trial_resumes_without_stale_or_repeated_trials(tmp_path):
+    import sqlite3
+
+    from gmsop.run_folder import is_locked
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("""
+name: tiny
+method: random
+metric: {name: val/top1_err, goal: minimize}
+parameters:
+  optim.lr: {distribution: log_uniform_values, min: 0.005, max: 0.02}
+  trainer.max_epochs: {value: 1}
+command: [python, -m, gmsop.train, head=gap]
+""")
+    common = ("--runs-dir", str(tmp_path / "runs"), "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+              *QUIET)
+    root = tmp_path / "runs" / "tiny"
+    sweeper = start_cli("gmsop.sweep", str(sweep), "--trials", "3", *common, cwd=tmp_path)
+    _wait_for(lambda: any(is_locked(p) for p in root.glob("trial_0001_*")), what="trial 1 to run")
+    sweeper.kill()  # kill -9 in the middle of trial 1
+    sweeper.wait()
+    proc = run_cli("gmsop.sweep", str(sweep), "--trials", "3", *common, cwd=tmp_path)
+    _ok(proc)
+    assert "trial(s) 1 were killed while running; marked FAIL" in proc.stdout
+    with sqlite3.connect(root / "optuna.db") as db:
+        states = dict(db.execute("select number, state from trials").fetchall())
+        lrs = [v for (v,) in db.execute("select param_value from trial_params")]
+    assert states[1] == "FAIL" and [states[n] in ("COMPLETE", "PRUNED") for n in (0, 2, 3)] == [True] * 3
+    assert len(states) == 4 and len(set(lrs)) == len(lrs) == 4  # the resumed sampler drew new values
+    folders = sorted(p.name for p in root.glob("trial_*"))
+    assert len(folders) == 4 and len({f.split("_")[2] for f in folders}) == 1  # one study, one suffix
+    # A deleted study starts over in new folders; the old trial 0 is left as it was.
+    old_trial0 = next(root.glob("trial_0000_*"))
+    old_summary = (old_trial0 / "summary.json").read_text()
+    (root / "optuna.db").unlink()
+    _ok(run_cli("gmsop.sweep", str(sweep), "--trials", "1", *common, cwd=tmp_path))
+    assert len(list(root.glob("trial_0000_*"))) == 2 and (old_trial0 / "summary.json").read_text() == old_summary
