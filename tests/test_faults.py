@@ -159,7 +159,7 @@ def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_the_old_file(tmp_path)
     writer = subprocess.Popen([sys.executable, "-c", f"""
 import time
 from pathlib import Path
-from gmsop.checkpointing import replace_atomically
+from gmsop.paths import replace_atomically
 def slow(tmp):
     with open(tmp, "wb") as f:
         f.write(b"half of a new chec")

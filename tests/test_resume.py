@@ -70,6 +70,18 @@ def test_compatibility_names_every_changed_key_and_ignores_where_data_lives(tmp_
     assert check_compatible(plan, saved["hyper_parameters"], allow_changes=False) == []
 
 
+def test_weights_that_do_not_fit_are_named_even_when_changes_are_allowed(tmp_path):
+    from gmsop.resume import check_weights_fit
+
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    _checkpoint(path)
+    plan = plan_resume(str(path), tmp_path / "new", tmp_path)
+    wider = SecondOrderClassifier(MODEL, {"name": "gap"}, OPTIM, num_classes=12, in_chans=1)
+    with pytest.raises(CheckpointError, match=r"classifier.2.weight: \(10, 128\) in the checkpoint, \(12, 128\) now"):
+        check_weights_fit(plan, wider)
+    check_weights_fit(plan, SecondOrderClassifier(MODEL, {"name": "gap"}, OPTIM, num_classes=10, in_chans=1))
+
+
 def test_latest_skips_runs_in_use_and_a_fresh_run_refuses_a_used_folder(tmp_path):
     runs = tmp_path / "runs" / "exp"
     _checkpoint(runs / "old" / "checkpoints" / "last.ckpt")

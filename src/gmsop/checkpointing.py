@@ -29,49 +29,12 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from gmsop.paths import replace_atomically
+
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last"
 BEST = "best"
 MONITOR = "val/top1_err"
-TMP_MARK = ".tmp-"  # temporary files are named .NAME.tmp-PID
-
-
-def temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-
-
-def replace_atomically(path: Path, write) -> None:
-    """Call write(tmp_path), fsync it, then rename it over path (a reader sees old or new, never half)."""
-    path = Path(path)
-    tmp = temporary_name(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete temporary files left in folder (recursively) by a process that was killed mid-write.
-
-    Call only while holding the folder's run lock: then no live writer owns them.
-    """
-    removed = []
-    for tmp in Path(folder).rglob(f".*{TMP_MARK}*"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -6,17 +6,58 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = Path(os.environ.get("GMSOP_CONFIG_DIR", REPO_ROOT / "configs")).resolve()
 
 
+TMP_MARK = ".tmp-"  # temporary files are named .NAME.tmp-PID
+
+
+def temporary_name(path: Path) -> Path:
+    """Where `path` is staged while being written: same folder (so the rename is atomic), one per process."""
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call write(tmp_path), fsync it, then rename it over path: a reader, or a process that
+    starts after a kill -9 at any moment, sees the old file or the new one, never half."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files left in folder (recursively) by a process killed mid-write.
+
+    Call only while holding the folder's run lock: then no live writer owns them.
+    """
+    removed = []
+    for tmp in Path(folder).rglob(f".*{TMP_MARK}*"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write text so a reader never sees half a file (see replace_atomically)."""
+    replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

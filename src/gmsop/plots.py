@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -11,6 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from gmsop.paths import replace_atomically  # noqa: E402
 
 
 def component_usage_figure(usage: Sequence[float], mean_gate: Sequence[float], k: int, title: str, out: Path) -> None:
@@ -32,10 +33,11 @@ def component_usage_figure(usage: Sequence[float], mean_gate: Sequence[float], k
 
 def _save(fig, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        replace_atomically(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=100,
+                                                        bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def error_bars(labels: Sequence[str], top1: Sequence, top5: Sequence, published_top1: Sequence, out: Path) -> None:

@@ -162,6 +162,21 @@ def check_compatible(plan: ResumePlan, current: Mapping[str, Any], allow_changes
     return diff
 
 
+def check_weights_fit(plan: ResumePlan, model: torch.nn.Module) -> None:
+    """Refuse (CheckpointError) a checkpoint whose weights cannot load into model, naming the
+    tensors, before anything is written (even with trainer.resume_allow_changes)."""
+    if plan.checkpoint is None:
+        return
+    saved, current = plan.checkpoint["state_dict"], model.state_dict()
+    problems = [f"{k}: {tuple(saved[k].shape)} in the checkpoint, {tuple(v.shape)} now"
+                for k, v in current.items() if k in saved and saved[k].shape != v.shape]
+    problems += [f"{k}: not in the checkpoint" for k in sorted(set(current) - set(saved))]
+    problems += [f"{k}: in the checkpoint, not in this model" for k in sorted(set(saved) - set(current))]
+    if problems:
+        listed = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
+        raise CheckpointError(f"the weights in {plan.ckpt} do not fit this model:\n  {listed}")
+
+
 class RunRecord(L.Callback):
     """Writes the run's config, folder and W&B run id into every checkpoint (key `gmsop`)."""
 

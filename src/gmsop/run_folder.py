@@ -17,8 +17,9 @@ import secrets
 from pathlib import Path
 from typing import Optional
 
-from gmsop.checkpointing import CHECKPOINT_DIR, remove_stale_temporaries
+from gmsop.checkpointing import CHECKPOINT_DIR
 from gmsop.errors import UserError
+from gmsop.paths import remove_stale_temporaries
 
 LOCK_FILE = ".run.lock"
 SUMMARY = "summary.json"

@@ -25,7 +25,8 @@ from gmsop.config import RUN_CONTROL_KEYS
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import write_text_atomic
-from gmsop.resume import WANDB_ID_FILE, ResumePlan, RunRecord, check_compatible, newest_checkpoint, plan_resume, run_folder_of
+from gmsop.resume import (WANDB_ID_FILE, ResumePlan, RunRecord, check_compatible, check_weights_fit, newest_checkpoint,
+                          plan_resume, run_folder_of)
 from gmsop.run_folder import SUMMARY, RunLock
 
 
@@ -89,6 +90,7 @@ def run_training(
         if plan.source is not None and not plan.in_place and rank_zero:
             locks.append(RunLock(plan.source, "continue the run it holds"))
         changed = check_compatible(plan, model.hparams, cfg.trainer.resume_allow_changes)
+        check_weights_fit(plan, model)
         if changed:
             warnings.warn(f"resuming {plan.ckpt} with changed settings: " + "; ".join(changed))
         wandb_id = plan.wandb_id or new_wandb_id()
