@@ -125,6 +125,20 @@ def test_sigterm_saves_exits_nonzero_and_resumes_in_place_while_others_are_kept_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGUSR1, 143)])
+def test_ctrl_c_and_sigusr1_save_and_exit_nonzero(tmp_path, sig, code):
+    run_dir = tmp_path / "run"
+    proc = _start(tmp_path, *SHORT, "trainer.max_epochs=100", f"hydra.run.dir={run_dir}")
+    _wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").is_file(), what="the first checkpoint")
+    proc.send_signal(sig)
+    assert proc.wait(timeout=120) == code, _output(proc)
+    summary = _summary(run_dir)
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == {130: "SIGINT", 143: "SIGTERM"}[code]
+    assert _step(run_dir / "checkpoints" / "last.ckpt") == summary["global_step"]
+    _assert_clean(run_dir)
+
+
+@pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_loses_no_finished_step(tmp_path):
     """kill -9 three times at random moments (checkpoints are written every step, so some kills
     land inside a write), resume each time; the run ends at the right epoch and step."""
