@@ -10,7 +10,7 @@ from torch.autograd import gradcheck
 
 from gmsop import ops
 from gmsop.heads import build_head
-from gmsop.heads.gating import NoisyTopKGate, top_k_random_ties
+from gmsop.heads.gating import NoisyTopKGate, top_k
 
 SMALL = {"num_components": 5, "k": 3, "component_dims": [6, 4], "gate_dims": [6, 4]}
 
@@ -32,8 +32,10 @@ def _randomise_gate(head) -> None:
 # ---- top-K and softmax over the selected --------------------------------------------------
 def test_top_k_hand_made_case():
     scores = torch.tensor([[1.0, 3.0, 2.0, 0.0], [5.0, -1.0, 4.0, 4.5]])
-    assert top_k_random_ties(scores, 2, random_ties=False).tolist() == [[1, 2], [0, 3]]
-    assert top_k_random_ties(scores, 2, random_ties=True).sort(-1).values.tolist() == [[1, 2], [0, 3]]
+    assert top_k(scores, 2, random_ties=False).tolist() == [[1, 2], [0, 3]]
+    assert top_k(scores, 2, random_ties=True).sort(-1).values.tolist() == [[1, 2], [0, 3]]
+    distinct = torch.randn(50, 16, dtype=torch.float64)
+    assert torch.equal(top_k(distinct, 5, random_ties=False), distinct.topk(5).indices)
 
 
 def test_gate_softmax_over_selected_scores_only():
@@ -147,11 +149,41 @@ def test_sparse_dispatch_equals_dense_in_outputs_and_every_gradient(name, batchi
     used = _used_components(sparse, x)
     for n, _ in sparse.named_parameters():
         unused = n.startswith("components.") and int(n.split(".")[1]) not in used
-        if unused:  # never called in sparse mode; in dense mode its gradient is exactly zero
-            assert n not in gs and torch.count_nonzero(gd[n]) == 0, n
+        if unused:  # no image selected it: a zero gradient in both modes (weight decay still applies)
+            assert torch.count_nonzero(gs[n]) == 0 and torch.count_nonzero(gd[n]) == 0, n
         else:
             torch.testing.assert_close(gs[n], gd[n], rtol=1e-9, atol=1e-11, msg=f"gradient of {n}")
     assert gs["gate.w_gate.weight"].abs().sum() > 0  # gate learns through the softmax weights
+
+
+def test_one_sgd_step_with_momentum_and_weight_decay_moves_every_parameter_as_dense_does():
+    """An unselected component must still decay and keep its momentum under sparse dispatch."""
+    sparse = _small("gmsop", num_components=6, k=2).double().train()
+    _randomise_gate(sparse)
+    dense = _small("gmsop", num_components=6, k=2, dispatch="dense").double().train()
+    dense.load_state_dict(sparse.state_dict())
+    x = torch.randn(2, 7, 4, 4, dtype=torch.float64)  # 2 images x K=2: at least 2 of 6 components unused
+    assert len(_used_components(sparse, x)) < 6
+    for head in (sparse, dense):
+        opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+        for step in range(3):
+            torch.manual_seed(10 + step)  # the same noise and tie-breaks for both
+            opt.zero_grad()
+            out = head(x)
+            (out.features.square().mean() + out.aux_loss).backward()
+            opt.step()
+    for (name, p), q in zip(sparse.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=f"{name} after 3 SGD steps")
+
+
+def test_eval_routing_of_an_untrained_gate_is_deterministic_and_spread():
+    head = build_head({"name": "gmsop", "num_components": 16, "k": 8, "component_dims": [6, 4], "gate_dims": [6, 4]}, 7)
+    head.eval()
+    x = torch.randn(32, 7, 3, 3)
+    first, again = head.gate(x).indices, head.gate(x).indices
+    assert torch.equal(first, again)
+    assert set(first.flatten().tolist()) == set(range(16))  # not all images on the same 8 by rounding
+    assert all(len(set(r.tolist())) == 8 for r in first)
 
 
 def _used_components(head, x) -> set[int]:

@@ -47,16 +47,28 @@ def conv_relu_stack(in_channels: int, dims: Sequence[int], batch_norm: bool) -> 
     return nn.Sequential(*layers), ch
 
 
-def top_k_random_ties(scores: torch.Tensor, k: int, random_ties: bool) -> torch.Tensor:
-    """Indices (B x K) of the K largest scores per row; equal scores are ordered randomly.
+def top_k(scores: torch.Tensor, k: int, random_ties: bool) -> torch.Tensor:
+    """Indices (B x K) of the K largest scores per row, with ties broken on purpose.
 
-    A random permutation first, then a stable descending sort: exactly top-K by score,
-    with ties (all of them at initialisation) broken at random instead of by index.
+    random_ties (training): a random permutation, then a stable descending sort: exactly
+    top-K by score, equal scores (all of them at initialisation) ordered at random.
+    Otherwise (eval) a fixed rule: scores within 1e-6 (relative to the row's largest) of
+    each other count as equal, and row b lists equal components starting from b mod N, so an
+    untrained gate spreads images over the components instead of letting float rounding
+    send every image to the same ones. Distinct scores are ranked exactly as by topk.
     """
-    if not random_ties:
-        return scores.topk(k, dim=-1).indices
-    order = torch.rand_like(scores).argsort(dim=-1)
-    ranked = torch.sort(scores.gather(-1, order), dim=-1, descending=True, stable=True).indices[:, :k]
+    rows, n = scores.shape
+    if random_ties:
+        order = torch.rand_like(scores).argsort(dim=-1)
+        key = scores.gather(-1, order)
+    else:
+        offset = torch.arange(rows, device=scores.device).unsqueeze(1)
+        order = (torch.arange(n, device=scores.device) + offset) % n
+        s = scores.detach().double().gather(-1, order)
+        top = s.amax(-1, keepdim=True)
+        step = 1e-6 * s.abs().amax(-1, keepdim=True).clamp_min(1e-30)
+        key = torch.round((s - top) / step)
+    ranked = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :k]
     return order.gather(-1, ranked)
 
 
@@ -67,7 +79,7 @@ class NoisyTopKGate(nn.Module):
     (SR-SOP for GM-SOP, GAP for GM-GAP); scores H = Wg p + g * softplus(Wn p) with no bias,
     Wg and Wn initialised to ones/size. Noise g ~ N(0, 1): one scalar per image
     ("image", the paper), one per component ("component", Shazeer et al.), or "none";
-    never in eval mode. Top-K per image, softmax over the K selected scores only.
+    never in eval mode. Top-K per image (ties: see `top_k`), softmax over the K selected scores.
     """
 
     def __init__(
@@ -100,7 +112,7 @@ class NoisyTopKGate(nn.Module):
         if self.training and self.noise != "none":
             shape = (clean.shape[0], 1) if self.noise == "image" else clean.shape
             noisy = clean + torch.randn(shape, dtype=clean.dtype, device=clean.device) * noise_std
-        indices = top_k_random_ties(noisy, self.k, random_ties=self.training)
+        indices = top_k(noisy, self.k, random_ties=self.training)
         weights = torch.softmax(noisy.gather(-1, indices), dim=-1)
         dense = torch.zeros_like(noisy).scatter(-1, indices, weights)
         return Gates(indices, weights, dense, clean, noisy, noise_std)

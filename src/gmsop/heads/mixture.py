@@ -63,7 +63,8 @@ class GatedMixtureHead(PoolingHead):
     """N components, K chosen per image by a noisy top-K gate; output = sum of weight * component.
 
     dispatch="sparse" runs each component only on the images that selected it (gather,
-    compute, weighted index_add back): about K/N of the dense cost. dispatch="dense" runs
+    compute, weighted index_add back): about K/N of the dense cost; a component no image
+    selected gets zero gradients, exactly as in the dense path. dispatch="dense" runs
     every component on every image and weights by the (mostly zero) gate matrix; it is
     the reference the sparse path is tested against, with identical gradients.
 
@@ -142,6 +143,12 @@ class GatedMixtureHead(PoolingHead):
         out_dtype = torch.promote_types(y.dtype, torch.float32)
         out = y.new_zeros(x.shape[0], self.out_dim, dtype=out_dtype)
         out.index_add_(0, rows, y.to(out_dtype) * weights.unsqueeze(1).to(out_dtype))
+        unused = [p for n, c in enumerate(counts) if c == 0 for p in self.components[n].parameters()]
+        if unused and torch.is_grad_enabled():
+            # Unselected components get zero gradients, not none, as in the dense path and the
+            # authors' release: SGD then still applies their weight decay and momentum (and DDP
+            # sees every parameter used).
+            out = out + torch.stack([p.sum() for p in unused]).sum().to(out_dtype) * 0.0
         return out.to(x.dtype) if x.dtype in (torch.float16, torch.bfloat16) else out
 
     def _dense(self, x: torch.Tensor, gates: Gates) -> torch.Tensor:
