@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import environment, interleaved_median_seconds  # noqa: E402
@@ -93,8 +92,7 @@ class Bench:
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
             def step(model=model, opt=opt) -> None:
-                pooled = model.forward_pooled(x)
-                loss = F.cross_entropy(model.classifier(pooled.features), y) + pooled.aux_loss
+                loss = model.compute_loss(x, y).loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +35,28 @@ def start_cli(module: str, *args: str, cwd: Path, env: dict | None = None) -> su
     """Start `python -m MODULE args...` in the background (to signal or kill it); output goes to cwd/MODULE-RANDOM.log (proc.log)."""
     log = open(cwd / f"{module}-{os.urandom(3).hex()}.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env={**os.environ, **CLI_ENV, **(env or {})},
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
     proc.log = log  # read it back with proc.log.seek(0); proc.log.read()
+    _STARTED.append(proc)
     return proc
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+def _default_sigint() -> None:
+    """Background jobs of a non-interactive shell inherit SIGINT ignored; a user's process does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture

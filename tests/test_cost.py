@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
-import torch
 from torch import nn
 
 from gmsop.config import compose_train
 from gmsop.cost import experiment_cost, parameter_breakdown, training_flops_per_image
-from gmsop.heads import HeadOutput
+from gmsop.data import MissingDataError
 from tests.conftest import run_cli
 
 
@@ -20,8 +21,10 @@ class _TwoLinear(nn.Module):
         self.head = nn.Linear(4, 3, bias=False)
         self.classifier = nn.Linear(3, 5, bias=False)
 
-    def forward_pooled(self, x):
-        return HeadOutput(self.head(x.flatten(1)), torch.zeros(()), {})
+    def compute_loss(self, x, labels):
+        """The classifier's objective, as SecondOrderClassifier.compute_loss (cross-entropy is not a matmul FLOP)."""
+        logits = self.classifier(self.head(x.flatten(1)))
+        return SimpleNamespace(loss=nn.functional.cross_entropy(logits, labels))
 
 
 def test_training_flops_match_a_hand_count():
@@ -52,7 +55,7 @@ def test_paper_row_totals_use_the_data_set_size_and_the_recipe():
 
 
 def test_missing_data_asks_for_the_number_of_classes():
-    with pytest.raises(SystemExit, match="give --classes"):
+    with pytest.raises(MissingDataError, match="give --classes"):  # a library error, not an exit
         experiment_cost(compose_train(["experiment=default", "data=imagefolder", "data.root=/nonexistent"]))
     cost = experiment_cost(compose_train(["experiment=default", "data=imagefolder", "data.root=/nonexistent"]),
                            classes=7, channels=1)

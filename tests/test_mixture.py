@@ -253,8 +253,9 @@ def test_mixture_config_errors():
 def test_stats_report_usage():
     head = _small("gmsop").train()
     out = head(torch.randn(10, 7, 4, 4))
-    assert out.stats["selected_count"].sum().item() == 10 * 3
-    assert out.stats["gate_weight_sum"].sum().item() == pytest.approx(10.0, rel=1e-5)
+    assert head.num_components == out.routing.selected.numel() == 5
+    assert out.routing.selected.sum().item() == 10 * 3
+    assert out.routing.weight_sum.sum().item() == pytest.approx(10.0, rel=1e-5)
     assert out.stats["cv"].item() == pytest.approx(math.sqrt(out.stats["balance_loss"].item() * 10 / 100), rel=1e-5)
 
 

@@ -39,65 +39,36 @@ class Throughput(L.Callback):
         return {"train_images_per_s": self.images / self.seconds} if self.seconds > 0 else {}
 
 
-class ComponentUsage(L.Callback):
-    """Per-epoch usage of a gated mixture's components, to see whether the gates collapsed.
+class ComponentUsagePlots(L.Callback):
+    """Pictures of a gated head's component usage after every epoch, to see whether gates collapse.
 
-    For train and val it logs, per component, the fraction of images that selected it
-    (sums to K) and its mean gate weight when selected, to every logger (CSV columns
-    usage/SPLIT/cNN, gate/SPLIT/cNN), plus `usage/SPLIT/active` (components used at all)
-    and `usage/SPLIT/max_share`; a bar chart to W&B; and plots/component_usage_SPLIT.png.
+    The model accumulates and logs the numbers (usage/SPLIT/cNN, gate/SPLIT/cNN,
+    usage/SPLIT/active, usage/SPLIT/max_share); this callback draws
+    plots/component_usage_SPLIT.png and a W&B bar chart from them. Chosen by config
+    (`callbacks.component_usage`); does nothing for heads that do not route.
     """
 
-    def __init__(self, num_components: int, k: int) -> None:
-        self.num_components, self.k = num_components, k
-        self._acc: dict[str, dict[str, torch.Tensor]] = {}
-
-    def _accumulate(self, pl_module, split: str) -> None:
-        stats = pl_module.last_head_stats
-        if "selected_count" not in stats:
-            return
-        acc = self._acc.setdefault(split, {})
-        for key in ("selected_count", "gate_weight_sum", "images"):
-            value = stats[key].detach().double().cpu()
-            acc[key] = acc[key] + value if key in acc else value
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._accumulate(pl_module, "train")
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not trainer.sanity_checking:
-            self._accumulate(pl_module, "val")
-
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._report(trainer, pl_module, "train")
+        self._draw(trainer, pl_module, "train")
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
-            self._report(trainer, pl_module, "val")
+            self._draw(trainer, pl_module, "val")
 
-    def _report(self, trainer, pl_module, split: str) -> None:
-        acc = self._acc.pop(split, None)
-        if not acc or acc["images"].item() == 0:
+    def _draw(self, trainer, pl_module, split: str) -> None:
+        usage = pl_module.component_usage(split) if hasattr(pl_module, "component_usage") else None
+        if usage is None or not trainer.is_global_zero:  # (computed on every process: it synchronises)
             return
-        usage = (acc["selected_count"] / acc["images"]).float()
-        mean_gate = (acc["gate_weight_sum"] / acc["selected_count"].clamp_min(1)).float()
-        metrics = {f"usage/{split}/c{i:02d}": u for i, u in enumerate(usage.tolist())}
-        metrics.update({f"gate/{split}/c{i:02d}": g for i, g in enumerate(mean_gate.tolist())})
-        metrics[f"usage/{split}/active"] = float((usage > 0).sum())
-        metrics[f"usage/{split}/max_share"] = float(usage.max() / self.k)
-        pl_module.log_dict(metrics, sync_dist=False)
-        if trainer.is_global_zero:
-            self._plot(trainer, split, usage, mean_gate)
-            self._wandb_bar(trainer, split, usage)
-
-    def _plot(self, trainer, split: str, usage: torch.Tensor, mean_gate: torch.Tensor) -> None:
         from gmsop.plots import component_usage_figure
 
+        k = round(float(usage.usage.sum()))
         out = Path(trainer.default_root_dir) / "plots" / f"component_usage_{split}.png"
-        title = f"{split}, epoch {trainer.current_epoch}: K={self.k} of N={self.num_components} per image"
-        component_usage_figure(usage.tolist(), mean_gate.tolist(), self.k, title, out)
+        title = f"{split}, epoch {trainer.current_epoch}: K={k} of N={usage.usage.numel()} per image"
+        component_usage_figure(usage.usage.tolist(), usage.mean_gate.tolist(), k, title, out)
+        self._wandb_bar(trainer, split, usage.usage)
 
-    def _wandb_bar(self, trainer, split: str, usage: torch.Tensor) -> None:
+    @staticmethod
+    def _wandb_bar(trainer, split: str, usage: torch.Tensor) -> None:
         from lightning.pytorch.loggers import WandbLogger
 
         for logger in trainer.loggers:

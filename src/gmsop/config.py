@@ -97,6 +97,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: Dict[str, Any] = field(default_factory=dict)  # name -> {_target_: ..., args}; see configs/callbacks
 
 
 @dataclass

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gmsop.config import compose_train
 from gmsop.data import MissingDataError, build_datamodule
+from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import REPO_ROOT
 from gmsop.published import PAPER_DATA, PUBLISHED
@@ -69,10 +70,9 @@ def training_flops_per_image(model: SecondOrderClassifier, channels: int, image_
     """Matmul/conv FLOPs of one training step (forward + backward) divided by the batch size."""
     model.train()
     images = torch.randn(batch, channels, image_size, image_size)
+    labels = torch.zeros(batch, dtype=torch.long)
     with FlopCounterMode(display=False) as counter:
-        pooled = model.forward_pooled(images)
-        loss = model.classifier(pooled.features).logsumexp(dim=1).mean() + pooled.aux_loss
-        loss.backward()
+        model.compute_loss(images, labels).loss.backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / batch
 
@@ -82,7 +82,7 @@ def _data_shape(cfg: DictConfig) -> tuple[int, int]:
     try:
         data = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     except MissingDataError as err:
-        raise SystemExit(f"{cfg.name}: give --classes (and --channels if not 3); the data is not here to count: {err}")
+        raise MissingDataError(f"{cfg.name}: give --classes (and --channels if not 3); the data is not here to count: {err}") from None
     return data.num_classes, data.num_channels
 
 
@@ -133,6 +133,7 @@ def describe(c: Cost, tflops: float) -> str:
     return "\n".join(lines)
 
 
+@exit_on_user_error
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper/imagenet64_resnet18_gap")

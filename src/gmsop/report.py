@@ -20,6 +20,8 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from gmsop.curves import Curves, read_curves
+from gmsop.errors import UserError, exit_on_user_error
+from gmsop.models.usage import usage_key
 from gmsop.paths import write_csv_atomic, write_text_atomic
 from gmsop.published import Published, match
 from gmsop.run_folder import is_locked
@@ -48,14 +50,19 @@ def _overrides(folder: Path) -> list[str]:
 
 
 def _last_usage(folder: Path) -> Optional[list[float]]:
+    """Validation usage per component at the last epoch, from the run's CSV log (gated heads only)."""
     path = folder / "csv" / "metrics.csv"
     if not path.is_file():
         return None
-    rows = [r for r in csv.DictReader(path.open()) if r.get("usage/val/c00")]
+    rows = [r for r in csv.DictReader(path.open()) if r.get(usage_key("val", 0))]
     if not rows:
         return None
-    cols = sorted(k for k in rows[-1] if k.startswith("usage/val/c"))
-    return [float(rows[-1][c]) for c in cols]
+    n = next(i for i in range(len(rows[-1]) + 1) if usage_key("val", i) not in rows[-1])
+    return [float(rows[-1][usage_key("val", i)]) for i in range(n)]
+
+
+class NoFinishedRuns(UserError, FileNotFoundError):
+    """A folder holds no finished run to report."""
 
 
 @dataclass
@@ -89,7 +96,7 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
             skipped.append(Skipped(folder, f"no summary.json ({state}); resume with trainer.resume={folder}"))
     if not summaries:
         why = "".join(f"\n  {k.folder}: {k.why}" for k in skipped)
-        raise FileNotFoundError(f"no finished runs (summary.json) under {root}{why}")
+        raise NoFinishedRuns(f"no finished runs (summary.json) under {root}{why}")
     folders = list(summaries)
     overrides = {f: _overrides(f) for f in folders}
     common = set.intersection(*(set(o) for o in overrides.values())) if len(folders) > 1 else set()
@@ -176,6 +183,7 @@ def report(root: Path, out: Optional[Path] = None) -> Path:
     return out
 
 
+@exit_on_user_error
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, help="an ablation/multirun folder or a single run folder")

@@ -17,6 +17,8 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gmsop.callbacks import LearningCurves, Throughput
@@ -25,6 +27,7 @@ from gmsop.config import RUN_CONTROL_KEYS
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import write_text_atomic
+from gmsop.registry import ConfigError
 from gmsop.resume import (WANDB_ID_FILE, ResumePlan, RunRecord, check_compatible, check_weights_fit, newest_checkpoint,
                           plan_resume, run_folder_of)
 from gmsop.run_folder import SUMMARY, RunLock
@@ -136,7 +139,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
     callbacks = [*checkpoints, RunRecord(run_dir, wandb_id, container), throughput, curves]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    callbacks += model.head.callbacks() + list(extra_callbacks)
+    callbacks += configured_callbacks(container["callbacks"]) + list(extra_callbacks)
     trainer_args = {k: v for k, v in container["trainer"].items() if k not in RUN_CONTROL_KEYS}
     trainer = L.Trainer(default_root_dir=run_dir, logger=loggers or False, callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()], **trainer_args)
@@ -161,6 +164,24 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
     metrics = _final_metrics(trainer, throughput)
     best_path = Path(best.best_model_path) if best.best_model_path else None
     return RunResult(run_dir, metrics, best_path, wandb_dir)
+
+
+def configured_callbacks(specs: Mapping[str, Any]) -> list[L.Callback]:
+    """The `callbacks` config group: each entry {_target_: CLASS, ...} is instantiated (null entries skipped)."""
+    built = []
+    for name, spec in specs.items():
+        if spec is None:
+            continue
+        if not isinstance(spec, Mapping) or "_target_" not in spec:
+            raise ConfigError(f"callbacks.{name}={spec!r}: give a mapping with _target_ (a Lightning callback class)")
+        try:
+            callback = instantiate(spec)
+        except InstantiationException as e:
+            raise ConfigError(f"callbacks.{name}: {e}") from None
+        if not isinstance(callback, L.Callback):
+            raise ConfigError(f"callbacks.{name}: {spec['_target_']} is not a Lightning callback")
+        built.append(callback)
+    return built
 
 
 def _final_metrics(trainer: L.Trainer, throughput: Throughput) -> dict[str, float]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -11,17 +12,31 @@ from torch import nn
 from gmsop.registry import Registry
 
 
+@dataclass
+class Routing:
+    """How a gated head routed one batch (detached; for monitoring, not for the loss).
+
+    selected: N, how many images selected each component (sums to K x batch).
+    weight_sum: N, the sum of those images' gate weights for the component.
+    """
+
+    selected: torch.Tensor
+    weight_sum: torch.Tensor
+
+
 class HeadOutput(NamedTuple):
     """What every head returns.
 
     features: B x out_dim pooled representation.
     aux_loss: scalar added to the classification loss (zero for heads without one).
-    stats: detached scalars/vectors worth logging (e.g. component usage); may be empty.
+    stats: detached scalars worth logging (e.g. the balance loss); may be empty.
+    routing: for heads that route images to components (`num_components` > 0), else None.
     """
 
     features: torch.Tensor
     aux_loss: torch.Tensor
     stats: dict[str, torch.Tensor]
+    routing: Optional[Routing] = None
 
 
 class PoolingHead(nn.Module, ABC):
@@ -33,14 +48,11 @@ class PoolingHead(nn.Module, ABC):
 
     out_dim: int
     second_order: bool = False
+    num_components: int = 0  # components a gated head routes images to (its HeadOutput.routing); 0: none
 
     @abstractmethod
     def pool(self, x: torch.Tensor) -> torch.Tensor | HeadOutput:
         """B x C x H x W -> B x out_dim features, or a full HeadOutput (aux loss, stats)."""
-
-    def callbacks(self) -> list:
-        """Lightning callbacks this head wants during training (e.g. component usage); none by default."""
-        return []
 
     def forward(self, x: torch.Tensor) -> HeadOutput:
         if x.dim() != 4:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gmsop import ops
-from gmsop.heads.base import HEADS, HeadOutput, PoolingHead, build_head
+from gmsop.heads.base import HEADS, HeadOutput, PoolingHead, Routing, build_head
 from gmsop.heads.gating import Gates, NoisyTopKGate, conv_relu_stack
 
 BALANCE_MODES = ("importance", "load")
@@ -127,7 +127,9 @@ class GatedMixtureHead(PoolingHead):
         combine = self._sparse if self.dispatch == "sparse" else self._dense
         features = combine(x, gates)
         loss, cv2 = self._balance_loss(gates, x.shape[0])
-        return HeadOutput(features, loss, self._stats(gates, loss, cv2))
+        stats = {"balance_loss": loss.detach(), "cv": cv2.detach().sqrt()}
+        routing = Routing(selected=(gates.dense > 0).sum(0).detach(), weight_sum=gates.dense.detach().sum(0))
+        return HeadOutput(features, loss, stats, routing)
 
     def _sparse(self, x: torch.Tensor, gates: Gates) -> torch.Tensor:
         """Gather each (image, component) pair once, sorted by component; run each component's
@@ -174,21 +176,6 @@ class GatedMixtureHead(PoolingHead):
         scale = self.balance_weight / batch if self.balance_per_image else self.balance_weight
         return scale * cv2, cv2
 
-    def _stats(self, gates: Gates, loss: torch.Tensor, cv2: torch.Tensor) -> dict[str, torch.Tensor]:
-        selected = (gates.dense > 0).float()
-        counts = selected.sum(0)
-        return {
-            "balance_loss": loss.detach(),
-            "cv": cv2.detach().sqrt(),
-            "selected_count": counts.detach(),  # N: images that picked each component
-            "gate_weight_sum": gates.dense.detach().sum(0).float(),  # N: their summed weights
-            "images": torch.tensor(float(gates.dense.shape[0])),
-        }
-
-    def callbacks(self) -> list:
-        from gmsop.callbacks import ComponentUsage
-
-        return [ComponentUsage(self.num_components, self.k)]
 
 
 @HEADS.register("gmsop")
@@ -241,7 +228,7 @@ class AnyMixtureHead(GatedMixtureHead):
     def __init__(
         self,
         in_channels: int,
-        component_pooling: dict,
+        component_pooling: Optional[dict] = None,  # default: isqrt
         num_components: int = 16,
         k: int = 8,
         component_dims: list[int] = [],  # noqa: B006

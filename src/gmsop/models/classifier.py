@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple, Optional
 
 import lightning as L
 import torch
@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from gmsop.heads import HEADS, HeadOutput, build_head
 from gmsop.models.factory import create_backbone
+from gmsop.models.usage import ComponentUsage, UsageSummary
 from gmsop.registry import ConfigError
 
 OPTIMISERS = ("sgd", "adamw")
@@ -20,6 +21,13 @@ EPOCH_METRICS = ("val/top1_err", "val/top5_err", "val/loss", "val/ce", "val/aux_
                  "train/top1_err", "train/top5_err", "train/loss_epoch", "train/ce_epoch", "train/aux_loss_epoch")
 EPOCH_METRIC_PREFIXES = ("val/head/", "usage/", "gate/")  # head-specific (e.g. a mixture's usage per component)
 SCHEDULERS = ("multistep", "cosine", "none")
+
+
+class StepOutput(NamedTuple):
+    loss: torch.Tensor  # ce + aux_loss
+    ce: torch.Tensor
+    logits: torch.Tensor
+    pooled: HeadOutput
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -54,7 +62,9 @@ class SecondOrderClassifier(L.LightningModule):
             nn.Dropout(model.get("dropout", 0.0)),
             nn.Linear(self.head.out_dim, num_classes),
         )
-        self.last_head_stats: dict[str, torch.Tensor] = {}  # the latest batch's head stats, read by callbacks
+        # Component usage of a gated head per split and epoch (see component_usage / gmsop.callbacks).
+        self.usage = nn.ModuleDict({f"{split}_usage": ComponentUsage(self.head.num_components)
+                                    for split in ("train", "val")} if self.head.num_components else {})
         top_k = min(5, num_classes)
         self.metrics = nn.ModuleDict(
             {
@@ -70,20 +80,25 @@ class SecondOrderClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_pooled(x).features)
 
-    def _step(self, batch, split: str) -> torch.Tensor:
-        images, labels = batch
+    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        """The training objective: cross-entropy + the head's auxiliary loss (the one definition,
+        also used by gmsop.cost and the benchmarks)."""
         pooled = self.forward_pooled(images)
         logits = self.classifier(pooled.features)
         ce = F.cross_entropy(logits, labels)
-        loss = ce + pooled.aux_loss
+        return StepOutput(ce + pooled.aux_loss, ce, logits, pooled)
+
+    def _step(self, batch, split: str) -> torch.Tensor:
+        images, labels = batch
+        loss, ce, logits, pooled = self.compute_loss(images, labels)
         on_step = split == "train"
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels))
         self.log(f"{split}/ce", ce, on_step=on_step, on_epoch=True, batch_size=len(labels))
         self.log(f"{split}/aux_loss", pooled.aux_loss, on_step=on_step, on_epoch=True, batch_size=len(labels))
         for key, value in pooled.stats.items():
-            if value.numel() == 1:
-                self.log(f"{split}/head/{key}", value, on_step=on_step, on_epoch=True, batch_size=len(labels))
-        self.last_head_stats = pooled.stats
+            self.log(f"{split}/head/{key}", value, on_step=on_step, on_epoch=True, batch_size=len(labels))
+        if pooled.routing is not None:
+            self.usage[f"{split}_usage"].update(pooled.routing, len(labels))
         for k in ("top1", "top5"):
             self.metrics[f"{split}_{k}"].update(logits.detach(), labels)
         return loss
@@ -101,11 +116,20 @@ class SecondOrderClassifier(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
+    def component_usage(self, split: str) -> Optional[UsageSummary]:
+        """This epoch's component usage of a gated head so far (None for other heads or before any batch)."""
+        metric = self.usage[f"{split}_usage"] if f"{split}_usage" in self.usage else None
+        return metric.compute() if metric is not None and metric.update_called else None
+
     def _log_errors(self, split: str) -> None:
         for k in ("top1", "top5"):
             metric = self.metrics[f"{split}_{k}"]
             self.log(f"{split}/{k}_err", 1.0 - metric.compute(), prog_bar=k == "top1", sync_dist=False)
             metric.reset()
+        usage = self.component_usage(split)
+        if usage is not None:
+            self.log_dict(usage.logged(split), sync_dist=False)  # already summed over processes
+            self.usage[f"{split}_usage"].reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_errors("train")
