@@ -34,7 +34,42 @@ def test_heads_and_ops_import_no_training_code(path):
     assert not bad, f"{path.relative_to(SRC)} imports {sorted(bad)}"
 
 
-def test_the_check_sees_imports():
-    """The checker itself: it must find both import forms (else the test above could never fail)."""
-    tree = SRC.parent / "gmsop" / "training.py"
-    assert {"lightning", "gmsop.callbacks"} <= _imports(tree)
+# Rooms from the bottom up; a module imports only from its own room or rooms below it.
+ROOMS = [
+    ("gmsop.errors", "gmsop.paths"),
+    ("gmsop.registry", "gmsop.plots"),
+    ("gmsop.config",),
+    ("gmsop.ops",),
+    ("gmsop.heads",),
+    ("gmsop.models", "gmsop.data"),
+    ("gmsop.run",),  # the run loop and what keeps runs safe
+    ("gmsop.analysis",),  # reading finished runs
+    ("gmsop.train", "gmsop.eval", "gmsop.sweep", "gmsop.report", "gmsop.cost"),  # entry points
+]
+
+
+def _room(module: str) -> int:
+    for level, prefixes in enumerate(ROOMS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return level
+    raise AssertionError(f"{module} is in no room; add it to ROOMS")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
+def test_each_room_imports_only_from_rooms_below(path):
+    here = _module_name(path)
+    if here == "gmsop":
+        return
+    above = sorted(m for m in _imports(path) if m.startswith("gmsop.") and _room(m) > _room(here))
+    assert not above, f"{here} (room {_room(here)}) imports from higher rooms: {above}"
+
+
+def test_the_checks_see_imports_and_rooms():
+    """The checker itself (else the tests above could never fail)."""
+    assert {"lightning", "gmsop.run.callbacks"} <= _imports(SRC / "run" / "training.py")
+    assert _room("gmsop.run.training") > _room("gmsop.models.classifier") > _room("gmsop.heads.base")

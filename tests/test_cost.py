@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 from gmsop.config import compose_train
-from gmsop.cost import experiment_cost, parameter_breakdown, training_flops_per_image
+from gmsop.analysis.cost import experiment_cost, parameter_breakdown, training_flops_per_image
 from gmsop.data import MissingDataError
 from tests.conftest import run_cli
 
@@ -63,7 +63,7 @@ def test_missing_data_asks_for_the_number_of_classes():
 
 
 def test_markdown_table_puts_the_published_count_beside_ours():
-    from gmsop.cost import markdown_table
+    from gmsop.analysis.cost import markdown_table
 
     costs = [experiment_cost(compose_train([f"experiment=paper/{n}"]))
              for n in ("imagenet64_resnet18_gap", "places365_resnet18_gap")]

@@ -11,8 +11,8 @@ import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from gmsop.callbacks import LearningCurves
-from gmsop.curves import COLUMNS, read_curves, write_curves
+from gmsop.run.callbacks import LearningCurves
+from gmsop.run.curves import COLUMNS, read_curves, write_curves
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 

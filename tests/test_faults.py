@@ -187,7 +187,7 @@ replace_atomically(Path({str(target)!r}), slow)
     writer.wait()
     assert target.read_bytes() == b"old complete checkpoint"
     (leftover,) = target.parent.glob(".last.ckpt.tmp-*")  # what a killed writer leaves
-    from gmsop.run_folder import RunLock
+    from gmsop.run.folder import RunLock
 
     with RunLock(tmp_path, "test"):  # the next process to take the folder removes it
         assert not leftover.exists()
@@ -290,7 +290,7 @@ def test_corrupt_checkpoints_are_named_by_resume_and_eval(tmp_path):
 def test_sweep_killed_mid_trial_resumes_without_stale_or_repeated_trials(tmp_path):
     import sqlite3
 
-    from gmsop.run_folder import is_locked
+    from gmsop.run.folder import is_locked
 
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("""

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from gmsop.curves import write_curves
-from gmsop.published import PUBLISHED, match
-from gmsop.report import collect, report
+from gmsop.run.curves import write_curves
+from gmsop.analysis.published import PUBLISHED, match
+from gmsop.analysis.report import collect, report
 from tests.conftest import run_cli
 
 

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gmsop.checkpointing import BestCheckpoint
+from gmsop.run.checkpointing import BestCheckpoint
 from gmsop.eval import evaluate
 from gmsop.models.classifier import SecondOrderClassifier
-from gmsop.resume import CheckpointError, ResumeError, check_compatible, plan_resume, read_checkpoint
-from gmsop.run_folder import RunFolderError, RunLock
+from gmsop.run.resume import CheckpointError, ResumeError, check_compatible, plan_resume, read_checkpoint
+from gmsop.run.folder import RunFolderError, RunLock
 from tests.test_data import _image_tree
 
 MODEL = {"backbone": "resnet18_64", "pretrained": False, "pretrained_file": None, "last_stride": None,
@@ -71,7 +71,7 @@ def test_compatibility_names_every_changed_key_and_ignores_where_data_lives(tmp_
 
 
 def test_weights_that_do_not_fit_are_named_even_when_changes_are_allowed(tmp_path):
-    from gmsop.resume import check_weights_fit
+    from gmsop.run.resume import check_weights_fit
 
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     _checkpoint(path)

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from gmsop.registry import ConfigError
-from gmsop.sweep import SweepSpec
+from gmsop.run.sweep import SweepSpec
 from tests.conftest import REPO, run_cli
 
 
@@ -63,7 +63,7 @@ def test_sweep_file_errors(tmp_path, body, message):
 @pytest.mark.parametrize("override,message", [("optim.lrr=0.1", "does not compose"),
                                               ("head.kk=2", "head.kk"), ("optim.lr=-1", "optim.lr=-1")])
 def test_trial_config_errors_are_found_before_the_first_trial(tmp_path, override, message):
-    from gmsop.sweep import run_sweep
+    from gmsop.run.sweep import run_sweep
 
     sweep = _write(tmp_path, "name: s\nmethod: random\n" + M + "parameters: {optim.lr: {values: [0.01]}}\n"
                              "command: [python, -m, gmsop.train, experiment=default]")
@@ -114,7 +114,7 @@ class _FakeTrainer:
 
 
 def test_prune_callback_reports_each_epoch_and_stops_bad_trials():
-    from gmsop.sweep import PruneTrial
+    from gmsop.run.sweep import PruneTrial
 
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.3))
     trial = study.ask()
@@ -126,7 +126,7 @@ def test_prune_callback_reports_each_epoch_and_stops_bad_trials():
 
 
 def test_online_wandb_without_login_fails_before_training(tmp_path, monkeypatch):
-    from gmsop.training import run_training
+    from gmsop.run.training import run_training
     from tests.test_config import compose_train
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -138,7 +138,7 @@ def test_online_wandb_without_login_fails_before_training(tmp_path, monkeypatch)
 
 
 def test_study_summary_lists_every_trial_and_plots_the_search(tmp_path):
-    from gmsop.sweep import write_study_summary
+    from gmsop.run.sweep import write_study_summary
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     write_study_summary(study, "val/top1_err", tmp_path)  # nothing finished yet: a header, no plots

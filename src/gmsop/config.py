@@ -62,7 +62,7 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
     # Ours, not the Trainer's (RUN_CONTROL_KEYS):
-    resume: Optional[str] = None  # a .ckpt, a run folder, "latest" or "auto" (see gmsop.resume)
+    resume: Optional[str] = None  # a .ckpt, a run folder, "latest" or "auto" (see gmsop.run.resume)
     resume_allow_changes: bool = False  # resume even if model/head/optim/data differ from the checkpoint's
     checkpoint_every_n_steps: Optional[int] = None  # also write last.ckpt every N steps (long epochs)
 
@@ -118,7 +118,7 @@ def run_name(name: str) -> str:
 
 def register_resolvers() -> None:
     """${run_name:NAME} (validated experiment name) and ${run_uid:} (random, fixed per process) for run folders."""
-    from gmsop.run_folder import run_uid
+    from gmsop.paths import run_uid
 
     if not OmegaConf.has_resolver("run_uid"):
         OmegaConf.register_new_resolver("run_uid", run_uid)

@@ -19,7 +19,7 @@ from gmsop.errors import exit_on_user_error
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import CONFIG_DIR, write_text_atomic
-from gmsop.resume import CheckpointError, read_checkpoint
+from gmsop.run.resume import CheckpointError, read_checkpoint
 
 register_configs()
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = Path(os.environ.get("GMSOP_CONFIG_DIR", REPO_ROOT / "configs")).resolve()
+
+
+@functools.cache
+def run_uid() -> str:
+    """A random suffix for run folder names, fixed for the process (Hydra resolves the name more than once)."""
+    return secrets.token_hex(3)
 
 
 TMP_MARK = ".tmp-"  # temporary files are named .NAME.tmp-PID

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from gmsop.config import register_configs
 from gmsop.errors import exit_on_user_error
 from gmsop.paths import CONFIG_DIR
-from gmsop.training import RunInterrupted, run_training
+from gmsop.run.training import RunInterrupted, run_training
 
 register_configs()
 

@@ -62,7 +62,7 @@ class SecondOrderClassifier(L.LightningModule):
             nn.Dropout(model.get("dropout", 0.0)),
             nn.Linear(self.head.out_dim, num_classes),
         )
-        # Component usage of a gated head per split and epoch (see component_usage / gmsop.callbacks).
+        # Component usage of a gated head per split and epoch (see component_usage / gmsop.run.callbacks).
         self.usage = nn.ModuleDict({f"{split}_usage": ComponentUsage(self.head.num_components)
                                     for split in ("train", "val")} if self.head.num_components else {})
         top_k = min(5, num_classes)

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from gmsop.curves import TRAIN_METRICS, VAL_METRICS, Curves, read_curves, write_curves
+from gmsop.run.curves import TRAIN_METRICS, VAL_METRICS, Curves, read_curves, write_curves
 
 
 class Throughput(L.Callback):

@@ -23,9 +23,9 @@ from typing import Any, Mapping, Optional
 import lightning as L
 import torch
 
-from gmsop.checkpointing import CHECKPOINT_DIR, LAST
+from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST
 from gmsop.errors import UserError
-from gmsop.run_folder import holds_run, is_locked, require_fresh
+from gmsop.run.folder import holds_run, is_locked, require_fresh
 
 LAST_CKPT = Path(CHECKPOINT_DIR) / f"{LAST}.ckpt"
 WANDB_ID_FILE = "wandb_run_id.txt"

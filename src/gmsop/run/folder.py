@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import functools
 import os
-import secrets
 from pathlib import Path
 from typing import Optional
 
-from gmsop.checkpointing import CHECKPOINT_DIR
+from gmsop.run.checkpointing import CHECKPOINT_DIR
 from gmsop.errors import UserError
 from gmsop.paths import remove_stale_temporaries
 
@@ -27,12 +25,6 @@ SUMMARY = "summary.json"
 
 class RunFolderError(UserError, RuntimeError):
     """A run folder is in use by another process, or already holds another run."""
-
-
-@functools.cache
-def run_uid() -> str:
-    """A random suffix, fixed for the process (Hydra resolves the run folder name more than once)."""
-    return secrets.token_hex(3)
 
 
 class RunLock:

@@ -21,16 +21,16 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gmsop.callbacks import LearningCurves, Throughput
-from gmsop.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
+from gmsop.run.callbacks import LearningCurves, Throughput
+from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
 from gmsop.config import RUN_CONTROL_KEYS
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import write_text_atomic
 from gmsop.registry import ConfigError
-from gmsop.resume import (WANDB_ID_FILE, ResumePlan, RunRecord, check_compatible, check_weights_fit, newest_checkpoint,
+from gmsop.run.resume import (WANDB_ID_FILE, ResumePlan, RunRecord, check_compatible, check_weights_fit, newest_checkpoint,
                           plan_resume, run_folder_of)
-from gmsop.run_folder import SUMMARY, RunLock
+from gmsop.run.folder import SUMMARY, RunLock
 
 
 @dataclass

@@ -1,0 +1,158 @@
+"""Parameters and training FLOPs of an experiment's model, without its data or a GPU.
+
+    python -m gmsop.cost experiment=paper/imagenet64_resnet18_gmsop_16_8 [key=value ...]
+    python -m gmsop.cost --paper        # every experiments/paper/ row, as a Markdown table
+
+Parameters are counted by part (backbone, gate, components, rest of the head, classifier).
+FLOPs are torch's FlopCounterMode count for one training step, forward and backward, per
+image: matmuls and convolutions only (elementwise ops and eigendecompositions are not
+counted). With the number of training images (known for the paper's data sets, else
+--train-images) it also gives the recipe's total and the GPU-hours that total needs at a
+sustained --tflops: an estimate, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from gmsop.config import compose_train
+from gmsop.data import MissingDataError, build_datamodule
+from gmsop.errors import exit_on_user_error
+from gmsop.models.classifier import SecondOrderClassifier
+from gmsop.paths import REPO_ROOT
+from gmsop.analysis.published import PAPER_DATA, PUBLISHED
+
+PAPER_DIR = REPO_ROOT / "experiments" / "paper"
+HEAD_PARTS = ("gate", "components")
+
+
+@dataclass
+class Cost:
+    experiment: str
+    params: dict[str, int]  # part -> parameters
+    feature_map: tuple[int, int, int]  # C x H x W the head sees
+    feature_dim: int
+    gflop_per_image: float  # one training step, forward + backward
+    epochs: int
+    train_images: Optional[int]
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.params.values())
+
+    def total_flop(self) -> Optional[float]:
+        return None if self.train_images is None else self.gflop_per_image * 1e9 * self.train_images * self.epochs
+
+    def gpu_hours(self, tflops: float) -> Optional[float]:
+        total = self.total_flop()
+        return None if total is None else total / (tflops * 1e12) / 3600
+
+
+def parameter_breakdown(model: nn.Module) -> dict[str, int]:
+    """Parameters per part: the top-level module, with a mixture head split into gate/components."""
+    parts: Counter[str] = Counter()
+    for name, p in model.named_parameters():
+        top, _, rest = name.partition(".")
+        sub = rest.split(".", 1)[0]
+        parts[f"{top}.{sub}" if top == "head" and sub in HEAD_PARTS else top] += p.numel()
+    return dict(parts)
+
+
+def training_flops_per_image(model: SecondOrderClassifier, channels: int, image_size: int, batch: int = 2) -> float:
+    """Matmul/conv FLOPs of one training step (forward + backward) divided by the batch size."""
+    model.train()
+    images = torch.randn(batch, channels, image_size, image_size)
+    labels = torch.zeros(batch, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        model.compute_loss(images, labels).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def _data_shape(cfg: DictConfig) -> tuple[int, int]:
+    """(classes, channels) from cfg's data module, which needs its data to be here."""
+    try:
+        data = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
+    except MissingDataError as err:
+        raise MissingDataError(f"{cfg.name}: give --classes (and --channels if not 3); the data is not here to count: {err}") from None
+    return data.num_classes, data.num_channels
+
+
+def experiment_cost(cfg: DictConfig, classes: Optional[int] = None, channels: Optional[int] = None,
+                    train_images: Optional[int] = None) -> Cost:
+    """Build cfg's model (random weights) and count its parameters and training FLOPs.
+
+    Classes, channels and training images come from the arguments, else (for a paper row)
+    the paper's data set, else the data module.
+    """
+    if cfg.name in PUBLISHED:
+        paper = PAPER_DATA[PUBLISHED[cfg.name].table]
+        classes, channels = classes or paper.classes, channels or paper.channels
+        train_images = train_images or paper.train_images
+    if classes is None or channels is None:
+        found = _data_shape(cfg)
+        classes, channels = classes or found[0], channels or found[1]
+    container = OmegaConf.to_container(cfg, resolve=True)
+    model = SecondOrderClassifier(container["model"], container["head"], container["optim"], classes, channels)
+    size = cfg.data.image_size
+    with torch.no_grad():
+        fmap = model.backbone(torch.zeros(1, channels, size, size)).shape[1:]
+    return Cost(cfg.name, parameter_breakdown(model), tuple(fmap), model.head.out_dim,
+                training_flops_per_image(model, channels, size) / 1e9, cfg.trainer.max_epochs, train_images)
+
+
+def markdown_table(costs: Sequence[Cost], tflops: float) -> str:
+    lines = ["| experiment | params (M) | published (M) | feature map | dim | GFLOP / image / step | epochs "
+             f"| total FLOP | GPU-hours at {tflops:g} TFLOP/s |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in costs:
+        pub = PUBLISHED.get(c.experiment)
+        total, hours = c.total_flop(), c.gpu_hours(tflops)
+        lines.append(
+            f"| {c.experiment} | {c.total_params / 1e6:.2f} | {pub.params_m if pub and pub.params_m else ''} "
+            f"| {'x'.join(map(str, c.feature_map))} | {c.feature_dim} | {c.gflop_per_image:.2f} | {c.epochs} "
+            f"| {'' if total is None else f'{total:.1e}'} | {'' if hours is None else f'{hours:.1f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def describe(c: Cost, tflops: float) -> str:
+    parts = ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in c.params.items())
+    lines = [f"{c.experiment}: {c.total_params:,} parameters ({parts})",
+             f"  head input {'x'.join(map(str, c.feature_map))}, feature dim {c.feature_dim}",
+             f"  {c.gflop_per_image:.2f} GFLOP per image per training step (matmul/conv, forward + backward)"]
+    if c.train_images is not None:
+        lines.append(f"  {c.epochs} epochs x {c.train_images:,} images: {c.total_flop():.2e} FLOP, "
+                     f"{c.gpu_hours(tflops):.1f} GPU-hours at a sustained {tflops:g} TFLOP/s (estimate)")
+    return "\n".join(lines)
+
+
+@exit_on_user_error
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper/imagenet64_resnet18_gap")
+    p.add_argument("--paper", action="store_true", help="every experiments/paper/ row, as a Markdown table")
+    p.add_argument("--classes", type=int, default=None, help="number of classes when the data is not here")
+    p.add_argument("--channels", type=int, default=None, help="input channels when the data is not here")
+    p.add_argument("--train-images", type=int, default=None, help="training-set size, for the total")
+    p.add_argument("--tflops", type=float, default=50.0, help="sustained TFLOP/s assumed for GPU-hours")
+    args = p.parse_args()
+    if args.paper == bool(args.overrides):
+        p.error("give Hydra overrides (e.g. experiment=...) or --paper, not both or neither")
+    if args.paper:
+        names = sorted(f.stem for f in PAPER_DIR.glob("*.yaml"))
+        costs = [experiment_cost(compose_train([f"experiment=paper/{n}"])) for n in names]
+        print(markdown_table(costs, args.tflops))
+        return
+    cost = experiment_cost(compose_train(args.overrides), args.classes, args.channels, args.train_images)
+    print(describe(cost, args.tflops))
+
+
+if __name__ == "__main__":
+    main()

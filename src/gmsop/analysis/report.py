@@ -1,0 +1,200 @@
+"""Collect finished runs into a table and plots: `python -m gmsop.report FOLDER [--out DIR]`.
+
+Reads every run folder under FOLDER (summary.json, .hydra/overrides.yaml, curves.csv,
+csv/metrics.csv); no W&B server is needed. Writes report.md, report.csv, errors.png,
+curves.png (loss and error per epoch) and, for gated mixtures, component_usage.png, to
+DIR (default FOLDER/report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from gmsop.run.curves import Curves, read_curves
+from gmsop.errors import UserError, exit_on_user_error
+from gmsop.models.usage import usage_key
+from gmsop.paths import write_csv_atomic, write_text_atomic
+from gmsop.analysis.published import Published, match
+from gmsop.run.folder import is_locked
+
+IGNORED_OVERRIDE_PREFIXES = ("runs_dir=", "hydra.", "trainer.enable_progress_bar")
+
+
+@dataclass
+class Run:
+    folder: Path
+    label: str
+    summary: dict
+    published: Optional[Published]
+    usage: Optional[list[float]]  # validation usage per component at the last epoch
+    curves: Curves  # per-epoch loss and error ({} for runs made before curves.csv existed)
+
+    def metric(self, key: str) -> Optional[float]:
+        value = self.summary["metrics"].get(key)
+        return None if value is None else float(value)
+
+
+def _overrides(folder: Path) -> list[str]:
+    path = folder / ".hydra" / "overrides.yaml"
+    items = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else []
+    return [o for o in items or [] if not o.startswith(IGNORED_OVERRIDE_PREFIXES)]
+
+
+def _last_usage(folder: Path) -> Optional[list[float]]:
+    """Validation usage per component at the last epoch, from the run's CSV log (gated heads only)."""
+    path = folder / "csv" / "metrics.csv"
+    if not path.is_file():
+        return None
+    rows = [r for r in csv.DictReader(path.open()) if r.get(usage_key("val", 0))]
+    if not rows:
+        return None
+    n = next(i for i in range(len(rows[-1]) + 1) if usage_key("val", i) not in rows[-1])
+    return [float(rows[-1][usage_key("val", i)]) for i in range(n)]
+
+
+class NoFinishedRuns(UserError, FileNotFoundError):
+    """A folder holds no finished run to report."""
+
+
+@dataclass
+class Skipped:
+    folder: Path
+    why: str
+
+
+def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
+    """Every finished run (summary.json with status finished) under root, labelled by what differs;
+    and the run folders left out (interrupted, failed, killed or unreadable), with the reason."""
+    summaries, skipped = {}, []
+    for path in sorted(p for p in root.rglob("summary.json") if "report" not in p.relative_to(root).parts):
+        try:
+            s = json.loads(path.read_text())
+            if not isinstance(s, dict) or "metrics" not in s or "head" not in s:
+                raise ValueError("not a gmsop run summary")
+        except (ValueError, OSError) as e:
+            skipped.append(Skipped(path.parent, f"unreadable {path.name} ({type(e).__name__}: {e})"))
+            continue
+        status = s.get("status", "finished")  # runs made before status existed only wrote it when finished
+        if status != "finished":
+            skipped.append(Skipped(path.parent, f"{status}" + (f" ({s['error']})" if s.get("error") else "")
+                                   + f" at epoch {s.get('epochs')}, step {s.get('global_step')}"))
+            continue
+        summaries[path.parent] = s
+    for ckpt_dir in sorted(root.rglob("checkpoints")):
+        folder = ckpt_dir.parent
+        if folder not in summaries and not (folder / "summary.json").is_file():
+            state = "running now" if is_locked(folder) else "killed before it could write summary.json"
+            skipped.append(Skipped(folder, f"no summary.json ({state}); resume with trainer.resume={folder}"))
+    if not summaries:
+        why = "".join(f"\n  {k.folder}: {k.why}" for k in skipped)
+        raise NoFinishedRuns(f"no finished runs (summary.json) under {root}{why}")
+    folders = list(summaries)
+    overrides = {f: _overrides(f) for f in folders}
+    common = set.intersection(*(set(o) for o in overrides.values())) if len(folders) > 1 else set()
+    runs = []
+    for f, s in summaries.items():
+        varying = [o for o in overrides[f] if o not in common and not o.startswith("experiment=")]
+        label = (" ".join(varying) or s["head"]["name"]) if len(folders) > 1 else s["name"]
+        runs.append(Run(f, label, s, match(s["name"], s["data"], s["backbone"], s["head"]), _last_usage(f),
+                        read_curves(f)))
+    return runs, skipped
+
+
+COLUMNS = ["run", "head", "top-1 err %", "top-5 err %", "published top-1/top-5 %", "params (M)", "feature dim",
+           "train images/s", "epochs", "folder"]
+
+
+def table_rows(runs: list[Run], root: Path) -> list[list[str]]:
+    def pct(v: Optional[float]) -> str:
+        return "" if v is None else f"{100 * v:.2f}"
+
+    rows = []
+    for r in runs:
+        pub = f"{r.published.top1:.2f} / {r.published.top5:.2f} ({r.published.row})" if r.published else ""
+        ips = r.metric("train_images_per_s")
+        rows.append([r.label, r.summary["head"]["name"], pct(r.metric("val/top1_err")), pct(r.metric("val/top5_err")),
+                     pub, f"{r.summary['params'] / 1e6:.2f}", str(r.summary["feature_dim"]),
+                     "" if ips is None else f"{ips:.0f}", str(r.summary["epochs"]), os.path.relpath(r.folder, root)])
+    return rows
+
+
+def markdown(rows: list[list[str]], title: str) -> str:
+    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_errors(runs: list[Run], out: Path) -> None:
+    from gmsop.plots import error_bars
+
+    error_bars([r.label for r in runs], [r.metric("val/top1_err") for r in runs],
+               [r.metric("val/top5_err") for r in runs],
+               [None if r.published is None else r.published.top1 / 100 for r in runs], out)
+
+
+def plot_usage(runs: list[Run], out: Path) -> bool:
+    from gmsop.plots import usage_heatmap
+
+    mixed = [r for r in runs if r.usage]
+    if not mixed:
+        return False
+    usage_heatmap([r.label for r in mixed], [r.usage for r in mixed], out)
+    return True
+
+
+def plot_curves(runs: list[Run], out: Path) -> bool:
+    from gmsop.plots import learning_curves
+
+    with_curves = {r.label: r.curves for r in runs if r.curves}
+    if not with_curves:
+        return False
+    learning_curves(with_curves, out)
+    return True
+
+
+def report(root: Path, out: Optional[Path] = None) -> Path:
+    """Write the report for the runs under root; return its folder."""
+    runs, skipped = collect(root)
+    for k in skipped:
+        print(f"not included: {k.folder}: {k.why}", file=sys.stderr)
+    out = out or root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table_rows(runs, root)
+    write_csv_atomic(out / "report.csv", COLUMNS, rows)
+    plot_errors(runs, out / "errors.png")
+    has_usage = plot_usage(runs, out / "component_usage.png")
+    md = markdown(rows, f"Runs under {root}") + "\n![validation error per run](errors.png)\n"
+    if plot_curves(runs, out / "curves.png"):
+        md += "\n![loss and error per epoch](curves.png)\n"
+    if has_usage:
+        md += "\n![component usage (validation, last epoch)](component_usage.png)\n"
+    if skipped:
+        md += "\n## Not included\n\n" + "".join(f"- `{os.path.relpath(k.folder, root)}`: {k.why}\n" for k in skipped)
+    write_text_atomic(out / "report.md", md)
+    return out
+
+
+@exit_on_user_error
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", type=Path, help="an ablation/multirun folder or a single run folder")
+    p.add_argument("--out", type=Path, default=None, help="where to write (default FOLDER/report)")
+    args = p.parse_args()
+    if not args.folder.is_dir():
+        p.error(f"{args.folder} is not a folder")
+    out = report(args.folder, args.out)
+    print((out / "report.md").read_text())
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

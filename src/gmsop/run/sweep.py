@@ -1,0 +1,312 @@
+"""Run a W&B-schema sweep file locally with Optuna: `python -m gmsop.sweep FILE --trials N`.
+
+The file is W&B's sweep schema (method grid/random/bayes, metric, parameters, command),
+so `wandb sweep FILE` works unchanged for users who are online. Locally each trial is a
+training run composed from the command's `key=value` overrides plus the trial's values,
+logged as a W&B run in the sweep's group and written to runs/<sweep>/trial_NNNN. The
+Optuna study lives in SQLite (runs/<sweep>/optuna.db) by default, so re-running the same
+command resumes after a crash; any SQLAlchemy URL (--storage postgresql://...) lets
+several machines share one study. With --pruner median (the default) a trial whose
+validation metric falls behind the median of earlier trials at the same epoch is stopped.
+After every trial runs/<sweep>/ gets trials.csv (state, value, parameters, run folder of
+each trial) and plots of the search: sweep_history.png and sweep_params.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import optuna
+import yaml
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from gmsop.config import compose_train
+from gmsop.errors import exit_on_user_error
+from gmsop.models.classifier import EPOCH_METRIC_PREFIXES, EPOCH_METRICS
+from gmsop.paths import run_uid, write_csv_atomic
+from gmsop.registry import ConfigError
+from gmsop.run.folder import LOCK_FILE, is_locked
+from gmsop.run.training import RunInterrupted
+
+METHODS = {"grid", "random", "bayes"}
+
+
+class SweepSpec:
+    """A parsed sweep file: Optuna distributions, direction, sampler and base overrides.
+
+    Every error in the file is found here, before the first trial, and names the key.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        spec = self._load(path)
+        self.name = str(spec.get("name") or path.stem)
+        self.method = spec.get("method", "random")
+        if self.method not in METHODS:
+            raise ConfigError(f"{path}: method={self.method!r}; allowed: {', '.join(sorted(METHODS))}")
+        metric = spec.get("metric") or {}
+        if not isinstance(metric, dict) or "name" not in metric:
+            raise ConfigError(f"{path}: metric.name is required (e.g. val/top1_err)")
+        self.metric = metric["name"]
+        if self.metric not in EPOCH_METRICS and not str(self.metric).startswith(EPOCH_METRIC_PREFIXES):
+            raise ConfigError(f"{path}: metric.name={self.metric!r} is not logged by training; allowed: "
+                              f"{', '.join(EPOCH_METRICS)}, or {'/'.join(EPOCH_METRIC_PREFIXES)}... keys")
+        goal = metric.get("goal", "minimize")
+        if goal not in ("minimize", "maximize"):
+            raise ConfigError(f"{path}: metric.goal={goal!r}; allowed: minimize, maximize")
+        self.direction = goal
+        params = spec.get("parameters") or {}
+        if not isinstance(params, dict) or not params:
+            raise ConfigError(f"{path}: no parameters to sweep (`parameters:` must map keys to specs)")
+        for key, p in params.items():
+            if not isinstance(p, dict):
+                raise ConfigError(f"{path}: parameters.{key}={p!r}; give a mapping: {{value: X}}, {{values: [...]}} "
+                                  "or {min: A, max: B}")
+        self.fixed = {k: v["value"] for k, v in params.items() if "value" in v}
+        self.searched = {k: v for k, v in params.items() if "value" not in v}
+        command = spec.get("command", [])
+        if not isinstance(command, list):
+            raise ConfigError(f"{path}: command={command!r}; give a list of arguments")
+        # The command's key=value arguments, less W&B's mode: local trials stay offline unless
+        # logger.wandb.mode=online is passed on the command line.
+        self.base_overrides = [
+            a for a in command
+            if isinstance(a, str) and "=" in a and "${" not in a and not a.startswith("logger.wandb.mode=")
+        ]
+        for key, p in self.searched.items():
+            try:
+                self.suggest(key, p, _Probe())  # validates every parameter now, not mid-sweep
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
+        if self.method == "grid":
+            self.grid()
+
+    @staticmethod
+    def _load(path: Path) -> dict:
+        try:
+            spec = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        except (yaml.YAMLError, OmegaConfBaseException) as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping (name, method, metric, parameters, command), "
+                              f"not a {type(spec).__name__}")
+        return spec
+
+    def probe_overrides(self) -> list[str]:
+        """The overrides of a trial with the first value of every searched parameter (to validate the config)."""
+        values = {k: self.suggest(k, p, _Probe()) for k, p in self.searched.items()}
+        return [*self.base_overrides, *(f"{k}={v}" for k, v in {**self.fixed, **values}.items())]
+
+    def grid(self) -> dict[str, list]:
+        for key, p in self.searched.items():
+            if "values" not in p:
+                raise ConfigError(f"{self.path}: method=grid needs `values` for every parameter; {key} has {sorted(p)}")
+        return {k: list(p["values"]) for k, p in self.searched.items()}
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        if self.method == "grid":
+            return optuna.samplers.GridSampler(self.grid(), seed=seed)
+        if self.method == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed)
+
+    @staticmethod
+    def suggest(key: str, p: dict, trial) -> Any:
+        """W&B parameter spec -> an Optuna suggestion."""
+        if "values" in p:
+            return trial.suggest_categorical(key, list(p["values"]))
+        dist = p.get("distribution")
+        if "min" not in p or "max" not in p:
+            raise ConfigError(f"parameter {key}: give `values`, `value`, or `min` and `max`")
+        lo, hi = p["min"], p["max"]
+        if dist in (None, "int_uniform") and isinstance(lo, int) and isinstance(hi, int):
+            return trial.suggest_int(key, lo, hi)
+        if dist in (None, "uniform"):
+            return trial.suggest_float(key, float(lo), float(hi))
+        if dist == "log_uniform_values":
+            return trial.suggest_float(key, float(lo), float(hi), log=True)
+        if dist == "log_uniform":  # W&B: min/max are natural logs of the bounds
+            return trial.suggest_float(key, math.exp(lo), math.exp(hi), log=True)
+        raise ConfigError(
+            f"parameter {key}: distribution={dist!r} is not supported locally; use values, uniform, int_uniform, "
+            "log_uniform_values or log_uniform"
+        )
+
+
+class _Probe:
+    """Stands in for a trial while validating a spec."""
+
+    def suggest_categorical(self, key, values):
+        if not values:
+            raise ConfigError(f"parameter {key}: `values` is empty")
+        return values[0]
+
+    def suggest_int(self, key, lo, hi):
+        if lo > hi:
+            raise ConfigError(f"parameter {key}: bad range [{lo}, {hi}] (min > max)")
+        return lo
+
+    def suggest_float(self, key, lo, hi, log=False):
+        if lo > hi or (log and lo <= 0):
+            raise ConfigError(f"parameter {key}: bad range [{lo}, {hi}]{' for a log scale' if log else ''}")
+        return lo
+
+
+PRUNERS = ("median", "none")
+
+
+class PruneTrial(L.Callback):
+    """Report the sweep metric to the Optuna trial after each validation; stop a hopeless trial.
+
+    (What hydra-optuna-sweeper cannot do: it never sees a trial object.)
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
+            return
+        self.trial.report(float(trainer.callback_metrics[self.metric]), step=trainer.current_epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.metric} at epoch {trainer.current_epoch} is worse than the median")
+
+
+def _pruner(name: str) -> optuna.pruners.BasePruner:
+    if name not in PRUNERS:
+        raise ConfigError(f"--pruner {name!r}; allowed: {', '.join(PRUNERS)}")
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if name == "median" else optuna.pruners.NopPruner()
+
+
+def check_trial_config(spec: SweepSpec, extra: list[str]) -> None:
+    """Compose and validate one trial's config now, so a misspelled key fails before trial 0 runs."""
+    from gmsop.data import DATA
+    from gmsop.heads import HEADS
+    from gmsop.models.classifier import validate_optim
+
+    try:
+        cfg = compose_train([*spec.probe_overrides(), f"name={spec.name}", *extra])
+    except (OmegaConfBaseException, HydraException) as e:  # unknown keys, bad values
+        raise ConfigError(f"{spec.path}: the trial config does not compose: {e}") from None
+    container = OmegaConf.to_container(cfg, resolve=True)
+    HEADS.validate(container["head"], path="head")
+    DATA.validate(container["data"], path="data")
+    validate_optim(container["optim"])
+
+
+def make_objective(spec: SweepSpec, runs_dir: Path, extra: list[str], study_uid: str) -> Callable[[optuna.Trial], float]:
+    from gmsop.run.training import run_training
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {k: SweepSpec.suggest(k, p, trial) for k, p in spec.searched.items()}
+        overrides = [*spec.base_overrides, *(f"{k}={v}" for k, v in {**spec.fixed, **values}.items()),
+                     f"name={spec.name}", f"runs_dir={runs_dir}", f"logger.wandb.group={spec.name}", *extra]
+        cfg = compose_train(overrides)
+        run_dir = runs_dir / spec.name / f"trial_{trial.number:04d}_{study_uid}"  # unique to this study
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("overrides", overrides)
+        result = run_training(cfg, run_dir, [PruneTrial(trial, spec.metric)])
+        if spec.metric not in result.metrics:
+            raise KeyError(f"metric {spec.metric!r} was not logged; logged: {', '.join(sorted(result.metrics))}")
+        return result.metrics[spec.metric]
+
+    return objective
+
+
+HEARTBEAT_S, GRACE_S = 30, 90  # a RUNNING trial silent for GRACE_S is failed by Optuna
+
+
+def fail_abandoned_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+    """Mark FAIL every RUNNING trial whose run folder shows no live process (its run lock is free):
+    a trial killed with kill -9. Trials on other machines are left to Optuna's heartbeat."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        run_dir = Path(t.user_attrs.get("run_dir", ""))
+        if t.user_attrs.get("run_dir") and (run_dir / LOCK_FILE).is_file() and not is_locked(run_dir):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            failed.append(t.number)
+    return failed
+
+
+def run_sweep(
+    path: Path, trials: int, storage: str | None, runs_dir: Path, extra: list[str], seed: int = 0, pruner: str = "median"
+):
+    """Run until the study holds `trials` finished (complete or pruned) trials, so a re-run
+    resumes; return the study.
+
+    On a re-run, trials left RUNNING by a killed sweep are marked FAIL (and do not count), and
+    the sampler is seeded with `seed` plus the number of trials so far, so it does not repeat
+    the parameters it drew before.
+    """
+    spec = SweepSpec(path)
+    _pruner(pruner)
+    check_trial_config(spec, extra)
+    (runs_dir / spec.name).mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(runs_dir / spec.name / 'optuna.db').resolve()}"
+    rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    study = optuna.create_study(study_name=spec.name, storage=rdb, direction=spec.direction, load_if_exists=True)
+    if "uid" not in study.user_attrs:
+        study.set_user_attr("uid", run_uid())
+    abandoned = fail_abandoned_trials(study, rdb)
+    optuna.storages.fail_stale_trials(study)
+    if abandoned:
+        print(f"sweep {spec.name}: trial(s) {', '.join(map(str, abandoned))} were killed while running; marked FAIL")
+    study.sampler = spec.sampler(seed + len(study.trials))
+    study.pruner = _pruner(pruner)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len([t for t in study.trials if t.state in finished])
+    remaining = max(0, trials - done)
+    print(f"sweep {spec.name}: {done} trials finished, running {remaining} more ({spec.method}, {spec.direction} {spec.metric})")
+    if remaining:
+        objective = make_objective(spec, runs_dir, extra, study.user_attrs["uid"])
+        study.optimize(objective, n_trials=remaining, catch=(FloatingPointError,),
+                       callbacks=[lambda study, _trial: write_study_summary(study, spec.metric, runs_dir / spec.name)])
+    return study
+
+
+def write_study_summary(study: optuna.Study, metric: str, folder: Path) -> None:
+    """trials.csv, one row per trial (number, state, value, parameters, run folder), and the
+    search's plots (value per trial with the best so far; value against each parameter)."""
+    from gmsop.plots import study_figures
+
+    names = sorted({name for t in study.trials for name in t.params})
+    rows = [[t.number, t.state.name, "" if t.value is None else t.value, *(t.params.get(n, "") for n in names),
+             t.user_attrs.get("run_dir", "")] for t in study.trials]
+    write_csv_atomic(folder / "trials.csv", ["trial", "state", metric, *names, "run_dir"], rows)
+    study_figures(study, metric, folder / "sweep_history.png", folder / "sweep_params.png")
+
+
+@exit_on_user_error
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", type=Path, help="sweep file in W&B's schema")
+    p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
+    p.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite in runs/<sweep>/)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pruner", default="median", choices=PRUNERS,
+                   help="median: stop a trial whose validation metric is worse than the median of earlier trials")
+    p.add_argument("overrides", nargs="*", help="extra key=value overrides for every trial")
+    args = p.parse_intermixed_args()
+    if not args.file.is_file():
+        p.error(f"sweep file {args.file} does not exist")
+    try:
+        study = run_sweep(args.file, args.trials, args.storage, args.runs_dir, args.overrides, args.seed, args.pruner)
+    except RunInterrupted as e:  # the trial is marked FAIL; re-running the command resumes the sweep
+        print(f"\n{e}; re-run the sweep command to continue the sweep", file=sys.stderr)
+        sys.exit(e.exit_code)
+    best = study.best_trial
+    print(f"best trial #{best.number}: {best.value:.4f} with {best.params}; run folder {best.user_attrs['run_dir']}")
+
+
+if __name__ == "__main__":
+    main()
