@@ -97,7 +97,7 @@ def test_forwarded_options_come_from_the_base_class_once():
     """gmsop/gmgap/mixture forward **options: their schemas carry the base's keyword-only options."""
     import dataclasses
 
-    shared = {"noise": "image", "balance": "importance", "balance_weight": 100.0, "balance_per_image": True,
+    shared = {"balance": "importance", "balance_weight": 100.0, "balance_per_image": True,
               "dispatch": "sparse", "pool_batching": "auto"}
     for name in ("gmsop", "gmgap", "mixture"):
         defaults = {f.name: f.default for f in dataclasses.fields(HEADS.schema(name))}

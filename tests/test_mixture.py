@@ -250,6 +250,40 @@ def test_mixture_config_errors():
         _small("gmsop", k=1)
 
 
+def test_a_new_gate_plugs_in_by_name_and_config_errors_name_the_key():
+    """Gates are a registry like heads: one class registered, then `head.gate.name` picks it."""
+    from gmsop.heads.gating import GATES, Gate, Gates
+    from gmsop.registry import ConfigError
+
+    @GATES.register("test_round_robin")
+    class RoundRobin(Gate):  # image b goes to components b, b+1, ..., b+K-1 (mod N), equal weights
+        def __init__(self, in_channels: int, num_components: int, k: int) -> None:
+            super().__init__(num_components, k)
+
+        def forward(self, x):
+            b, n = x.shape[0], self.num_components
+            indices = (torch.arange(b)[:, None] + torch.arange(self.k)[None, :]) % n
+            weights = torch.full((b, self.k), 1.0 / self.k, dtype=x.dtype)
+            dense = torch.zeros(b, n, dtype=x.dtype).scatter(-1, indices, weights)
+            return Gates(indices, weights, dense, dense, dense, None)
+
+    try:
+        head = build_head({"name": "mixture", "component_pooling": {"name": "gap"}, "num_components": 4, "k": 2,
+                           "gate": {"name": "test_round_robin"}, "balance": "load"}, 7).double()
+        x = torch.randn(4, 7, 3, 3, dtype=torch.float64)
+        out = head(x)
+        expected = torch.stack([sum(0.5 * head.components[(b + j) % 4](x[b:b + 1])[0] for j in range(2))
+                                for b in range(4)])
+        torch.testing.assert_close(out.features, expected, rtol=1e-12, atol=1e-12)
+        assert out.routing.selected.tolist() == [2, 2, 2, 2] and out.aux_loss.item() == 0.0  # balanced; load -> importance
+        with pytest.raises(ConfigError, match="unknown gate 'nope'; known gates: .*noisy_top_k"):
+            build_head({"name": "mixture", "gate": {"name": "nope"}}, 7)
+        with pytest.raises(ConfigError, match=r"head\.gate\.trunk_dimz"):
+            build_head({"name": "mixture", "gate": {"name": "noisy_top_k", "trunk_dimz": [4]}}, 7)
+    finally:
+        GATES._entries.pop("test_round_robin")
+
+
 def test_stats_report_usage():
     head = _small("gmsop").train()
     out = head(torch.randn(10, 7, 4, 4))
@@ -262,7 +296,7 @@ def test_stats_report_usage():
 def test_sparse_equals_dense_with_parametric_component_pooling():
     """Pools with parameters (here a 1x1 conv+BN reduction) run per component, not batched."""
     cfg = {"name": "mixture", "component_pooling": {"name": "isqrt", "reduce_dim": 3}, "num_components": 4, "k": 2,
-           "component_dims": [5], "gate_dims": [4]}
+           "component_dims": [5], "gate": {"name": "noisy_top_k", "trunk_dims": [4], "pooling": {"name": "gap"}}}
     sparse = build_head({**cfg, "dispatch": "sparse", "pool_batching": "always"}, 7).double().eval()
     dense = build_head({**cfg, "dispatch": "dense"}, 7).double().eval()
     assert not sparse.shared_pool and _small("gmsop").shared_pool

@@ -1,14 +1,22 @@
-"""Noisy top-K gating: trunk -> pooling -> H(x) = Wg x + g * softplus(Wn x) -> top-K softmax."""
+"""Gates route each image to K of a mixture's N components; they are pluggable like heads.
+
+A gate is a `Gate` registered in `GATES` (config `head.gate` of `head=mixture`): its
+forward returns `Gates` (top-K indices and weights, the dense gate matrix, and the scores
+the balance losses need). `noisy_top_k` is the paper's: trunk -> pooling ->
+H(x) = Wg x + g * softplus(Wn x) -> top-K softmax.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Sequence
+from abc import ABC, abstractmethod
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gmsop.heads.base import build_head
+from gmsop.registry import Registry
 
 NOISE_MODES = ("image", "component", "none")
 
@@ -18,7 +26,9 @@ class Gates(NamedTuple):
 
     indices: B x K selected components; weights: B x K softmax over the selected scores;
     dense: B x N gate matrix (zeros outside the top-K); clean/noisy: B x N scores;
-    noise_std: B x N softplus(Wn x) (the noise scale, for the load-based balance loss).
+    noise_std: B x N noise scale of `noisy` (for the load-based balance loss), or None when
+    no noise was added (evaluation, or a gate without noise): the load loss then falls back
+    to importance.
     """
 
     indices: torch.Tensor
@@ -26,7 +36,29 @@ class Gates(NamedTuple):
     dense: torch.Tensor
     clean: torch.Tensor
     noisy: torch.Tensor
-    noise_std: torch.Tensor
+    noise_std: Optional[torch.Tensor]
+
+
+class Gate(nn.Module, ABC):
+    """Base of every gate: routes each of a batch's images to K of N components."""
+
+    def __init__(self, num_components: int, k: int) -> None:
+        super().__init__()
+        if not 1 <= k <= num_components:
+            raise ValueError(f"need 1 <= K <= N, got K={k}, N={num_components}")
+        self.num_components, self.k = num_components, k
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> Gates:
+        """B x C x H x W map -> the batch's routing."""
+
+
+GATES: Registry[Gate] = Registry("gate", fixed_args=("in_channels", "num_components", "k"))
+
+
+def build_gate(cfg: Mapping[str, Any], in_channels: int, num_components: int, k: int) -> Gate:
+    """Build a registered gate from a config mapping with a `name` key (the mixture's `head.gate`)."""
+    return GATES.build(cfg, in_channels, num_components, k, path="head.gate")
 
 
 def conv_relu_stack(in_channels: int, dims: Sequence[int], batch_norm: bool) -> tuple[nn.Sequential, int]:
@@ -72,7 +104,8 @@ def top_k(scores: torch.Tensor, k: int, random_ties: bool) -> torch.Tensor:
     return order.gather(-1, ranked)
 
 
-class NoisyTopKGate(nn.Module):
+@GATES.register("noisy_top_k")
+class NoisyTopKGate(Gate):
     """The GM-SOP gating module (its own module, reusable for any mixture).
 
     trunk: 1x1 conv + BN + ReLU layers (`trunk_dims`); pooling: any registered head
@@ -87,16 +120,14 @@ class NoisyTopKGate(nn.Module):
         in_channels: int,
         num_components: int,
         k: int,
-        trunk_dims: Sequence[int] = (256, 128),
-        pooling: Mapping[str, Any] | None = None,
+        trunk_dims: list[int] = [256, 128],  # noqa: B006  (config default; copied)
+        pooling: Optional[dict] = None,  # any head config; default isqrt (GM-SOP), gap for GM-GAP
         noise: str = "image",
     ) -> None:
-        super().__init__()
+        super().__init__(num_components, k)
         if noise not in NOISE_MODES:
             raise ValueError(f"gate noise={noise!r}; allowed: {', '.join(NOISE_MODES)}")
-        if not 1 <= k <= num_components:
-            raise ValueError(f"need 1 <= K <= N, got K={k}, N={num_components}")
-        self.k, self.noise = k, noise
+        self.noise = noise
         self.trunk, ch = conv_relu_stack(in_channels, trunk_dims, batch_norm=True)
         self.pool = build_head(dict(pooling or {"name": "isqrt"}), ch)
         self.w_gate = nn.Linear(self.pool.out_dim, num_components, bias=False)
@@ -112,6 +143,8 @@ class NoisyTopKGate(nn.Module):
         if self.training and self.noise != "none":
             shape = (clean.shape[0], 1) if self.noise == "image" else clean.shape
             noisy = clean + torch.randn(shape, dtype=clean.dtype, device=clean.device) * noise_std
+        else:
+            noise_std = None
         indices = top_k(noisy, self.k, random_ties=self.training)
         weights = torch.softmax(noisy.gather(-1, indices), dim=-1)
         dense = torch.zeros_like(noisy).scatter(-1, indices, weights)

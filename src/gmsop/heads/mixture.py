@@ -10,7 +10,7 @@ from torch import nn
 
 from gmsop import ops
 from gmsop.heads.base import HEADS, HeadOutput, PoolingHead, Routing, build_head
-from gmsop.heads.gating import Gates, NoisyTopKGate, conv_relu_stack
+from gmsop.heads.gating import Gates, build_gate, conv_relu_stack
 
 BALANCE_MODES = ("importance", "load")
 DISPATCH_MODES = ("sparse", "dense")
@@ -60,7 +60,8 @@ class ParametricISqrtHead(PoolingHead):
 
 
 class GatedMixtureHead(PoolingHead):
-    """N components, K chosen per image by a noisy top-K gate; output = sum of weight * component.
+    """N components, K chosen per image by a gate (any registered in GATES; the paper's
+    noisy top-K by default); output = sum of weight * component.
 
     dispatch="sparse" runs each component only on the images that selected it (gather,
     compute, weighted index_add back): about K/N of the dense cost; a component no image
@@ -82,10 +83,8 @@ class GatedMixtureHead(PoolingHead):
         k: int = 8,
         component_dims: Sequence[int] = (256, 128),
         component_pooling: Optional[Mapping[str, Any]] = None,
-        gate_dims: Sequence[int] = (256, 128),
-        gate_pooling: Optional[Mapping[str, Any]] = None,
+        gate: Optional[Mapping[str, Any]] = None,
         *,
-        noise: str = "image",
         balance: str = "importance",
         balance_weight: float = 100.0,
         balance_per_image: bool = True,
@@ -113,7 +112,7 @@ class GatedMixtureHead(PoolingHead):
         self.num_components, self.k = num_components, k
         self.balance, self.balance_weight, self.balance_per_image = balance, balance_weight, balance_per_image
         self.dispatch = dispatch
-        self.gate = NoisyTopKGate(in_channels, num_components, k, gate_dims, gate_pooling, noise)
+        self.gate = build_gate(dict(gate or {"name": "noisy_top_k"}), in_channels, num_components, k)
         component_pooling = component_pooling or {"name": "isqrt"}
         self.components = nn.ModuleList(
             Component(in_channels, component_dims, component_pooling) for _ in range(num_components)
@@ -168,7 +167,7 @@ class GatedMixtureHead(PoolingHead):
         return torch.cat([self.components[n].pool(m).features for n, m in zip(which, maps)])
 
     def _balance_loss(self, gates: Gates, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.balance == "load" and self.training and self.gate.noise != "none":
+        if self.balance == "load" and gates.noise_std is not None:
             per_component = ops.load_estimate(gates.clean, gates.noisy, gates.noise_std, self.k)
         else:
             per_component = ops.importance(gates.dense)
@@ -196,11 +195,12 @@ class GMSOPHead(GatedMixtureHead):
         side: str = "auto",
         backward: str = "closed_form",
         gate_pooling: str = "isqrt",
+        noise: str = "image",
         **options: Any,
     ) -> None:
         isqrt_cfg = _isqrt(iterations, side, backward)
-        super().__init__(in_channels, num_components, k, list(component_dims), isqrt_cfg, list(gate_dims),
-                         _pooling(gate_pooling, isqrt_cfg), **options)
+        super().__init__(in_channels, num_components, k, list(component_dims), isqrt_cfg,
+                         _noisy_top_k(gate_dims, _pooling(gate_pooling, isqrt_cfg), noise), **options)
 
 
 @HEADS.register("gmgap")
@@ -215,15 +215,17 @@ class GMGAPHead(GatedMixtureHead):
         component_dims: list[int] = [512],  # noqa: B006
         gate_dims: list[int] = [256, 128],  # noqa: B006
         gate_pooling: str = "gap",
+        noise: str = "image",
         **options: Any,
     ) -> None:
-        super().__init__(in_channels, num_components, k, list(component_dims), {"name": "gap"}, list(gate_dims),
-                         _pooling(gate_pooling, _isqrt(3, "auto", "closed_form")), **options)
+        super().__init__(in_channels, num_components, k, list(component_dims), {"name": "gap"},
+                         _noisy_top_k(gate_dims, _pooling(gate_pooling, _isqrt(3, "auto", "closed_form")), noise),
+                         **options)
 
 
 @HEADS.register("mixture")
 class AnyMixtureHead(GatedMixtureHead):
-    """A gated mixture of any registered head: component_pooling / gate_pooling are head configs."""
+    """A gated mixture of any registered head with any registered gate (both are configs with a name)."""
 
     def __init__(
         self,
@@ -232,16 +234,19 @@ class AnyMixtureHead(GatedMixtureHead):
         num_components: int = 16,
         k: int = 8,
         component_dims: list[int] = [],  # noqa: B006
-        gate_dims: list[int] = [256, 128],  # noqa: B006
-        gate_pooling: Optional[dict] = None,
+        gate: Optional[dict] = None,  # default: noisy_top_k with GAP pooling (configs/head/gate/)
         **options: Any,
     ) -> None:
-        super().__init__(in_channels, num_components, k, list(component_dims), component_pooling, list(gate_dims),
-                         gate_pooling or {"name": "gap"}, **options)
+        gate = dict(gate) if gate else {"name": "noisy_top_k", "pooling": {"name": "gap"}}
+        super().__init__(in_channels, num_components, k, list(component_dims), component_pooling, gate, **options)
 
 
 def _isqrt(iterations: int, side: str, backward: str) -> dict:
     return {"name": "isqrt", "iterations": iterations, "side": side, "backward": backward}
+
+
+def _noisy_top_k(trunk_dims: Sequence[int], pooling: dict, noise: str) -> dict:
+    return {"name": "noisy_top_k", "trunk_dims": list(trunk_dims), "pooling": pooling, "noise": noise}
 
 
 def _pooling(name: str, isqrt_cfg: dict) -> dict:
