@@ -97,6 +97,10 @@ def test_two_runs_with_one_name_started_together_get_their_own_folders(tmp_path)
         assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
         _assert_clean(folder)
     assert len({(f / "wandb_run_id.txt").read_text() for f in folders}) == 2
+    # Same seed, same config: the same model and result (seeding covers the initial weights).
+    assert _summary(folders[0])["metrics"]["val/top1_err"] == _summary(folders[1])["metrics"]["val/top1_err"]
+    assert torch.equal(*(torch.load(f / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+                         ["classifier.2.weight"] for f in folders))
 
 
 @pytest.mark.slow

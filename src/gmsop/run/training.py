@@ -76,6 +76,7 @@ def run_training(
     Raises RunInterrupted after SIGTERM/SIGUSR1/Ctrl-C (a resumable last.ckpt is saved).
     """
     rank_zero = rank_zero_only.rank == 0
+    L.seed_everything(cfg.seed, workers=True)  # before the model is built: its initial weights are seeded
     container = OmegaConf.to_container(cfg, resolve=True)
     datamodule = build_datamodule(container["data"])
     model = SecondOrderClassifier(
@@ -130,7 +131,6 @@ def _write_run_files(run_dir: Path, wandb_id: str, config_files: Optional[Mappin
 
 
 def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id: str, extra_callbacks) -> RunResult:
-    L.seed_everything(cfg.seed, workers=True)
     loggers = _loggers(cfg, run_dir, container, wandb_id)
     checkpoints = checkpoint_callbacks(run_dir, cfg.trainer.checkpoint_every_n_steps)
     best, interrupt = checkpoints[0], checkpoints[-1]
