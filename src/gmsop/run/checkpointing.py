@@ -18,7 +18,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import lightning as L
 import torch
@@ -100,7 +100,6 @@ class SaveOnInterrupt(L.Callback):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.saved: Optional[Path] = None
         self.reason: Optional[str] = None
         self._previous_usr1 = None
 
@@ -123,7 +122,6 @@ class SaveOnInterrupt(L.Callback):
             rank_zero_warn(f"interrupted with non-finite weights: {self.path} keeps the last good state")
             return
         trainer.save_checkpoint(self.path)
-        self.saved = self.path
         rank_zero_info(f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {self.path}")
 
 
@@ -131,11 +129,15 @@ def _usr1_as_sigterm(signum, frame) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def checkpoint_callbacks(run_dir: Path, every_n_train_steps: Optional[int]) -> list[L.Callback]:
-    """The run's checkpoint callbacks, best first (Lightning's `ckpt_path='best'` reads the first)."""
+class RunCheckpoints(NamedTuple):
+    best: BestCheckpoint
+    interrupt: SaveOnInterrupt
+    callbacks: list[L.Callback]  # all of them, best first (Lightning's `ckpt_path='best'` reads the first)
+
+
+def checkpoint_callbacks(run_dir: Path, every_n_train_steps: Optional[int]) -> RunCheckpoints:
+    """The run's checkpoint callbacks (see the module docstring)."""
     folder = run_dir / CHECKPOINT_DIR
-    callbacks: list[L.Callback] = [BestCheckpoint(folder), LastCheckpoint(folder)]
-    if every_n_train_steps:
-        callbacks.append(LastCheckpoint(folder, every_n_train_steps))
-    callbacks.append(SaveOnInterrupt(folder / f"{LAST}.ckpt"))
-    return callbacks
+    best, interrupt = BestCheckpoint(folder), SaveOnInterrupt(folder / f"{LAST}.ckpt")
+    lasts = [LastCheckpoint(folder)] + ([LastCheckpoint(folder, every_n_train_steps)] if every_n_train_steps else [])
+    return RunCheckpoints(best, interrupt, [best, *lasts, interrupt])

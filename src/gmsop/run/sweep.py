@@ -248,7 +248,7 @@ def run_sweep(
     the parameters it drew before.
     """
     spec = SweepSpec(path)
-    _pruner(pruner)
+    trial_pruner = _pruner(pruner)
     check_trial_config(spec, extra)
     (runs_dir / spec.name).mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(runs_dir / spec.name / 'optuna.db').resolve()}"
@@ -261,7 +261,7 @@ def run_sweep(
     if abandoned:
         print(f"sweep {spec.name}: trial(s) {', '.join(map(str, abandoned))} were killed while running; marked FAIL")
     study.sampler = spec.sampler(seed + len(study.trials))
-    study.pruner = _pruner(pruner)
+    study.pruner = trial_pruner
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len([t for t in study.trials if t.state in finished])
     remaining = max(0, trials - done)

@@ -132,8 +132,7 @@ def _write_run_files(run_dir: Path, wandb_id: str, config_files: Optional[Mappin
 
 def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id: str, extra_callbacks) -> RunResult:
     loggers = _loggers(cfg, run_dir, container, wandb_id)
-    checkpoints = checkpoint_callbacks(run_dir, cfg.trainer.checkpoint_every_n_steps)
-    best, interrupt = checkpoints[0], checkpoints[-1]
+    best, interrupt, checkpoints = checkpoint_callbacks(run_dir, cfg.trainer.checkpoint_every_n_steps)
     throughput = Throughput()
     curves = LearningCurves(run_dir, f"{cfg.name} ({run_dir.name})", plan.source)
     callbacks = [*checkpoints, RunRecord(run_dir, wandb_id, container), throughput, curves]
@@ -156,12 +155,12 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
         raise
     finally:
         wandb_dir = _finish_wandb(loggers, RunInterrupted.EXIT_CODES.get(interrupt.reason, 1) if status != "finished" else 0)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1} | throughput.summary()
         if trainer.is_global_zero:
-            _write_summary(cfg, container, run_dir, model, trainer, plan, best, throughput, status, error,
+            _write_summary(cfg, container, run_dir, model, trainer, plan, best, metrics, status, error,
                            time.perf_counter() - start, interrupt.reason)
     if status == "interrupted":
         raise RunInterrupted(interrupt.reason, run_dir, newest_checkpoint(run_dir))
-    metrics = _final_metrics(trainer, throughput)
     best_path = Path(best.best_model_path) if best.best_model_path else None
     return RunResult(run_dir, metrics, best_path, wandb_dir)
 
@@ -184,13 +183,7 @@ def configured_callbacks(specs: Mapping[str, Any]) -> list[L.Callback]:
     return built
 
 
-def _final_metrics(trainer: L.Trainer, throughput: Throughput) -> dict[str, float]:
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    metrics.update(throughput.summary())
-    return metrics
-
-
-def _write_summary(cfg, container, run_dir, model, trainer, plan, best, throughput, status, error, wall_s, reason) -> None:
+def _write_summary(cfg, container, run_dir, model, trainer, plan, best, metrics, status, error, wall_s, reason) -> None:
     """summary.json: what ran, how it ended (finished / interrupted / failed), and its metrics."""
     summary = {
         "name": cfg.name,
@@ -206,7 +199,7 @@ def _write_summary(cfg, container, run_dir, model, trainer, plan, best, throughp
         "resumed_from": str(plan.ckpt) if plan.ckpt else None,
         "best_checkpoint": best.best_model_path or None,
         "best_score": None if best.best_model_score is None else float(best.best_model_score),
-        "metrics": _final_metrics(trainer, throughput),
+        "metrics": metrics,
     }
     if status == "interrupted":
         summary["interrupted_by"] = reason
