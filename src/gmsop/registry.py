@@ -23,6 +23,22 @@ class ConfigError(UserError, ValueError):
     """A configuration value is unknown, missing or of the wrong type."""
 
 
+def complete(schema: type, cfg: Mapping[str, Any], path: str, what: str, extra_keys: tuple[str, ...] = ()) -> dict:
+    """cfg checked against a dataclass schema, with the schema's defaults filled in (the one place
+    those defaults live); an unknown key, a wrong type or a missing value fails naming `path.key`."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), dict(cfg))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "key", None)
+        reason = str(getattr(err, "msg", err)).splitlines()[0]
+        allowed = ", ".join([*extra_keys, *(f.name for f in dataclasses.fields(schema))])
+        raise ConfigError(f"{path}.{key}: {reason} (allowed keys for {what}: {allowed})") from None
+    missing = OmegaConf.missing_keys(merged)
+    if missing:
+        raise ConfigError(f"{path} (for {what}) is missing required key(s): {', '.join(sorted(missing))}")
+    return OmegaConf.to_container(merged)
+
+
 class Registry(Generic[T]):
     """Maps names to constructors; `build(cfg, *fixed)` validates cfg (with its `name`) first."""
 
@@ -82,20 +98,7 @@ class Registry(Generic[T]):
         if "name" not in cfg:
             raise ConfigError(f"{path}.name is missing; known {self.kind}s: {', '.join(self.names())}")
         name = cfg.pop("name")
-        schema = self.schema(name)
-        try:
-            merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-        except OmegaConfBaseException as err:
-            key = getattr(err, "key", None)
-            reason = str(getattr(err, "msg", err)).splitlines()[0]
-            allowed = ", ".join(["name", *(f.name for f in dataclasses.fields(schema))])
-            raise ConfigError(
-                f"{path}.{key}: {reason} (allowed keys for {self.kind} '{name}': {allowed})"
-            ) from None
-        missing = OmegaConf.missing_keys(merged)
-        if missing:
-            raise ConfigError(f"{path} (for {self.kind} '{name}') is missing required key(s): {', '.join(sorted(missing))}")
-        return {"name": name, **OmegaConf.to_container(merged)}
+        return {"name": name, **complete(self.schema(name), cfg, path, f"{self.kind} '{name}'", extra_keys=("name",))}
 
     def build(self, cfg: Mapping[str, Any] | DictConfig, *fixed: Any, path: str | None = None) -> T:
         """Validate cfg and construct the entry, passing `fixed` positional args first."""

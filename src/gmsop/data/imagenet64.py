@@ -117,7 +117,7 @@ class ImageNet64DataModule(ImageDataModule):
         root: str = "data/imagenet64",
         batch_size: int = 256,
         image_size: int = 64,
-        num_workers: int = 4,
+        num_workers: int = 8,
         flip: bool = True,
         eval_batch_size: int | None = None,
         cache_dir: str | None = None,

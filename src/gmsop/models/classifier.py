@@ -13,7 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from gmsop.heads import HEADS, HeadOutput, build_head
 from gmsop.models.factory import create_backbone
 from gmsop.models.usage import ComponentUsage, UsageSummary
-from gmsop.registry import ConfigError
+from gmsop.config import ModelConfig, OptimConfig
+from gmsop.registry import ConfigError, complete
 
 OPTIMISERS = ("sgd", "adamw")
 # What every run logs once per epoch (keys in trainer.callback_metrics), e.g. for a sweep's metric.
@@ -51,6 +52,8 @@ class SecondOrderClassifier(L.LightningModule):
         data: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()  # `data` is only recorded, so a checkpoint names its data set (gmsop.eval)
+        model = complete(ModelConfig, model, "model", "the model")  # defaults from the schema, not restated here
+        optim = complete(OptimConfig, optim, "optim", "the optimiser")
         self.save_hyperparameters()
         head_cfg = HEADS.validate(head, path="head")
         validate_optim(optim)
@@ -58,8 +61,8 @@ class SecondOrderClassifier(L.LightningModule):
         self.backbone = create_backbone(model, in_chans, HEADS.get(self.head_name).second_order)
         self.head = build_head(head_cfg, self.backbone.num_features)
         self.classifier = nn.Sequential(
-            nn.BatchNorm1d(self.head.out_dim) if model.get("bn", True) else nn.Identity(),
-            nn.Dropout(model.get("dropout", 0.0)),
+            nn.BatchNorm1d(self.head.out_dim) if model["bn"] else nn.Identity(),
+            nn.Dropout(model["dropout"]),
             nn.Linear(self.head.out_dim, num_classes),
         )
         # Component usage of a gated head per split and epoch (see component_usage / gmsop.run.callbacks).

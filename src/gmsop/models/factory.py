@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from gmsop.models import backbones  # noqa: F401  (registers the 64x64 paper backbones with timm)
-from gmsop.registry import ConfigError
+from gmsop.config import ModelConfig
+from gmsop.registry import ConfigError, complete
 
 SMALL_IMAGE_BACKBONES = ("resnet18_64", "wrn36_2_64")
 
@@ -44,23 +45,24 @@ class FeatureMap(nn.Module):
 
 def create_backbone(cfg: Mapping[str, Any], in_chans: int, second_order: bool) -> FeatureMap:
     """timm.create_model(cfg.backbone, num_classes=0, global_pool='') with the head's stride choice."""
+    cfg = complete(ModelConfig, cfg, "model", "the model")
     name = cfg["backbone"]
     if name not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
         raise ConfigError(f"unknown backbone model.backbone={name!r}; similar timm names: {', '.join(close) or 'none'}")
-    kwargs: dict[str, Any] = dict(cfg.get("backbone_kwargs") or {})
+    kwargs: dict[str, Any] = dict(cfg["backbone_kwargs"])
     if name in SMALL_IMAGE_BACKBONES:
-        last_stride = cfg.get("last_stride")
+        last_stride = cfg["last_stride"]
         kwargs["last_stride"] = last_stride if last_stride is not None else (1 if second_order else 2)
-    elif cfg.get("last_stride") is not None:
+    elif cfg["last_stride"] is not None:
         raise ConfigError(f"model.last_stride applies to {', '.join(SMALL_IMAGE_BACKBONES)}; for {name} use model.output_stride")
-    if cfg.get("output_stride") is not None:
+    if cfg["output_stride"] is not None:
         kwargs["output_stride"] = cfg["output_stride"]
-    if cfg.get("pretrained"):
-        if not cfg.get("pretrained_file"):
+    if cfg["pretrained"]:
+        if not cfg["pretrained_file"]:
             raise ConfigError("model.pretrained=true needs model.pretrained_file (a local weights file); nothing is downloaded")
         kwargs["pretrained_cfg_overlay"] = {"file": cfg["pretrained_file"]}
     model = timm.create_model(
-        name, pretrained=bool(cfg.get("pretrained")), num_classes=0, global_pool="", in_chans=in_chans, **kwargs
+        name, pretrained=cfg["pretrained"], num_classes=0, global_pool="", in_chans=in_chans, **kwargs
     )
     return FeatureMap(model)
