@@ -11,6 +11,7 @@ from torch.autograd import gradcheck
 from gmsop import ops
 from gmsop.heads import build_head
 from gmsop.heads.gating import NoisyTopKGate, top_k
+from gmsop.heads.mixture import GatedMixtureHead
 
 SMALL = {"num_components": 5, "k": 3, "component_dims": [6, 4], "gate_dims": [6, 4]}
 
@@ -240,12 +241,17 @@ def test_mixture_config_errors():
         _small("gmsop", k=0)
     with pytest.raises(ValueError, match="positive channel counts"):
         _small("gmsop", component_dims=[0, 4])
-    with pytest.raises(ValueError, match="noise='sometimes'"):
+    # Choices are enums in the constructor signature: the config error names the full key and the values.
+    with pytest.raises(ValueError, match=r"head\.noise: Invalid value 'sometimes', expected one of \[image, component, none\]"):
         _small("gmsop", noise="sometimes")
-    with pytest.raises(ValueError, match="dispatch='lazy'"):
+    with pytest.raises(ValueError, match=r"head\.dispatch: Invalid value 'lazy', expected one of \[sparse, dense\]"):
         _small("gmsop", dispatch="lazy")
-    with pytest.raises(ValueError, match="pool_batching='often'"):
+    with pytest.raises(ValueError, match=r"head\.pool_batching: Invalid value 'often'"):
         _small("gmsop", pool_batching="often")
+    with pytest.raises(ValueError, match=r"head\.component_pooling\.reduce: Key 'reduce' not in"):  # nested: full path
+        build_head({"name": "mixture", "component_pooling": {"name": "isqrt", "reduce": 3}}, 7)
+    with pytest.raises(ValueError, match="'lazy' is not a valid Dispatch"):  # direct Python use is checked too
+        GatedMixtureHead(7, 4, 2, dispatch="lazy")
     with pytest.warns(UserWarning, match="K=1.*no gradient"):
         _small("gmsop", k=1)
 

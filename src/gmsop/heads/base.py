@@ -66,6 +66,6 @@ class PoolingHead(nn.Module, ABC):
 HEADS: Registry[PoolingHead] = Registry("head", fixed_args=("in_channels",))
 
 
-def build_head(cfg, in_channels: int) -> PoolingHead:
-    """Build a registered head from a config mapping with a `name` key."""
-    return HEADS.build(cfg, in_channels, path="head")
+def build_head(cfg, in_channels: int, path: str = "head") -> PoolingHead:
+    """Build a registered head from a config mapping with a `name` key; errors name `path`.key."""
+    return HEADS.build(cfg, in_channels, path=path)

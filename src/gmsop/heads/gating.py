@@ -9,6 +9,7 @@ H(x) = Wg x + g * softplus(Wn x) -> top-K softmax.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from enum import StrEnum
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import torch
@@ -18,7 +19,12 @@ from torch import nn
 from gmsop.heads.base import build_head
 from gmsop.registry import Registry
 
-NOISE_MODES = ("image", "component", "none")
+class Noise(StrEnum):
+    """The gate's training noise g in H = Wg p + g * softplus(Wn p)."""
+
+    image = "image"  # one scalar per image (the paper)
+    component = "component"  # one per component (Shazeer et al.)
+    none = "none"
 
 
 class Gates(NamedTuple):
@@ -122,14 +128,12 @@ class NoisyTopKGate(Gate):
         k: int,
         trunk_dims: list[int] = [256, 128],  # noqa: B006  (config default; copied)
         pooling: Optional[dict] = None,  # any head config; default isqrt (GM-SOP), gap for GM-GAP
-        noise: str = "image",
+        noise: Noise = Noise.image,
     ) -> None:
         super().__init__(num_components, k)
-        if noise not in NOISE_MODES:
-            raise ValueError(f"gate noise={noise!r}; allowed: {', '.join(NOISE_MODES)}")
-        self.noise = noise
+        self.noise = Noise(noise)
         self.trunk, ch = conv_relu_stack(in_channels, trunk_dims, batch_norm=True)
-        self.pool = build_head(dict(pooling or {"name": "isqrt"}), ch)
+        self.pool = build_head(dict(pooling or {"name": "isqrt"}), ch, path="head.gate.pooling")
         self.w_gate = nn.Linear(self.pool.out_dim, num_components, bias=False)
         self.w_noise = nn.Linear(self.pool.out_dim, num_components, bias=False)
         for w in (self.w_gate, self.w_noise):

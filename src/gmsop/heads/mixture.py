@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from enum import StrEnum
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -10,11 +11,28 @@ from torch import nn
 
 from gmsop import ops
 from gmsop.heads.base import HEADS, HeadOutput, PoolingHead, Routing, build_head
-from gmsop.heads.gating import Gates, build_gate, conv_relu_stack
+from gmsop.heads.gating import Gates, Noise, build_gate, conv_relu_stack
+from gmsop.ops import Backward, Side
 
-BALANCE_MODES = ("importance", "load")
-DISPATCH_MODES = ("sparse", "dense")
-POOL_BATCHING = ("auto", "always", "never")
+class Balance(StrEnum):
+    importance = "importance"  # CV^2 of the summed gate weights (the paper)
+    load = "load"  # CV^2 of Shazeer et al.'s smooth load estimate
+
+
+class Dispatch(StrEnum):
+    sparse = "sparse"  # each component on the images that selected it
+    dense = "dense"  # every component on every image (the reference)
+
+
+class PoolBatching(StrEnum):
+    auto = "auto"  # one batched pooling over all pairs on CUDA, per component on CPU
+    always = "always"
+    never = "never"
+
+
+class GatePooling(StrEnum):
+    isqrt = "isqrt"
+    gap = "gap"
 
 
 class Component(nn.Module):
@@ -27,7 +45,7 @@ class Component(nn.Module):
     def __init__(self, in_channels: int, dims: Sequence[int], pooling: Mapping[str, Any]) -> None:
         super().__init__()
         self.convs, ch = conv_relu_stack(in_channels, dims, batch_norm=False)
-        self.pool = build_head(dict(pooling), ch)
+        self.pool = build_head(dict(pooling), ch, path="head.component_pooling")
         self.out_dim = self.pool.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,8 +66,8 @@ class ParametricISqrtHead(PoolingHead):
         in_channels: int,
         dims: list[int] = [256, 128],  # noqa: B006  (config default; copied)
         iterations: int = 3,
-        side: str = "auto",
-        backward: str = "closed_form",
+        side: Side = Side.auto,
+        backward: Backward = Backward.closed_form,
     ) -> None:
         super().__init__()
         self.component = Component(in_channels, list(dims), _isqrt(iterations, side, backward))
@@ -85,16 +103,16 @@ class GatedMixtureHead(PoolingHead):
         component_pooling: Optional[Mapping[str, Any]] = None,
         gate: Optional[Mapping[str, Any]] = None,
         *,
-        balance: str = "importance",
+        balance: Balance = Balance.importance,
         balance_weight: float = 100.0,
         balance_per_image: bool = True,
-        dispatch: str = "sparse",
-        pool_batching: str = "auto",
+        dispatch: Dispatch = Dispatch.sparse,
+        pool_batching: PoolBatching = PoolBatching.auto,
     ) -> None:
         super().__init__()
-        if pool_batching not in POOL_BATCHING:
-            raise ValueError(f"pool_batching={pool_batching!r}; allowed: {', '.join(POOL_BATCHING)}")
-        self.pool_batching = pool_batching
+        # Config values are checked against the enums by the registry, naming the key; the
+        # conversions below check values passed directly from Python.
+        self.pool_batching = PoolBatching(pool_batching)
         if num_components < 1:
             raise ValueError(f"num_components (N) must be >= 1, got {num_components}")
         if not 1 <= k <= num_components:
@@ -105,13 +123,9 @@ class GatedMixtureHead(PoolingHead):
                 "from the classification loss (the paper requires K > 1)",
                 stacklevel=2,
             )
-        if balance not in BALANCE_MODES:
-            raise ValueError(f"balance={balance!r}; allowed: {', '.join(BALANCE_MODES)}")
-        if dispatch not in DISPATCH_MODES:
-            raise ValueError(f"dispatch={dispatch!r}; allowed: {', '.join(DISPATCH_MODES)}")
         self.num_components, self.k = num_components, k
-        self.balance, self.balance_weight, self.balance_per_image = balance, balance_weight, balance_per_image
-        self.dispatch = dispatch
+        self.balance, self.balance_weight, self.balance_per_image = Balance(balance), balance_weight, balance_per_image
+        self.dispatch = Dispatch(dispatch)
         self.gate = build_gate(dict(gate or {"name": "noisy_top_k"}), in_channels, num_components, k)
         component_pooling = component_pooling or {"name": "isqrt"}
         self.components = nn.ModuleList(
@@ -192,10 +206,10 @@ class GMSOPHead(GatedMixtureHead):
         component_dims: list[int] = [256, 128],  # noqa: B006  (config default; copied)
         gate_dims: list[int] = [256, 128],  # noqa: B006
         iterations: int = 3,
-        side: str = "auto",
-        backward: str = "closed_form",
-        gate_pooling: str = "isqrt",
-        noise: str = "image",
+        side: Side = Side.auto,
+        backward: Backward = Backward.closed_form,
+        gate_pooling: GatePooling = GatePooling.isqrt,
+        noise: Noise = Noise.image,
         **options: Any,
     ) -> None:
         isqrt_cfg = _isqrt(iterations, side, backward)
@@ -214,8 +228,8 @@ class GMGAPHead(GatedMixtureHead):
         k: int = 8,
         component_dims: list[int] = [512],  # noqa: B006
         gate_dims: list[int] = [256, 128],  # noqa: B006
-        gate_pooling: str = "gap",
-        noise: str = "image",
+        gate_pooling: GatePooling = GatePooling.gap,
+        noise: Noise = Noise.image,
         **options: Any,
     ) -> None:
         super().__init__(in_channels, num_components, k, list(component_dims), {"name": "gap"},
@@ -241,15 +255,14 @@ class AnyMixtureHead(GatedMixtureHead):
         super().__init__(in_channels, num_components, k, list(component_dims), component_pooling, gate, **options)
 
 
-def _isqrt(iterations: int, side: str, backward: str) -> dict:
+def _isqrt(iterations: int, side: Side, backward: Backward) -> dict:
     return {"name": "isqrt", "iterations": iterations, "side": side, "backward": backward}
 
 
-def _noisy_top_k(trunk_dims: Sequence[int], pooling: dict, noise: str) -> dict:
+def _noisy_top_k(trunk_dims: Sequence[int], pooling: dict, noise: Noise) -> dict:
     return {"name": "noisy_top_k", "trunk_dims": list(trunk_dims), "pooling": pooling, "noise": noise}
 
 
-def _pooling(name: str, isqrt_cfg: dict) -> dict:
-    if name not in ("isqrt", "gap"):
-        raise ValueError(f"gate_pooling={name!r}; allowed: isqrt, gap (use head=mixture for any head)")
-    return isqrt_cfg if name == "isqrt" else {"name": name}
+def _pooling(name: GatePooling, isqrt_cfg: dict) -> dict:
+    """The gate's pooling config (GatePooling checks the name; head=mixture takes any head)."""
+    return isqrt_cfg if GatePooling(name) == GatePooling.isqrt else {"name": "gap"}

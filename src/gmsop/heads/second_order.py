@@ -9,6 +9,7 @@ from torch import nn
 
 from gmsop import ops
 from gmsop.heads.base import HEADS, PoolingHead
+from gmsop.ops import Backward, Side
 
 
 class ChannelReduction(nn.Sequential):
@@ -67,16 +68,15 @@ class ISqrtHead(CovarianceHead):
         in_channels: int,
         reduce_dim: Optional[int] = None,
         iterations: int = 3,
-        side: str = "auto",
-        backward: str = "closed_form",
+        side: Side = Side.auto,
+        backward: Backward = Backward.closed_form,
     ) -> None:
         super().__init__(in_channels, reduce_dim)
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
-        if backward not in ops.sqrtm.BACKWARDS:
-            raise ValueError(f"backward={backward!r}; allowed: {', '.join(ops.sqrtm.BACKWARDS)}")
-        ops.choose_side(1, 1, side)  # validates the name
-        self.iterations, self.side, self.backward = iterations, side, backward
+        # Config values are checked against the enums by the registry, naming the key; this
+        # converts (and checks) values passed directly from Python.
+        self.iterations, self.side, self.backward = iterations, Side(side), Backward(backward)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return isqrt_vector(self.reduce(x), self.iterations, self.side, self.backward)

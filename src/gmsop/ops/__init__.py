@@ -5,12 +5,14 @@ from gmsop.ops import sqrtm
 from gmsop.ops.balance import cv_squared, importance, load_estimate
 from gmsop.ops.covariance import covariance
 from gmsop.ops.eig import matrix_power, mpncov
-from gmsop.ops.isqrt_cov import choose_side, isqrt_covariance
+from gmsop.ops.isqrt_cov import Side, choose_side, isqrt_covariance
 from gmsop.ops.precision import float32_math
-from gmsop.ops.sqrtm import isqrt, newton_schulz, trace, trace_normalise
+from gmsop.ops.sqrtm import Backward, isqrt, newton_schulz, trace, trace_normalise
 from gmsop.ops.triu import triu_dim, triu_vectorise
 
 __all__ = [
+    "Backward",
+    "Side",
     "sqrtm",
     "choose_side",
     "covariance",

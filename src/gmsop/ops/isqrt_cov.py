@@ -13,10 +13,20 @@ import math
 
 import torch
 
+from enum import StrEnum
+
 from gmsop.ops.covariance import covariance
 from gmsop.ops.sqrtm import TRACE_EPS, isqrt, newton_schulz, trace_normalise
 
-SIDES = ("auto", "channel", "position")
+class Side(StrEnum):
+    """Which side of the covariance Newton-Schulz runs on."""
+
+    auto = "auto"  # the cheaper one: position when M = H*W < C
+    channel = "channel"  # the C x C covariance
+    position = "position"  # the M x M Gram matrix
+
+
+SIDES = tuple(Side)
 
 
 def choose_side(channels: int, positions: int, side: str = "auto") -> str:

@@ -7,10 +7,19 @@ Two backward passes, chosen by `backward=`: "autograd" through the iterations, o
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import torch
 
 TRACE_EPS = 1e-12
-BACKWARDS = ("closed_form", "autograd")
+class Backward(StrEnum):
+    """How the Newton-Schulz square root is differentiated."""
+
+    closed_form = "closed_form"  # supplementary Eqs. 9-12, one fused autograd.Function
+    autograd = "autograd"  # through the iterations (for checking)
+
+
+BACKWARDS = tuple(Backward)
 
 
 def trace(s: torch.Tensor) -> torch.Tensor:
