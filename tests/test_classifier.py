@@ -63,3 +63,16 @@ def test_non_finite_loss_names_the_step_and_the_head(tmp_path):
                         default_root_dir=tmp_path, num_sanity_val_steps=0)
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at global step 0 .* head 'gap'"):
         trainer.fit(model, datamodule=build_datamodule({"name": "digits", "batch_size": 16}))
+
+
+def test_each_config_is_validated_once():
+    """GM-SOP-16-8: the head, its gate's pooling and its component pooling, each once (not per component)."""
+    from unittest import mock
+
+    from gmsop.heads import HEADS
+
+    paths = []
+    validate = HEADS.validate
+    with mock.patch.object(HEADS, "validate", side_effect=lambda cfg, path=None: paths.append(path) or validate(cfg, path)):
+        SecondOrderClassifier({"backbone": "resnet18_64"}, {"name": "gmsop"}, {"name": "sgd"}, 10, 3)
+    assert sorted(paths) == ["head", "head.component_pooling", "head.gate.pooling"]

@@ -102,5 +102,10 @@ class Registry(Generic[T]):
 
     def build(self, cfg: Mapping[str, Any] | DictConfig, *fixed: Any, path: str | None = None) -> T:
         """Validate cfg and construct the entry, passing `fixed` positional args first."""
-        kwargs = self.validate(cfg, path)
+        return self.construct(self.validate(cfg, path), *fixed)
+
+    def construct(self, validated: Mapping[str, Any], *fixed: Any) -> T:
+        """Construct from a config `validate` returned (so one config is validated once, even when
+        many objects are built from it)."""
+        kwargs = dict(validated)
         return self.get(kwargs.pop("name"))(*fixed, **kwargs)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gmsop import ops
-from gmsop.heads.base import HEADS, HeadOutput, PoolingHead, Routing, build_head
+from gmsop.heads.base import HEADS, HeadOutput, PoolingHead, Routing
 from gmsop.heads.gating import Gates, Noise, build_gate, conv_relu_stack
 from gmsop.ops import Backward, Side
 
@@ -43,9 +43,10 @@ class Component(nn.Module):
     """
 
     def __init__(self, in_channels: int, dims: Sequence[int], pooling: Mapping[str, Any]) -> None:
+        """`pooling` is a head config already checked by HEADS.validate (once for all N components)."""
         super().__init__()
         self.convs, ch = conv_relu_stack(in_channels, dims, batch_norm=False)
-        self.pool = build_head(dict(pooling), ch, path="head.component_pooling")
+        self.pool = HEADS.construct(pooling, ch)
         self.out_dim = self.pool.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +71,7 @@ class ParametricISqrtHead(PoolingHead):
         backward: Backward = Backward.closed_form,
     ) -> None:
         super().__init__()
-        self.component = Component(in_channels, list(dims), _isqrt(iterations, side, backward))
+        self.component = Component(in_channels, list(dims), HEADS.validate(_isqrt(iterations, side, backward)))
         self.out_dim = self.component.out_dim
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,10 +128,8 @@ class GatedMixtureHead(PoolingHead):
         self.balance, self.balance_weight, self.balance_per_image = Balance(balance), balance_weight, balance_per_image
         self.dispatch = Dispatch(dispatch)
         self.gate = build_gate(dict(gate or {"name": "noisy_top_k"}), in_channels, num_components, k)
-        component_pooling = component_pooling or {"name": "isqrt"}
-        self.components = nn.ModuleList(
-            Component(in_channels, component_dims, component_pooling) for _ in range(num_components)
-        )
+        pooling = HEADS.validate(component_pooling or {"name": "isqrt"}, path="head.component_pooling")
+        self.components = nn.ModuleList(Component(in_channels, component_dims, pooling) for _ in range(num_components))
         self.out_dim = self.components[0].out_dim
         # Identical, parameter-free poolings (SR-SOP, GAP) run once over all pairs.
         self.shared_pool = not any(p.requires_grad for c in self.components for p in c.pool.parameters())

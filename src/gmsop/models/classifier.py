@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from gmsop.heads import HEADS, HeadOutput, build_head
+from gmsop.heads import HEADS, HeadOutput
 from gmsop.models.factory import create_backbone
 from gmsop.models.usage import ComponentUsage, UsageSummary
 from gmsop.config import ModelConfig, OptimConfig
@@ -59,7 +59,7 @@ class SecondOrderClassifier(L.LightningModule):
         validate_optim(optim)
         self.head_name = head_cfg["name"]
         self.backbone = create_backbone(model, in_chans, HEADS.get(self.head_name).second_order)
-        self.head = build_head(head_cfg, self.backbone.num_features)
+        self.head = HEADS.construct(head_cfg, self.backbone.num_features)
         self.classifier = nn.Sequential(
             nn.BatchNorm1d(self.head.out_dim) if model["bn"] else nn.Identity(),
             nn.Dropout(model["dropout"]),
