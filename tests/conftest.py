@@ -22,6 +22,23 @@ def random_spd(batch: int, c: int, lo: float, hi: float, seed: int = 0, dtype=to
     return (q * lam[:, None, :]) @ q.transpose(1, 2)
 
 
+def tiny_lr_sweep(folder: Path, name: str, *train_args: str) -> tuple[Path, list[str]]:
+    """A 1-epoch random sweep over optim.lr on digits (W&B's schema), and the sweep CLI's common
+    arguments (runs under folder/runs, 3 training and 2 validation batches per trial)."""
+    path = folder / "sweep.yaml"
+    path.write_text(f"""
+name: {name}
+method: random
+metric: {{name: val/top1_err, goal: minimize}}
+parameters:
+  optim.lr: {{distribution: log_uniform_values, min: 0.005, max: 0.02}}
+  trainer.max_epochs: {{value: 1}}
+command: [python, -m, gmsop.train, {", ".join(train_args)}]
+""")
+    return path, ["--runs-dir", str(folder / "runs"), "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+                  "trainer.enable_progress_bar=false"]
+
+
 CLI_ENV = {"WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
 
 

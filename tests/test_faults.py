@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli, start_cli
+from tests.conftest import run_cli, start_cli, tiny_lr_sweep
 
 QUIET = ("trainer.enable_progress_bar=false",)
 # A short run: digits, the paper's ResNet-18 with a GAP head, 8 steps per epoch.
@@ -297,18 +297,7 @@ def test_sweep_killed_mid_trial_resumes_without_stale_or_repeated_trials(tmp_pat
 
     from gmsop.run.folder import is_locked
 
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text("""
-name: tiny
-method: random
-metric: {name: val/top1_err, goal: minimize}
-parameters:
-  optim.lr: {distribution: log_uniform_values, min: 0.005, max: 0.02}
-  trainer.max_epochs: {value: 1}
-command: [python, -m, gmsop.train, head=gap]
-""")
-    common = ("--runs-dir", str(tmp_path / "runs"), "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-              *QUIET)
+    sweep, common = tiny_lr_sweep(tmp_path, "tiny", "head=gap")
     root = tmp_path / "runs" / "tiny"
     sweeper = start_cli("gmsop.sweep", str(sweep), "--trials", "3", *common, cwd=tmp_path)
     _wait_for(lambda: any(is_locked(p) for p in root.glob("trial_0001_*")), what="trial 1 to run")

@@ -11,7 +11,7 @@ import pytest
 
 from gmsop.registry import ConfigError
 from gmsop.run.sweep import SweepSpec
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, tiny_lr_sweep
 
 
 def _write(tmp_path, text: str):
@@ -74,17 +74,7 @@ def test_trial_config_errors_are_found_before_the_first_trial(tmp_path, override
 
 @pytest.mark.slow
 def test_two_trial_sweep_on_digits_resumes_and_reports(tmp_path):
-    sweep = _write(tmp_path, """
-name: tiny_sweep
-method: random
-metric: {name: val/top1_err, goal: minimize}
-parameters:
-  optim.lr: {distribution: log_uniform_values, min: 0.005, max: 0.02}
-  trainer.max_epochs: {value: 1}
-command: [python, -m, gmsop.train, experiment=isqrt_digits, "${args_no_hyphens}"]
-""")
-    common = ["--runs-dir", str(tmp_path / "runs"), "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-              "trainer.enable_progress_bar=false"]
+    sweep, common = tiny_lr_sweep(tmp_path, "tiny_sweep", "experiment=isqrt_digits", '"${args_no_hyphens}"')
     proc = run_cli("gmsop.sweep", str(sweep), "--trials", "1", *common, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_cli("gmsop.sweep", str(sweep), "--trials", "2", *common, cwd=tmp_path)  # resumes: runs 1 more
