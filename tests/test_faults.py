@@ -144,12 +144,13 @@ def test_ctrl_c_and_sigusr1_save_and_exit_nonzero(tmp_path, sig, code):
 
 @pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_loses_no_finished_step(tmp_path):
-    """kill -9 three times at random moments after a new epoch checkpoint, resume each time; the
-    run ends at the right epoch and step. (Kills inside a write: the test after this one.
-    Mid-epoch checkpoints, trainer.checkpoint_every_n_steps, are not covered: resuming from
-    them after repeated kills was seen to over-count steps; see the README.)"""
+    """kill -9 three times at random moments after a new checkpoint (saved every step), resume
+    each time; the run ends at the right epoch and step with the weights of an uninterrupted run,
+    bit for bit. (Kills inside a write: the test after this one; exact points and SIGTERM:
+    tests/test_exact_resume.py.)"""
     run_dir = tmp_path / "run"
-    args = (*SHORT, "trainer.max_epochs=5", f"hydra.run.dir={run_dir}", "trainer.resume=auto")
+    args = (*SHORT, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}", "trainer.resume=auto",
+            "trainer.checkpoint_every_n_steps=1")
     rng = random.Random(9)
     last = run_dir / "checkpoints" / "last.ckpt"
     steps = []
@@ -163,12 +164,16 @@ def test_kill_9_at_random_points_then_resume_loses_no_finished_step(tmp_path):
         proc.wait()
         steps.append(_step(last))  # loads: never half-written
     assert steps == sorted(steps) and steps[-1] > steps[0]  # every resume continued, none went back
-    proc = _train(tmp_path, *args)
-    _ok(proc)
+    _ok(_train(tmp_path, *args))
     summary = _summary(run_dir)
-    assert (summary["status"], summary["epochs"], summary["global_step"]) == ("finished", 5, 5 * STEPS_PER_EPOCH)
-    assert _step(last) == 5 * STEPS_PER_EPOCH
+    assert (summary["status"], summary["epochs"], summary["global_step"]) == ("finished", 3, 3 * STEPS_PER_EPOCH)
     _assert_clean(run_dir)
+    _ok(_train(tmp_path, *args[:-3], f"hydra.run.dir={tmp_path / 'uninterrupted'}"))
+    resumed, uninterrupted = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)
+                              for d in (run_dir, tmp_path / "uninterrupted"))
+    assert resumed["global_step"] == uninterrupted["global_step"] == 3 * STEPS_PER_EPOCH
+    for name, value in uninterrupted["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), name
 
 
 def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_the_old_file(tmp_path):

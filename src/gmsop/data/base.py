@@ -3,6 +3,9 @@
 Every source yields uint8 C x H x W images; resizing, scaling, mean/std normalisation and
 the random horizontal flip run once per batch after transfer to the device (fast on GPU,
 no per-image Python work on CPU).
+
+The training order is saved in every checkpoint (`state_dict`): a resumed run sees exactly the
+batches an uninterrupted run would have seen, also when it stopped in the middle of an epoch.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ from abc import ABC, abstractmethod
 from typing import Optional, Sequence
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from gmsop.data.sampling import Position, ResumableSampler
 from gmsop.registry import Registry
 
 DATA: Registry["ImageDataModule"] = Registry("data")
@@ -57,6 +62,9 @@ class ImageDataModule(L.LightningDataModule, ABC):
         self._val: Optional[Dataset] = None
         self.mean = torch.zeros(1)
         self.std = torch.ones(1)
+        # drawn from the (seeded) global generator, then carried by checkpoints
+        self.shuffle_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        self._resume_at: Optional[Position] = None
 
     # -- to implement -------------------------------------------------------------------
     @abstractmethod
@@ -76,22 +84,50 @@ class ImageDataModule(L.LightningDataModule, ABC):
             self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._train, self.batch_size, shuffle=True)
+        ds = self._dataset(self._train)
+        trainer = self.trainer
+        sampler = ResumableSampler(ds, self.batch_size, self.shuffle_seed, num_replicas=trainer.world_size if trainer
+                                   else 1, rank=trainer.global_rank if trainer else 0)
+        if self._resume_at is not None:
+            sampler.resume_at(self._resume_at)
+            self._resume_at = None
+        elif trainer is not None:
+            sampler.set_epoch(trainer.current_epoch)
+        # the loader's own generator: starting its iterator must not draw from the global one,
+        # which the model's randomness (noise, dropout, flips) continues across a resume
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.shuffle_seed),
+                          drop_last=len(ds) > self.batch_size)  # no size-1 BN batches in training
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._val, self.eval_batch_size, shuffle=False)
+        return DataLoader(self._dataset(self._val), batch_size=self.eval_batch_size, shuffle=False,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
-    def _loader(self, ds: Optional[Dataset], batch_size: int, shuffle: bool) -> DataLoader:
+    @staticmethod
+    def _dataset(ds: Optional[Dataset]) -> Dataset:
         if ds is None:
             raise RuntimeError("data module used before setup()")
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(ds) > batch_size,  # no size-1 BN batches in training
-        )
+        return ds
+
+    # -- checkpoints: where training stands in the data -------------------------------------
+    def state_dict(self) -> dict:
+        position = self._position()  # as a plain list: checkpoints load with weights_only
+        return {"shuffle_seed": self.shuffle_seed, "position": list(position) if position else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.shuffle_seed = state_dict["shuffle_seed"]
+        self._resume_at = Position(*state_dict["position"]) if state_dict.get("position") else None
+
+    def _position(self) -> Optional[Position]:
+        """The next batch to train: after the finished batches of the current epoch, or the next
+        epoch's first once every batch of this one has finished."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return None
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:
+            return Position(trainer.current_epoch + 1, 0)
+        return Position(trainer.current_epoch, done)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch

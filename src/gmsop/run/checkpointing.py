@@ -60,6 +60,15 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, filename=LAST, monitor=None, save_top_k=1, enable_version_counter=False,
                          every_n_train_steps=every_n_train_steps)
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Step saves skip an epoch's last batch: the epoch checkpoint follows its validation, and
+        Lightning 2.6 restores a save taken between the two inexactly (a run resumed from one and
+        saved again mid-epoch later trains an extra step)."""
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Nothing to carry: the file name is fixed (and avoids Lightning's 'dirpath changed' warning)."""
 
@@ -93,29 +102,61 @@ class SaveOnInterrupt(L.Callback):
     """On SIGTERM / SIGUSR1 / Ctrl-C, save the current training state to last.ckpt so nothing
     since the last epoch is lost; never on other errors, nor weights that are no longer finite.
 
-    Lightning turns SIGTERM into a SIGTERMException at the next batch. Outside SLURM, SIGUSR1 is
-    treated as SIGTERM; under SLURM Lightning's own SIGUSR1 handler (checkpoint + requeue) stays.
-    `reason` names the interruption once one happened.
+    Lightning turns SIGTERM into a SIGTERMException at the next batch boundary (all DDP ranks
+    together), where the saved state resumes exactly. Outside SLURM, SIGUSR1 is treated as SIGTERM
+    (under SLURM Lightning's own SIGUSR1 handler, checkpoint + requeue, stays). The first Ctrl-C
+    is treated the same way (a KeyboardInterrupt could land between an optimizer step and its
+    bookkeeping); a second one stops at once without saving. `reason` names the interruption.
+
+    A signal during validation waits until validation ends (Lightning would stop in the middle,
+    and a resumed run would then never validate that epoch).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.reason: Optional[str] = None
-        self._previous_usr1 = None
+        self._requested: Optional[str] = None
+        self._previous: dict[int, Any] = {}
+        self._held = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not SLURMEnvironment.detect() and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-            self._previous_usr1 = signal.signal(signal.SIGUSR1, _usr1_as_sigterm)
+            self._previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._usr1_as_sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._ctrl_c_as_sigterm)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._previous_usr1 is not None:
-            signal.signal(signal.SIGUSR1, self._previous_usr1)
-            self._previous_usr1 = None
+        while self._previous:
+            signum, handler = self._previous.popitem()
+            signal.signal(signum, handler)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        """Hold a signal that came during validation (Lightning checks for one after this hook)."""
+        connector = trainer._signal_connector  # Lightning 2.6 keeps the flag there
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and connector.received_sigterm:
+            connector.received_sigterm, self._held = False, True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._held:
+            trainer._signal_connector.received_sigterm, self._held = True, False
+
+    def _usr1_as_sigterm(self, signum, frame) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _ctrl_c_as_sigterm(self, signum, frame) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._requested = "SIGINT"
+        rank_zero_info("Ctrl-C: saving a checkpoint after this batch (press Ctrl-C again to stop at once, unsaved)")
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+        if isinstance(exception, KeyboardInterrupt):  # a second Ctrl-C, or one before training started
+            self.reason = "SIGINT"
+            rank_zero_warn(f"stopped by Ctrl-C without saving: {self.path} keeps the state it had")
             return
-        self.reason = "SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT"
+        if not isinstance(exception, SIGTERMException):
+            return
+        self.reason = self._requested or "SIGTERM"
         if trainer.sanity_checking or trainer.global_step == 0:
             return
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
@@ -123,10 +164,6 @@ class SaveOnInterrupt(L.Callback):
             return
         trainer.save_checkpoint(self.path)
         rank_zero_info(f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {self.path}")
-
-
-def _usr1_as_sigterm(signum, frame) -> None:
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class RunCheckpoints(NamedTuple):

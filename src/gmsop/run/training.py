@@ -28,7 +28,7 @@ from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import write_text_atomic
 from gmsop.registry import ConfigError
-from gmsop.run.resume import (WANDB_ID_FILE, ResumePlan, RunRecord, check_compatible, check_weights_fit, newest_checkpoint,
+from gmsop.run.resume import (WANDB_ID_FILE, RandomState, ResumePlan, RunRecord, check_compatible, check_weights_fit, newest_checkpoint,
                           plan_resume, run_folder_of)
 from gmsop.run.folder import SUMMARY, RunLock
 
@@ -135,7 +135,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
     best, interrupt, checkpoints = checkpoint_callbacks(run_dir, cfg.trainer.checkpoint_every_n_steps)
     throughput = Throughput()
     curves = LearningCurves(run_dir, f"{cfg.name} ({run_dir.name})", plan.source)
-    callbacks = [*checkpoints, RunRecord(run_dir, wandb_id, container), throughput, curves]
+    callbacks = [*checkpoints, RunRecord(run_dir, wandb_id, container), RandomState(), throughput, curves]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     callbacks += configured_callbacks(container["callbacks"]) + list(extra_callbacks)

@@ -1,0 +1,113 @@
+"""A run interrupted and resumed, any number of times and at any point, ends with the weights of
+the same run left alone: bit for bit on CPU, the same batches at the same steps, the same
+validation results per epoch.
+
+Interruptions are done in-process (fast, and at exact points): "kill" raises from a callback
+right after the checkpoints of that point are written (what kill -9 leaves behind: the newest
+checkpoint and nothing after it); "term" sends the process a real SIGTERM, which Lightning turns
+into a save at the next batch boundary. `tests/test_faults.py` kills real CLI processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from gmsop.run.training import RunInterrupted, run_training
+from tests.test_config import compose_train
+
+STEPS_PER_EPOCH, EPOCHS = 8, 3
+
+
+class Killed(BaseException):
+    """Stands in for kill -9 (a BaseException, like SystemExit: nothing in the run catches it)."""
+
+
+class InterruptAt(L.Callback):
+    """At global step `step`: before the next training batch ("train") or during validation
+    ("val"), either raise Killed (`how="kill"`) or send this process SIGTERM (`how="term"`)."""
+
+    def __init__(self, step: int, where: str, how: str) -> None:
+        self.step, self.where, self.how = step, where, how
+
+    def _maybe(self, trainer: L.Trainer, where: str) -> None:
+        if where == self.where and trainer.global_step == self.step and not trainer.sanity_checking:
+            self.step = -1  # once
+            if self.how == "kill":
+                raise Killed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._maybe(trainer, "train")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._maybe(trainer, "val")
+
+
+class BatchLog(L.Callback):
+    """step -> (epoch, batch index, digest of the labels), kept in a file across the resumes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        log = json.loads(self.path.read_text()) if self.path.exists() else {}
+        log[str(trainer.global_step)] = [trainer.current_epoch, batch_idx,
+                                         hashlib.sha1(batch[1].numpy().tobytes()).hexdigest()]
+        self.path.write_text(json.dumps(log))
+
+
+def _train(folder: Path, interruptions, every_n_steps) -> dict:
+    """Train with the interruptions (resuming after each), then to the end; what the run left."""
+    cfg = compose_train("head=gmsop", "head.num_components=4", "head.k=2", "head.component_dims=[32,16]",
+                        "head.gate_dims=[32,16]", "data.image_size=16",
+                        f"trainer.limit_train_batches={STEPS_PER_EPOCH}", "trainer.limit_val_batches=2",
+                        f"trainer.max_epochs={EPOCHS}", "trainer.enable_progress_bar=false", "trainer.resume=auto",
+                        f"trainer.checkpoint_every_n_steps={every_n_steps}", f"runs_dir={folder / 'runs'}")
+    run_dir, batches = folder / "run", BatchLog(folder / "batches.json")
+    for step, where, how in interruptions:
+        with pytest.raises(Killed if how == "kill" else RunInterrupted):
+            run_training(cfg, run_dir, [batches, InterruptAt(step, where, how)])
+    run_training(cfg, run_dir, [batches])
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    with open(run_dir / "curves.csv") as f:
+        val = [(row["epoch"], row["val/loss"], row["val/top1_err"]) for row in csv.DictReader(f)]
+    return {"step": ckpt["global_step"], "weights": ckpt["state_dict"], "val": val,
+            "batches": json.loads(batches.path.read_text())}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("uninterrupted"), [], "null")
+
+
+CASES = {
+    "kill mid-epoch": ([(3, "train", "kill")], 1),
+    "kill after an epoch's last batch": ([(8, "train", "kill")], 1),
+    "kill during validation": ([(8, "val", "kill")], 1),
+    "kill during validation, epoch checkpoints only": ([(8, "val", "kill"), (13, "train", "kill")], "null"),
+    "kill before, during and after the end of an epoch": ([(7, "train", "kill"), (8, "val", "kill"),
+                                                          (9, "train", "kill")], 1),
+    "SIGTERM mid-epoch and at an epoch's start": ([(3, "train", "term"), (8, "train", "term")], "null"),
+    "SIGTERM during validation, then kills": ([(8, "val", "term"), (9, "train", "kill"), (20, "train", "kill")], 1),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(tmp_path, uninterrupted, case):
+    interruptions, every_n_steps = CASES[case]
+    resumed = _train(tmp_path, interruptions, every_n_steps)
+    assert resumed["step"] == uninterrupted["step"] == EPOCHS * STEPS_PER_EPOCH
+    assert resumed["batches"] == uninterrupted["batches"]  # each step trained on the same batch, none twice
+    assert resumed["val"] == uninterrupted["val"]  # every epoch validated, with the same results
+    for name, value in uninterrupted["weights"].items():
+        assert torch.equal(resumed["weights"][name], value), name
