@@ -65,13 +65,13 @@ class BatchLog(L.Callback):
         self.path.write_text(json.dumps(log))
 
 
-def _train(folder: Path, interruptions, every_n_steps) -> dict:
+def _train(folder: Path, interruptions, every_n_steps, *overrides: str) -> dict:
     """Train with the interruptions (resuming after each), then to the end; what the run left."""
     cfg = compose_train("head=gmsop", "head.num_components=4", "head.k=2", "head.component_dims=[32,16]",
                         "head.gate_dims=[32,16]", "data.image_size=16",
                         f"trainer.limit_train_batches={STEPS_PER_EPOCH}", "trainer.limit_val_batches=2",
                         f"trainer.max_epochs={EPOCHS}", "trainer.enable_progress_bar=false", "trainer.resume=auto",
-                        f"trainer.checkpoint_every_n_steps={every_n_steps}", f"runs_dir={folder / 'runs'}")
+                        f"trainer.checkpoint_every_n_steps={every_n_steps}", f"runs_dir={folder / 'runs'}", *overrides)
     run_dir, batches = folder / "run", BatchLog(folder / "batches.json")
     for step, where, how in interruptions:
         with pytest.raises(Killed if how == "kill" else RunInterrupted):
@@ -98,14 +98,14 @@ CASES = {
                                                           (9, "train", "kill")], 1),
     "SIGTERM mid-epoch and at an epoch's start": ([(3, "train", "term"), (8, "train", "term")], "null"),
     "SIGTERM during validation, then kills": ([(8, "val", "term"), (9, "train", "kill"), (20, "train", "kill")], 1),
+    "kills mid-epoch with 2 loader processes": ([(5, "train", "kill"), (11, "train", "kill")], 1, "+data.num_workers=2"),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(tmp_path, uninterrupted, case):
-    interruptions, every_n_steps = CASES[case]
-    resumed = _train(tmp_path, interruptions, every_n_steps)
+    resumed = _train(tmp_path, *CASES[case])
     assert resumed["step"] == uninterrupted["step"] == EPOCHS * STEPS_PER_EPOCH
     assert resumed["batches"] == uninterrupted["batches"]  # each step trained on the same batch, none twice
     assert resumed["val"] == uninterrupted["val"]  # every epoch validated, with the same results
