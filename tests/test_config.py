@@ -6,8 +6,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from gmsop import config
-from gmsop.config import register_configs
+from gmsop.run import compose as config
+from gmsop.run.compose import register_configs
 from gmsop.data import DATA
 from gmsop.heads import HEADS
 from gmsop.paths import CONFIG_DIR, REPO_ROOT

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from torch import nn
 
-from gmsop.config import compose_train
+from gmsop.run.compose import compose_train
 from gmsop.analysis.cost import experiment_cost, parameter_breakdown, training_flops_per_image
 from gmsop.data import MissingDataError
 from tests.conftest import run_cli

@@ -60,14 +60,17 @@ def test_compatibility_names_every_changed_key_and_ignores_where_data_lives(tmp_
     saved = _checkpoint(path)
     plan = plan_resume(str(tmp_path / "run"), tmp_path / "new", tmp_path)
     current = {**saved["hyper_parameters"], "head": {"name": "gmsop", "k": 4}, "data": {"name": "digits",
-               "image_size": 32, "root": "/elsewhere", "num_workers": 8}}
+               "image_size": 16, "num_workers": 8, "eval_batch_size": 100}}
     with pytest.raises(CheckpointError) as err:
         check_compatible(plan, current, allow_changes=False)
-    assert "head.name: 'gap' in the checkpoint, 'gmsop' now" in str(err.value)
-    assert "head.k: '<absent>' in the checkpoint, 4 now" in str(err.value)
-    assert "data.root" not in str(err.value) and "num_workers" not in str(err.value)
+    assert "head.name: 'gap' in the checkpoint, 'gmsop' now" in str(err.value)  # another head: its options not listed
+    assert "data.image_size: 32 in the checkpoint, 16 now" in str(err.value)
+    assert "num_workers" not in str(err.value) and "eval_batch_size" not in str(err.value)
     assert len(check_compatible(plan, current, allow_changes=True)) == 2
     assert check_compatible(plan, saved["hyper_parameters"], allow_changes=False) == []
+    # a default written out and one left out are the same setting (older checkpoints have fewer keys)
+    written_out = {**saved["hyper_parameters"], "data": {"name": "digits", "image_size": 32, "val_fraction": 0.2}}
+    assert check_compatible(plan, written_out, allow_changes=False) == []
 
 
 def test_weights_that_do_not_fit_are_named_even_when_changes_are_allowed(tmp_path):

@@ -1,4 +1,5 @@
-"""Config schemas (dataclasses) validated by Hydra before any work starts.
+"""Config schemas (dataclasses) validated by Hydra before any work starts (registered in
+Hydra's config store by `gmsop.run.compose`).
 
 `head` and `data` are free-form here: each registered head and data module validates its
 own keys against its constructor signature (see `gmsop.registry`).
@@ -7,10 +8,8 @@ own keys against its constructor signature (see `gmsop.registry`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
 
 from gmsop.registry import ConfigError
 
@@ -114,31 +113,3 @@ def run_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip() or "/" in name or name in (".", ".."):
         raise ConfigError(f"name={name!r}: give a non-empty experiment name without '/' (it names runs_dir/NAME)")
     return name
-
-
-def register_resolvers() -> None:
-    """${run_name:NAME} (validated experiment name) and ${run_uid:} (random, fixed per process) for run folders."""
-    from gmsop.paths import run_uid
-
-    if not OmegaConf.has_resolver("run_uid"):
-        OmegaConf.register_new_resolver("run_uid", run_uid)
-        OmegaConf.register_new_resolver("run_name", run_name)
-
-
-def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore (train.yaml/eval.yaml extend them), and the run-folder resolvers."""
-    register_resolvers()
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="eval_schema", node=EvalConfig)
-
-
-def compose_train(overrides: Sequence[str]) -> DictConfig:
-    """The training config that `python -m gmsop.train OVERRIDES...` would run, without running it."""
-    from hydra import compose, initialize_config_dir
-
-    from gmsop.paths import CONFIG_DIR
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))

@@ -14,7 +14,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from gmsop.config import register_configs
+from gmsop.run.compose import register_configs
 from gmsop.errors import exit_on_user_error
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier

@@ -91,6 +91,10 @@ class Registry(Generic[T]):
                 fields.append((param.name, ftype, dataclasses.field(default=param.default)))
         return dataclasses.make_dataclass(f"{name}_{self.kind}_config", fields)
 
+    def defaults(self, name: str) -> dict[str, Any]:
+        """The entry's config with every default filled in (what Hydra's config group starts from)."""
+        return {"name": name, **OmegaConf.to_container(OmegaConf.structured(self.schema(name)), enum_to_str=True)}
+
     def validate(self, cfg: Mapping[str, Any] | DictConfig, path: str | None = None) -> dict[str, Any]:
         """Check `cfg` (with a `name` key) against the entry's schema; return the full kwargs."""
         path = path or self.kind

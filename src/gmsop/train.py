@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from gmsop.config import register_configs
+from gmsop.run.compose import register_configs
 from gmsop.errors import exit_on_user_error
 from gmsop.paths import CONFIG_DIR
 from gmsop.run.training import RunInterrupted, run_training

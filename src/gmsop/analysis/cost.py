@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from gmsop.config import compose_train
+from gmsop.run.compose import compose_train
 from gmsop.data import MissingDataError, build_datamodule
 from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import SecondOrderClassifier

@@ -26,7 +26,10 @@ import numpy as np
 import torch
 
 from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST
+from gmsop.data import DATA
 from gmsop.errors import UserError
+from gmsop.heads import HEADS
+from gmsop.registry import ConfigError, Registry
 from gmsop.run.folder import holds_run, is_locked, require_fresh
 
 LAST_CKPT = Path(CHECKPOINT_DIR) / f"{LAST}.ckpt"
@@ -141,12 +144,29 @@ def config_differences(checkpoint: dict, current: Mapping[str, Any]) -> list[str
     (data keys that only say where and how data is read are ignored)."""
     saved = dict(checkpoint["hyper_parameters"])
 
-    def comparable(h: Mapping[str, Any]) -> dict:
-        data = {k: v for k, v in (h.get("data") or {}).items() if k not in DATA_KEYS_FREE_ON_RESUME}
-        return {"model": h.get("model"), "head": h.get("head"), "optim": h.get("optim"), "data": data,
-                "num_classes": h.get("num_classes"), "in_chans": h.get("in_chans")}
+    def comparable(h: Mapping[str, Any], other: Mapping[str, Any]) -> dict:
+        """Another head or data module differs by its name; its options are then not listed."""
+        def part(key: str, registry: Registry) -> dict:
+            mine, theirs = h.get(key) or {}, other.get(key) or {}
+            if mine.get("name") != theirs.get("name"):
+                return {"name": mine.get("name")}
+            return _with_defaults(registry, mine)
 
-    return differences(comparable(saved), comparable(current))
+        data = part("data", DATA)
+        data = {k: v for k, v in data.items() if k not in DATA_KEYS_FREE_ON_RESUME}
+        return {"model": h.get("model"), "head": part("head", HEADS), "optim": h.get("optim"),
+                "data": data, "num_classes": h.get("num_classes"), "in_chans": h.get("in_chans")}
+
+    return differences(comparable(saved, current), comparable(current, saved))
+
+
+def _with_defaults(registry: Registry, cfg: Optional[Mapping[str, Any]]) -> dict:
+    """cfg with its constructor defaults filled in, so a default written out and one left out
+    compare equal (checkpoints of older versions have fewer keys); as saved if it no longer validates."""
+    try:
+        return registry.validate(cfg) if cfg else {}
+    except ConfigError:
+        return dict(cfg)
 
 
 def check_compatible(plan: ResumePlan, current: Mapping[str, Any], allow_changes: bool) -> list[str]:

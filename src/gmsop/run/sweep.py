@@ -27,7 +27,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gmsop.config import compose_train
+from gmsop.run.compose import compose_train
 from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import EPOCH_METRIC_PREFIXES, EPOCH_METRICS
 from gmsop.paths import run_uid, write_csv_atomic

@@ -1,0 +1,54 @@
+"""Hydra glue: the config store (the schemas of `gmsop.config` and every registered head's,
+gate's and data module's constructor defaults), the run-folder resolvers, and composing the
+training config without running it."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from gmsop.config import EvalConfig, TrainConfig, run_name
+from gmsop.data import DATA
+from gmsop.heads import HEADS
+from gmsop.heads.gating import GATES
+
+
+def register_resolvers() -> None:
+    """${run_name:NAME} (validated experiment name) and ${run_uid:} (random, fixed per process) for run folders."""
+    from gmsop.paths import run_uid
+
+    if not OmegaConf.has_resolver("run_uid"):
+        OmegaConf.register_new_resolver("run_uid", run_uid)
+        OmegaConf.register_new_resolver("run_name", run_name)
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore (train.yaml/eval.yaml extend them), and the run-folder resolvers."""
+    register_resolvers()
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    _store_constructor_defaults(cs)
+
+
+def _store_constructor_defaults(cs: ConfigStore) -> None:
+    """head/NAME_defaults, head/gate/NAME_defaults and data/NAME_defaults: each registered
+    head's, gate's and data module's constructor defaults, the one place they are written. A YAML option of the group starts from
+    them (`defaults: [NAME_defaults, _self_]`) and sets only what it changes, and every key exists
+    for command-line overrides (`data.num_workers=8`)."""
+    for group, registry in (("head", HEADS), ("head/gate", GATES), ("data", DATA)):
+        for name in registry.names():
+            cs.store(group=group, name=f"{name}_defaults", node=registry.defaults(name))
+
+
+def compose_train(overrides: Sequence[str]) -> DictConfig:
+    """The training config that `python -m gmsop.train OVERRIDES...` would run, without running it."""
+    from hydra import compose, initialize_config_dir
+
+    from gmsop.paths import CONFIG_DIR
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
