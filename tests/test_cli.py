@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.wandb_offline import history, logged_keys
+from tests.wandb_offline import history, logged_keys, records
 
 pytestmark = pytest.mark.slow
 QUIET = ("trainer.enable_progress_bar=false",)
@@ -46,6 +46,11 @@ def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
     assert "train/loss_step" in logged and "train/images_per_s" in logged
     # evaluating the best checkpoint reproduces the best validation error
     best_err = min(logged["val/top1_err"])
+    best_epoch = logged["val/top1_err"].index(best_err)
+    assert (summary["best"]["epoch"], summary["best"]["val/top1_err"]) == (best_epoch, pytest.approx(best_err, abs=1e-6))
+    assert f"(best epoch: {best_epoch})" in proc.stdout
+    summarised = {r.metric.name: r.metric.summary.min for r in records(wandb_file) if r.WhichOneof("record_type") == "metric"}
+    assert summarised.get("val/top1_err") is True  # the W&B run summary keeps the minimum, not only the last value
     proc = cli("gmsop.eval", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}")
     _ok(proc)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -81,3 +81,15 @@ def test_resumed_run_keeps_the_earlier_epochs(tmp_path):
     third = read_curves(tmp_path / "third")
     assert third[0] == pytest.approx(before[0]) and third[1]["val/top1_err"] == pytest.approx(before[1]["val/top1_err"])
     assert math.isnan(third[1]["train/loss"])
+
+
+def test_best_epoch_is_the_lowest_validation_error_earliest_on_ties():
+    from gmsop.run.curves import best_epoch
+
+    nan = math.nan
+    curves = {0: {"lr": 0.1, "val/top1_err": 0.5, "val/top5_err": 0.2, "train/loss": 2.0},
+              1: {"val/top1_err": 0.25, "val/top5_err": 0.1, "val/loss": 0.9},
+              2: {"val/top1_err": 0.25, "val/top5_err": 0.05},
+              3: {"val/top1_err": nan, "train/loss": 0.1}}  # not validated
+    assert best_epoch(curves) == {"epoch": 1, "val/top1_err": 0.25, "val/top5_err": 0.1, "val/loss": 0.9}
+    assert best_epoch({0: {"train/loss": 1.0}}) is None and best_epoch({}) is None

@@ -46,11 +46,22 @@ def test_report_table_csv_and_plots(tmp_path):
     assert runs[1].curves[1]["val/top1_err"] == 0.385 and runs[2].curves == {}
     out = report(tmp_path)
     md = (out / "report.md").read_text()
-    assert "| head=gmsop | gmsop | 38.50 | 19.25 | 38.48 / 17.38 (GM-SOP-16-8 + ResNet-18) | 10.30 | 8256 | 1234 | 60 |" in md
+    # best epoch's top-1 / top-5 (from the curves: this summary.json predates "best"), best epoch, last epoch's top-1
+    assert "| head=gmsop | gmsop | 38.50 | 19.25 | 1 | 38.50 | 38.48 / 17.38 (GM-SOP-16-8 + ResNet-18) | 10.30 | 8256 | 1234 | 60 |" in md
+    assert "| head=sop | sop |  |  |  | 45.00 |" in md  # no curves, no best: only the last epoch is known
     assert "52.17 / 27.09" in md
     assert (out / "report.csv").read_text().count("\n") == 4
     assert (out / "errors.png").stat().st_size > 5000 and (out / "component_usage.png").stat().st_size > 5000
     assert "![loss and error per epoch](curves.png)" in md and (out / "curves.png").stat().st_size > 5000
+
+
+def test_report_shows_the_best_epoch_not_the_last(tmp_path):
+    _fake_run(tmp_path / "r", "abl", {"name": "gap"}, top1=0.40)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    best = {"epoch": 7, "val/top1_err": 0.3125, "val/top5_err": 0.125, "val/loss": 1.0}
+    (tmp_path / "r" / "summary.json").write_text(json.dumps({**summary, "best": best}))
+    md = (report(tmp_path) / "report.md").read_text()
+    assert "| abl | gap | 31.25 | 12.50 | 7 | 40.00 |" in md
 
 
 def test_report_without_runs_says_so(tmp_path):

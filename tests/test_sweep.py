@@ -54,6 +54,7 @@ M = "metric: {name: val/top1_err}\n"
     ("method: random\n" + M + "parameters: {optim.lr: null}", "parameters.optim.lr=None; give a mapping"),
     ("method: random\n" + M + "parameters: {head.k: {min: 8, max: 2}}", r"head.k: bad range \[8, 2\] \(min > max\)"),
     ("method: random\nmetric: {name: val/top1_error}\nparameters: {a: {values: [1]}}", "'val/top1_error' is not logged"),
+    ("method: random\n" + M + "objective: mean\nparameters: {a: {values: [1]}}", "objective='mean'; allowed: best, last"),
 ])
 def test_sweep_file_errors(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message):
@@ -113,6 +114,9 @@ def test_prune_callback_reports_each_epoch_and_stops_bad_trials():
     with pytest.raises(optuna.TrialPruned, match="val/top1_err at epoch 1"):
         callback.on_validation_epoch_end(_FakeTrainer(0.6, epoch=1), None)
     assert study.trials[0].intermediate_values == {0: pytest.approx(0.2), 1: pytest.approx(0.6)}
+    # the trial's score: its best epoch (by the goal's direction) unless the sweep asks for the last
+    assert callback.score("best", "minimize") == pytest.approx(0.2)
+    assert callback.score("best", "maximize") == callback.score("last", "minimize") == pytest.approx(0.6)
 
 
 def test_online_wandb_without_login_fails_before_training(tmp_path, monkeypatch):

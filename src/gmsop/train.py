@@ -39,9 +39,12 @@ def main(cfg: DictConfig) -> float:
     if result.wandb_dir:
         print(f"W&B (offline): {result.wandb_dir}  -> upload later with `wandb sync {result.wandb_dir}`")
     print(f"summary:      {result.run_dir / 'summary.json'}")
-    err = result.metrics.get("val/top1_err", float("nan"))
-    print(f"val top-1 error {err:.4f}, top-5 error {result.metrics.get('val/top5_err', float('nan')):.4f}")
-    return err
+    nan = float("nan")
+    last, best = result.metrics, result.best or {}
+    print(f"val top-1 error {best.get('val/top1_err', nan):.4f}, top-5 error {best.get('val/top5_err', nan):.4f} "
+          f"(best epoch: {best.get('epoch', '-')}); last epoch {last.get('val/top1_err', nan):.4f} / "
+          f"{last.get('val/top5_err', nan):.4f}")
+    return best.get("val/top1_err", nan)
 
 
 if __name__ == "__main__":

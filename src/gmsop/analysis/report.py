@@ -19,7 +19,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from gmsop.run.curves import Curves, read_curves
+from gmsop.run.curves import Curves, best_epoch, read_curves
 from gmsop.errors import UserError, exit_on_user_error
 from gmsop.models.usage import usage_key
 from gmsop.paths import write_csv_atomic, write_text_atomic
@@ -39,8 +39,15 @@ class Run:
     curves: Curves  # per-epoch loss and error ({} for runs made before curves.csv existed)
 
     def metric(self, key: str) -> Optional[float]:
+        """The last epoch's value."""
         value = self.summary["metrics"].get(key)
         return None if value is None else float(value)
+
+    @property
+    def best(self) -> dict:
+        """The best epoch (lowest val/top1_err) and its validation values; from the curves for
+        runs made before summary.json had it; {} if no epoch was validated."""
+        return self.summary.get("best") or best_epoch(self.curves) or {}
 
 
 def _overrides(folder: Path) -> list[str]:
@@ -109,8 +116,8 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
     return runs, skipped
 
 
-COLUMNS = ["run", "head", "top-1 err %", "top-5 err %", "published top-1/top-5 %", "params (M)", "feature dim",
-           "train images/s", "epochs", "folder"]
+COLUMNS = ["run", "head", "top-1 err %", "top-5 err %", "best epoch", "last epoch top-1 %", "published top-1/top-5 %",
+           "params (M)", "feature dim", "train images/s", "epochs", "folder"]
 
 
 def table_rows(runs: list[Run], root: Path) -> list[list[str]]:
@@ -121,8 +128,10 @@ def table_rows(runs: list[Run], root: Path) -> list[list[str]]:
     for r in runs:
         pub = f"{r.published.top1:.2f} / {r.published.top5:.2f} ({r.published.row})" if r.published else ""
         ips = r.metric("train_images_per_s")
-        rows.append([r.label, r.summary["head"]["name"], pct(r.metric("val/top1_err")), pct(r.metric("val/top5_err")),
-                     pub, f"{r.summary['params'] / 1e6:.2f}", str(r.summary["feature_dim"]),
+        best = r.best
+        rows.append([r.label, r.summary["head"]["name"], pct(best.get("val/top1_err")), pct(best.get("val/top5_err")),
+                     str(best.get("epoch", "")), pct(r.metric("val/top1_err")), pub, f"{r.summary['params'] / 1e6:.2f}",
+                     str(r.summary["feature_dim"]),
                      "" if ips is None else f"{ips:.0f}", str(r.summary["epochs"]), os.path.relpath(r.folder, root)])
     return rows
 
@@ -136,8 +145,8 @@ def markdown(rows: list[list[str]], title: str) -> str:
 def plot_errors(runs: list[Run], out: Path) -> None:
     from gmsop.plots import error_bars
 
-    error_bars([r.label for r in runs], [r.metric("val/top1_err") for r in runs],
-               [r.metric("val/top5_err") for r in runs],
+    error_bars([r.label for r in runs], [r.best.get("val/top1_err") for r in runs],
+               [r.best.get("val/top5_err") for r in runs],
                [None if r.published is None else r.published.top1 / 100 for r in runs], out)
 
 
@@ -172,7 +181,8 @@ def report(root: Path, out: Optional[Path] = None) -> Path:
     write_csv_atomic(out / "report.csv", COLUMNS, rows)
     plot_errors(runs, out / "errors.png")
     has_usage = plot_usage(runs, out / "component_usage.png")
-    md = markdown(rows, f"Runs under {root}") + "\n![validation error per run](errors.png)\n"
+    md = (markdown(rows, f"Runs under {root}") + "\nTop-1 and top-5 error are the best epoch's (lowest validation top-1 "
+          "error); the last epoch's top-1 is beside them.\n\n![validation error per run](errors.png)\n")
     if plot_curves(runs, out / "curves.png"):
         md += "\n![loss and error per epoch](curves.png)\n"
     if has_usage:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 from gmsop.paths import write_csv_atomic
 
@@ -39,3 +39,14 @@ def read_curves(run_dir: Path) -> Curves:
         for row in csv.DictReader(f):
             curves[int(row["epoch"])] = {k: float(v) if v else math.nan for k, v in row.items() if k in COLUMNS[1:]}
     return curves
+
+
+def best_epoch(curves: Mapping[int, Mapping[str, float]], metric: str = "val/top1_err") -> Optional[dict]:
+    """The epoch with the lowest `metric` and its validation values ({"epoch": e, "val/...": v}),
+    the earliest on a tie; None if no epoch has it."""
+    scored = [(v[metric], e) for e, v in curves.items() if metric in v and not math.isnan(v[metric])]
+    if not scored:
+        return None
+    _, epoch = min(scored)
+    values = {k: v for k, v in curves[epoch].items() if k in VAL_METRICS and not math.isnan(v)}
+    return {"epoch": epoch, **values}

@@ -38,6 +38,9 @@ from gmsop.run.training import RunInterrupted
 METHODS = {"grid", "random", "bayes"}
 
 
+OBJECTIVES = ("best", "last")
+
+
 class SweepSpec:
     """A parsed sweep file: Optuna distributions, direction, sampler and base overrides.
 
@@ -62,6 +65,10 @@ class SweepSpec:
         if goal not in ("minimize", "maximize"):
             raise ConfigError(f"{path}: metric.goal={goal!r}; allowed: minimize, maximize")
         self.direction = goal
+        self.objective = spec.get("objective", "best")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"{path}: objective={self.objective!r}; allowed: {', '.join(OBJECTIVES)} "
+                              "(a trial's score: its best epoch, or its last)")
         params = spec.get("parameters") or {}
         if not isinstance(params, dict) or not params:
             raise ConfigError(f"{path}: no parameters to sweep (`parameters:` must map keys to specs)")
@@ -170,11 +177,21 @@ class PruneTrial(L.Callback):
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial, self.metric = trial, metric
+        self.values: dict[int, float] = {}  # epoch -> the metric
+
+    def score(self, objective: str, direction: str) -> float:
+        """The trial's value: its best epoch's (min or max by direction) or its last epoch's."""
+        if not self.values:
+            raise KeyError(f"metric {self.metric!r} was never logged at a validation")
+        if objective == "last":
+            return self.values[max(self.values)]
+        return (min if direction == "minimize" else max)(self.values.values())
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
             return
-        self.trial.report(float(trainer.callback_metrics[self.metric]), step=trainer.current_epoch)
+        self.values[trainer.current_epoch] = value = float(trainer.callback_metrics[self.metric])
+        self.trial.report(value, step=trainer.current_epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.metric} at epoch {trainer.current_epoch} is worse than the median")
 
@@ -212,10 +229,11 @@ def make_objective(spec: SweepSpec, runs_dir: Path, extra: list[str], study_uid:
         run_dir = runs_dir / spec.name / f"trial_{trial.number:04d}_{study_uid}"  # unique to this study
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", overrides)
-        result = run_training(cfg, run_dir, [PruneTrial(trial, spec.metric)])
-        if spec.metric not in result.metrics:
+        pruning = PruneTrial(trial, spec.metric)
+        result = run_training(cfg, run_dir, [pruning])
+        if not pruning.values:
             raise KeyError(f"metric {spec.metric!r} was not logged; logged: {', '.join(sorted(result.metrics))}")
-        return result.metrics[spec.metric]
+        return pruning.score(spec.objective, spec.direction)
 
     return objective
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gmsop.run.callbacks import LearningCurves, Throughput
 from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
+from gmsop.run.curves import VAL_METRICS, best_epoch
 from gmsop.config import RUN_CONTROL_KEYS
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
@@ -36,9 +37,10 @@ from gmsop.run.folder import SUMMARY, RunLock
 @dataclass
 class RunResult:
     run_dir: Path
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # the last epoch's
     best_checkpoint: Optional[Path]
     wandb_dir: Optional[Path]
+    best: Optional[dict] = None  # the best epoch (lowest val/top1_err) and its validation values
 
 
 class RunInterrupted(Exception):
@@ -157,12 +159,12 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
         wandb_dir = _finish_wandb(loggers, RunInterrupted.EXIT_CODES.get(interrupt.reason, 1) if status != "finished" else 0)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1} | throughput.summary()
         if trainer.is_global_zero:
-            _write_summary(cfg, container, run_dir, model, trainer, plan, best, metrics, status, error,
-                           time.perf_counter() - start, interrupt.reason)
+            _write_summary(cfg, container, run_dir, model, trainer, plan, best, curves.curves, metrics, status,
+                           error, time.perf_counter() - start, interrupt.reason)
     if status == "interrupted":
         raise RunInterrupted(interrupt.reason, run_dir, newest_checkpoint(run_dir))
     best_path = Path(best.best_model_path) if best.best_model_path else None
-    return RunResult(run_dir, metrics, best_path, wandb_dir)
+    return RunResult(run_dir, metrics, best_path, wandb_dir, best_epoch(curves.curves))
 
 
 def configured_callbacks(specs: Mapping[str, Any]) -> list[L.Callback]:
@@ -183,7 +185,8 @@ def configured_callbacks(specs: Mapping[str, Any]) -> list[L.Callback]:
     return built
 
 
-def _write_summary(cfg, container, run_dir, model, trainer, plan, best, metrics, status, error, wall_s, reason) -> None:
+def _write_summary(cfg, container, run_dir, model, trainer, plan, best, curves, metrics, status, error, wall_s,
+                   reason) -> None:
     """summary.json: what ran, how it ended (finished / interrupted / failed), and its metrics."""
     summary = {
         "name": cfg.name,
@@ -199,7 +202,8 @@ def _write_summary(cfg, container, run_dir, model, trainer, plan, best, metrics,
         "resumed_from": str(plan.ckpt) if plan.ckpt else None,
         "best_checkpoint": best.best_model_path or None,
         "best_score": None if best.best_model_score is None else float(best.best_model_score),
-        "metrics": metrics,
+        "best": best_epoch(curves),  # the epoch of the lowest val/top1_err, with its validation values
+        "metrics": metrics,  # the last epoch's
     }
     if status == "interrupted":
         summary["interrupted_by"] = reason
@@ -232,6 +236,8 @@ def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id
             resume="allow",
             config=container,
         )
+        for key in VAL_METRICS:  # the W&B summary shows each run's best, not only its last epoch
+            logger.experiment.define_metric(key, summary="min")
         loggers.append(logger)
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
