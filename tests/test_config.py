@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -69,3 +71,22 @@ def test_ddp_trainer_config():
     cfg = compose_train("trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2")
     assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 4, 2)
     assert OmegaConf.select(cfg, "trainer.precision") == "16-mixed"
+
+
+def test_any_trainer_argument_passes_through_and_limits_keep_int_vs_fraction():
+    import lightning as L
+
+    from gmsop.config import RUN_CONTROL_KEYS, TRAINER_SET_BY_THE_RUN
+
+    cfg = compose_train("trainer.limit_train_batches=1", "trainer.limit_val_batches=0.25", "trainer.max_steps=7",
+                        "trainer.accumulate_grad_batches=2", "trainer.profiler=simple", "trainer.overfit_batches=3")
+    t = cfg.trainer
+    assert (t.limit_train_batches, type(t.limit_train_batches)) == (1, int)  # one batch, not 100 %
+    assert (t.limit_val_batches, t.max_steps, t.accumulate_grad_batches, t.profiler) == (0.25, 7, 2, "simple")
+    assert (t.overfit_batches, type(t.overfit_batches)) == (3, int)
+    accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", *TRAINER_SET_BY_THE_RUN}
+    assert set(t) == accepted | set(RUN_CONTROL_KEYS)  # every Trainer argument, no hand-kept list
+    with pytest.raises(ConfigCompositionException, match="trainer.max_steps=abc"):
+        compose_train("trainer.max_steps=abc")
+    with pytest.raises(ConfigCompositionException, match="trainer.max_stepz"):
+        compose_train("trainer.max_stepz=3")

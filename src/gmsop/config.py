@@ -7,9 +7,12 @@ own keys against its constructor signature (see `gmsop.registry`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+import inspect
+import typing
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Dict, List, Optional, Union
 
+import lightning as L
 
 from gmsop.registry import ConfigError
 
@@ -43,27 +46,47 @@ class OptimConfig:
     min_lr: float = 0.0  # cosine floor
 
 
-@dataclass
-class TrainerConfig:
-    """Lightning Trainer arguments, passed through by name, plus `resume` (ours)."""
+# Trainer arguments the run sets itself (loggers, callbacks, checkpoint IO, run folder).
+TRAINER_SET_BY_THE_RUN = ("logger", "callbacks", "plugins", "default_root_dir")
+# Where this project's default differs from Lightning's.
+OUR_TRAINER_DEFAULTS = {"max_epochs": 10, "log_every_n_steps": 10, "precision": "32-true"}
 
-    max_epochs: int = 10
-    accelerator: str = "auto"
-    devices: Any = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
-    log_every_n_steps: int = 10
-    check_val_every_n_epoch: int = 1
-    gradient_clip_val: Optional[float] = None
-    deterministic: bool = False
-    enable_progress_bar: bool = True
-    # Ours, not the Trainer's (RUN_CONTROL_KEYS):
-    resume: Optional[str] = None  # a .ckpt, a run folder, "latest" or "auto" (see gmsop.run.resume)
-    resume_allow_changes: bool = False  # resume even if model/head/optim/data differ from the checkpoint's
-    checkpoint_every_n_steps: Optional[int] = None  # also write last.ckpt every N steps (long epochs)
+
+def _config_type(hint: Any) -> Any:
+    """A Trainer argument's type as a config type: simple types (and Optional of them) are
+    checked when the config is composed; anything richer (int-or-float limits, devices,
+    strategies, profilers) is kept as written and checked by the Trainer itself."""
+    simple = (int, float, bool, str)
+    if hint in simple:
+        return hint
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is Union and len(args) == 2 and type(None) in args:
+        other = next(a for a in args if a is not type(None))
+        if other in simple:
+            return Optional[other]
+    return Any
+
+
+def _trainer_config() -> type:
+    """Every `lightning.Trainer` argument with Lightning's default (or ours), plus the run-control
+    keys: `trainer.X=...` works for any Trainer argument X, and an unknown X fails when composing.
+    (`limit_train_batches=1` stays the integer 1: one batch, as in Lightning; 1.0 is all batches.)"""
+    hints = typing.get_type_hints(L.Trainer.__init__)
+    fields = []
+    for name, param in inspect.signature(L.Trainer.__init__).parameters.items():
+        if name == "self" or name in TRAINER_SET_BY_THE_RUN:
+            continue
+        default = OUR_TRAINER_DEFAULTS.get(name, param.default)
+        fields.append((name, _config_type(hints.get(name, Any)), field(default=default)))
+    fields += [
+        ("resume", Optional[str], field(default=None)),  # a .ckpt, a run folder, "latest" or "auto" (gmsop.run.resume)
+        ("resume_allow_changes", bool, field(default=False)),  # resume even if model/head/optim/data differ
+        ("checkpoint_every_n_steps", Optional[int], field(default=None)),  # also write last.ckpt every N steps
+    ]
+    return make_dataclass("TrainerConfig", fields)
+
+
+TrainerConfig = _trainer_config()
 
 
 RUN_CONTROL_KEYS = ("resume", "resume_allow_changes", "checkpoint_every_n_steps")  # not passed to the Trainer
