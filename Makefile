@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast bench clean-runs
+.PHONY: train test test-fast lint format bench clean-runs
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,16 @@ train: $(STAMP)
 ## test: the whole test suite (what CI runs)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+## lint: ruff's lint rules and format check (configured in pyproject.toml; CI runs it first)
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+## format: apply ruff's fixes and formatting
+format: $(STAMP)
+	$(PY) -m ruff check --fix src tests benchmarks
+	$(PY) -m ruff format src tests benchmarks
 
 ## test-fast: skip the end-to-end CLI runs
 test-fast: $(STAMP)

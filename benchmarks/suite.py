@@ -16,16 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import environment, interleaved_median_seconds  # noqa: E402
-
 from gmsop.heads import build_head  # noqa: E402
 from gmsop.models.classifier import SecondOrderClassifier  # noqa: E402
+from timing import environment, interleaved_median_seconds  # noqa: E402
 
 SHAPES = [(256, 14, 14), (256, 8, 8), (128, 16, 16)]
 GMSOP_16_8 = {"name": "gmsop", "num_components": 16, "k": 8}
@@ -86,9 +86,24 @@ class Bench:
         y = torch.randint(0, 1000, (self.batch,), device=self.device)
         steps = []
         for cfg in cfgs:
-            model = SecondOrderClassifier({"backbone": "resnet18_64", "dropout": 0.2}, cfg,
-                                          {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
-                                           "weight_decay": 1e-4, "scheduler": "none"}, 1000, 3).to(self.device).train()
+            model = (
+                SecondOrderClassifier(
+                    {"backbone": "resnet18_64", "dropout": 0.2},
+                    cfg,
+                    {
+                        "name": "sgd",
+                        "lr": 0.1,
+                        "momentum": 0.9,
+                        "nesterov": False,
+                        "weight_decay": 1e-4,
+                        "scheduler": "none",
+                    },
+                    1000,
+                    3,
+                )
+                .to(self.device)
+                .train()
+            )
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
             def step(model=model, opt=opt) -> None:
@@ -113,7 +128,10 @@ def run(only: set[str], bench: Bench) -> dict[str, Any]:
 
     def show(sec: str, row: dict) -> dict:
         bench.rows.append({"section": sec, **row})
-        print(f"{sec:<4}{_label(row['cfg']):<34}{'x'.join(map(str, row['shape'])):>12}{row['ms']:>10.1f}{row['saved_mb']:>10.1f}")
+        print(
+            f"{sec:<4}{_label(row['cfg']):<34}{'x'.join(map(str, row['shape'])):>12}"
+            f"{row['ms']:>10.1f}{row['saved_mb']:>10.1f}"
+        )
         return row
 
     for c, h, w in SHAPES:
@@ -125,15 +143,23 @@ def run(only: set[str], bench: Bench) -> dict[str, Any]:
             cfgs += [{"name": "isqrt"}, {"name": "isqrt", "side": "channel"}, {"name": "mpncov"}]
         if not cfgs:
             continue
-        ms = {_label(r["cfg"]): show("a" if "backward" in r["cfg"] else "b", r)["ms"] for r in bench.heads(cfgs, c, h, w)}
+        ms = {
+            _label(r["cfg"]): show("a" if "backward" in r["cfg"] else "b", r)["ms"] for r in bench.heads(cfgs, c, h, w)
+        }
         if "a" in only:
-            ratios[f"(a) isqrt closed_form / autograd @ {key}"] = ms["isqrt(backward=closed_form)"] / ms["isqrt(backward=autograd)"]
+            ratios[f"(a) isqrt closed_form / autograd @ {key}"] = (
+                ms["isqrt(backward=closed_form)"] / ms["isqrt(backward=autograd)"]
+            )
         if "b" in only:
             ratios[f"(b) isqrt / mpncov @ {key}"] = ms["isqrt"] / ms["mpncov"]
             ratios[f"(b) isqrt C-side only / mpncov @ {key}"] = ms["isqrt(side=channel)"] / ms["mpncov"]
     if "c" in only:
-        sparse, dense = (show("c", r) for r in bench.heads(
-            [{**GMSOP_16_8, "dispatch": "sparse"}, {**GMSOP_16_8, "dispatch": "dense"}], 128, 16, 16))
+        sparse, dense = (
+            show("c", r)
+            for r in bench.heads(
+                [{**GMSOP_16_8, "dispatch": "sparse"}, {**GMSOP_16_8, "dispatch": "dense"}], 128, 16, 16
+            )
+        )
         ratios["(c) gmsop-16-8 sparse / dense"] = sparse["ms"] / dense["ms"]
     if "d" in only:
         print(f"\n(d) training images/s, paper ResNet-18 at 64x64, 1000 classes, B={bench.batch}")
@@ -166,8 +192,18 @@ def main() -> None:
     print(f"B={args.batch}, median of {args.repeats}, {environment(device)}")
     ratios = run(only, bench)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"env": environment(device), "batch": args.batch, "repeats": args.repeats,
-                                    "rows": bench.rows, "ratios": ratios}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "env": environment(device),
+                "batch": args.batch,
+                "repeats": args.repeats,
+                "rows": bench.rows,
+                "ratios": ratios,
+            },
+            indent=2,
+        )
+    )
     print(f"written to {args.out}")
 
 

@@ -35,24 +35,45 @@ parameters:
   trainer.max_epochs: {{value: 1}}
 command: [python, -m, gmsop.train, {", ".join(train_args)}]
 """)
-    return path, ["--runs-dir", str(folder / "runs"), "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-                  "trainer.enable_progress_bar=false"]
+    return path, [
+        "--runs-dir",
+        str(folder / "runs"),
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "trainer.enable_progress_bar=false",
+    ]
 
 
 CLI_ENV = {"WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
 
 
-def run_cli(module: str, *args: str, cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str, *args: str, cwd: Path, timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m MODULE args...` as a user would; never raises on a non-zero exit."""
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env={**os.environ, **CLI_ENV, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, **CLI_ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start_cli(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start `python -m MODULE args...` in the background (to signal or kill it); output goes to cwd/MODULE-RANDOM.log (proc.log)."""
+    """Start `python -m MODULE args...` in the background (to signal or kill it); output goes to
+    cwd/MODULE-RANDOM.log (proc.log)."""
     log = open(cwd / f"{module}-{os.urandom(3).hex()}.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env={**os.environ, **CLI_ENV, **(env or {})},
-                            stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, **CLI_ENV, **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
     proc.log = log  # read it back with proc.log.seek(0); proc.log.read()
     _STARTED.append(proc)
     return proc

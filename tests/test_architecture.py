@@ -24,8 +24,11 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("path", sorted(p for room in ("heads", "ops") for p in (SRC / room).glob("*.py")),
-                         ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for room in ("heads", "ops") for p in (SRC / room).glob("*.py")),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
 def test_heads_and_ops_import_no_training_code(path):
     imports = _imports(path)
     ours = {m for m in imports if m == "gmsop" or m.startswith("gmsop.")}

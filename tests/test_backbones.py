@@ -10,9 +10,7 @@ from gmsop.models import create_backbone
 from gmsop.registry import ConfigError
 
 
-@pytest.mark.parametrize(
-    "name,channels", [("resnet18_64", 128), ("wrn36_2_64", 256)]
-)
+@pytest.mark.parametrize("name,channels", [("resnet18_64", 128), ("wrn36_2_64", 256)])
 def test_paper_backbones_map_sizes(name, channels):
     x = torch.randn(1, 3, 64, 64)
     second = create_backbone({"backbone": name}, 3, second_order=True)

@@ -16,9 +16,21 @@ pytestmark = pytest.mark.slow
 def test_suite_writes_ratios(tmp_path):
     out = tmp_path / "suite.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "suite.py"), "--only", "a,b,c", "--batch", "2", "--repeats", "1",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "suite.py"),
+            "--only",
+            "a,b,c",
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -32,6 +44,10 @@ def test_suite_writes_ratios(tmp_path):
 
 
 def test_suite_rejects_unknown_section():
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "suite.py"), "--only", "x"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "suite.py"), "--only", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "sections among a,b,c,d" in proc.stderr

@@ -11,8 +11,17 @@ from gmsop.heads import HeadOutput
 from gmsop.models.classifier import NonFiniteLossError, SecondOrderClassifier, build_optimiser
 from gmsop.registry import ConfigError
 
-SGD = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "scheduler": "multistep",
-       "milestones": [2, 4], "gamma": 0.1, "min_lr": 0.0}
+SGD = {
+    "name": "sgd",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-4,
+    "scheduler": "multistep",
+    "milestones": [2, 4],
+    "gamma": 0.1,
+    "min_lr": 0.0,
+}
 
 
 def _model(head="gap", optim=SGD):
@@ -59,8 +68,14 @@ def test_non_finite_loss_names_the_step_and_the_head(tmp_path):
     model.head.register_forward_hook(
         lambda mod, inp, out: HeadOutput(out.features * float("nan"), out.aux_loss, out.stats)
     )
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        default_root_dir=tmp_path, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at global step 0 .* head 'gap'"):
         trainer.fit(model, datamodule=build_datamodule({"name": "digits", "batch_size": 16}))
 
@@ -73,6 +88,8 @@ def test_each_config_is_validated_once():
 
     paths = []
     validate = HEADS.validate
-    with mock.patch.object(HEADS, "validate", side_effect=lambda cfg, path=None: paths.append(path) or validate(cfg, path)):
+    with mock.patch.object(
+        HEADS, "validate", side_effect=lambda cfg, path=None: paths.append(path) or validate(cfg, path)
+    ):
         SecondOrderClassifier({"backbone": "resnet18_64"}, {"name": "gmsop"}, {"name": "sgd"}, 10, 3)
     assert sorted(paths) == ["head", "head.component_pooling", "head.gate.pooling"]

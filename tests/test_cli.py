@@ -23,7 +23,9 @@ def _summary(run_dir: Path) -> dict:
 
 
 def _ok(proc) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    )
 
 
 def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
@@ -47,9 +49,14 @@ def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
     # evaluating the best checkpoint reproduces the best validation error
     best_err = min(logged["val/top1_err"])
     best_epoch = logged["val/top1_err"].index(best_err)
-    assert (summary["best"]["epoch"], summary["best"]["val/top1_err"]) == (best_epoch, pytest.approx(best_err, abs=1e-6))
+    assert (summary["best"]["epoch"], summary["best"]["val/top1_err"]) == (
+        best_epoch,
+        pytest.approx(best_err, abs=1e-6),
+    )
     assert f"(best epoch: {best_epoch})" in proc.stdout
-    summarised = {r.metric.name: r.metric.summary.min for r in records(wandb_file) if r.WhichOneof("record_type") == "metric"}
+    summarised = {
+        r.metric.name: r.metric.summary.min for r in records(wandb_file) if r.WhichOneof("record_type") == "metric"
+    }
     assert summarised.get("val/top1_err") is True  # the W&B run summary keeps the minimum, not only the last value
     proc = cli("gmsop.eval", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}")
     _ok(proc)
@@ -75,8 +82,14 @@ def test_resume_continues_from_saved_step(cli, tmp_path):
     assert (first / "curves.csv").read_text().splitlines()[1] == (second / "curves.csv").read_text().splitlines()[1]
     assert len((second / "curves.csv").read_text().splitlines()) == 3
     # "latest" finds the newest run of the experiment (second, at step 6)
-    proc = cli("gmsop.train", *common, "trainer.max_epochs=3", "trainer.resume=latest", "logger.wandb.enabled=false",
-               f"hydra.run.dir={experiment_runs / 'third'}")
+    proc = cli(
+        "gmsop.train",
+        *common,
+        "trainer.max_epochs=3",
+        "trainer.resume=latest",
+        "logger.wandb.enabled=false",
+        f"hydra.run.dir={experiment_runs / 'third'}",
+    )
     _ok(proc)
     assert _summary(experiment_runs / "third")["global_step"] == 9
 
@@ -88,8 +101,14 @@ def test_resume_without_checkpoint_fails_clearly(cli, tmp_path):
 
 def test_multirun_grid_keeps_every_run(cli, tmp_path):
     proc = cli(
-        "gmsop.train", "-m", "head=gap,sop", "name=grid", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1", *QUIET,
+        "gmsop.train",
+        "-m",
+        "head=gap,sop",
+        "name=grid",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        *QUIET,
     )
     _ok(proc)
     runs = sorted(p.parent for p in (tmp_path / "runs" / "grid").glob("multirun_*/*/summary.json"))
@@ -109,14 +128,30 @@ def test_config_errors_stop_before_training(cli):
 @pytest.mark.parametrize("head", ["gmsop", "gmgap"])
 def test_mixture_heads_two_epochs_on_digits_with_usage_logs(cli, tmp_path, head):
     run_dir = tmp_path / head
-    _ok(cli("gmsop.train", "experiment=default", f"head={head}", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", *QUIET))
+    _ok(
+        cli(
+            "gmsop.train",
+            "experiment=default",
+            f"head={head}",
+            "trainer.max_epochs=2",
+            f"hydra.run.dir={run_dir}",
+            *QUIET,
+        )
+    )
     summary = _summary(run_dir)
     err = summary["metrics"]["val/top1_err"]
     assert err < FAR_BELOW_CHANCE, f"{head}: val top-1 error {err} after 2 epochs (chance is 0.9)"
     assert summary["feature_dim"] == {"gmsop": 8256, "gmgap": 512}[head]
     header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"usage/train/c00", "usage/val/c15", "gate/val/c07", "usage/val/active", "train/head/cv_step",
-            "train/head/balance_loss_step", "train/aux_loss_step"} <= set(header)
+    assert {
+        "usage/train/c00",
+        "usage/val/c15",
+        "gate/val/c07",
+        "usage/val/active",
+        "train/head/cv_step",
+        "train/head/balance_loss_step",
+        "train/aux_loss_step",
+    } <= set(header)
     for split in ("train", "val"):
         assert (run_dir / "plots" / f"component_usage_{split}.png").stat().st_size > 5000
     (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
@@ -128,9 +163,18 @@ def test_mixture_heads_two_epochs_on_digits_with_usage_logs(cli, tmp_path, head)
 def test_ddp_on_two_cpu_processes_writes_one_run(cli, tmp_path):
     """Lightning's ddp re-launches the script under Hydra: still one run folder and one W&B run."""
     run_dir = tmp_path / "runs" / "isqrt_digits" / "ddp"
-    proc = cli("gmsop.train", "experiment=isqrt_digits", "trainer.accelerator=cpu", "trainer.devices=2",
-               "trainer.strategy=ddp", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-               "trainer.limit_val_batches=1", f"hydra.run.dir={run_dir}", *QUIET)
+    proc = cli(
+        "gmsop.train",
+        "experiment=isqrt_digits",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
+    )
     _ok(proc)
     assert [p.name for p in (tmp_path / "runs" / "isqrt_digits").iterdir()] == ["ddp"]  # no extra Hydra folders
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1  # non-zero ranks create no W&B run

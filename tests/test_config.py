@@ -8,11 +8,11 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from gmsop.run import compose as config
-from gmsop.run.compose import register_configs
 from gmsop.data import DATA
 from gmsop.heads import HEADS
 from gmsop.paths import CONFIG_DIR, REPO_ROOT
+from gmsop.run import compose as config
+from gmsop.run.compose import register_configs
 
 register_configs()
 EXPERIMENTS = sorted(
@@ -78,8 +78,14 @@ def test_any_trainer_argument_passes_through_and_limits_keep_int_vs_fraction():
 
     from gmsop.config import RUN_CONTROL_KEYS, TRAINER_SET_BY_THE_RUN
 
-    cfg = compose_train("trainer.limit_train_batches=1", "trainer.limit_val_batches=0.25", "trainer.max_steps=7",
-                        "trainer.accumulate_grad_batches=2", "trainer.profiler=simple", "trainer.overfit_batches=3")
+    cfg = compose_train(
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=0.25",
+        "trainer.max_steps=7",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.profiler=simple",
+        "trainer.overfit_batches=3",
+    )
     t = cfg.trainer
     assert (t.limit_train_batches, type(t.limit_train_batches)) == (1, int)  # one batch, not 100 %
     assert (t.limit_val_batches, t.max_steps, t.accumulate_grad_batches, t.profiler) == (0.25, 7, 2, "simple")

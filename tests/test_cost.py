@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 from torch import nn
 
-from gmsop.run.compose import compose_train
 from gmsop.analysis.cost import experiment_cost, parameter_breakdown, training_flops_per_image
 from gmsop.data import MissingDataError
+from gmsop.run.compose import compose_train
 from tests.conftest import run_cli
 
 
@@ -57,16 +57,19 @@ def test_paper_row_totals_use_the_data_set_size_and_the_recipe():
 def test_missing_data_asks_for_the_number_of_classes():
     with pytest.raises(MissingDataError, match="give --classes"):  # a library error, not an exit
         experiment_cost(compose_train(["experiment=default", "data=imagefolder", "data.root=/nonexistent"]))
-    cost = experiment_cost(compose_train(["experiment=default", "data=imagefolder", "data.root=/nonexistent"]),
-                           classes=7, channels=1)
+    cost = experiment_cost(
+        compose_train(["experiment=default", "data=imagefolder", "data.root=/nonexistent"]), classes=7, channels=1
+    )
     assert cost.train_images is None and cost.total_flop() is None and cost.gpu_hours(50) is None
 
 
 def test_markdown_table_puts_the_published_count_beside_ours():
     from gmsop.analysis.cost import markdown_table
 
-    costs = [experiment_cost(compose_train([f"experiment=paper/{n}"]))
-             for n in ("imagenet64_resnet18_gap", "places365_resnet18_gap")]
+    costs = [
+        experiment_cost(compose_train([f"experiment=paper/{n}"]))
+        for n in ("imagenet64_resnet18_gap", "places365_resnet18_gap")
+    ]
     table = markdown_table(costs, tflops=50)
     assert "| imagenet64_resnet18_gap | 0.83 | 0.9 | 128x8x8 | 128 | 0.84 | 75 | 8.1e+16 | 0.4 |" in table
     assert "| places365_resnet18_gap | 11.36 |  | 512x4x4 | 512 |" in table  # no published count for Places365
@@ -76,6 +79,9 @@ def test_cli_prints_one_experiment_and_rejects_ambiguous_arguments(tmp_path):
     proc = run_cli("gmsop.cost", "experiment=paper/imagenet64_resnet18_srsop", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     # backbone 700,176 + BN 2*8256 + linear 8256*1000+1000
-    assert "imagenet64_resnet18_srsop: 8,973,688 parameters" in proc.stdout and "60 epochs x 1,281,167 images" in proc.stdout
+    assert (
+        "imagenet64_resnet18_srsop: 8,973,688 parameters" in proc.stdout
+        and "60 epochs x 1,281,167 images" in proc.stdout
+    )
     proc = run_cli("gmsop.cost", cwd=tmp_path)
     assert proc.returncode == 2 and "give Hydra overrides" in proc.stderr

@@ -11,13 +11,22 @@ import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from gmsop.run.callbacks import LearningCurves
-from gmsop.run.curves import COLUMNS, read_curves, write_curves
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
+from gmsop.run.callbacks import LearningCurves
+from gmsop.run.curves import COLUMNS, read_curves, write_curves
 
-SGD = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "scheduler": "multistep",
-       "milestones": [1], "gamma": 0.1, "min_lr": 0.0}
+SGD = {
+    "name": "sgd",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-4,
+    "scheduler": "multistep",
+    "milestones": [1],
+    "gamma": 0.1,
+    "min_lr": 0.0,
+}
 
 
 def test_curves_file_round_trip_with_missing_values(tmp_path):
@@ -35,10 +44,16 @@ def test_curves_file_round_trip_with_missing_values(tmp_path):
 def _fit(root, max_epochs, ckpt_path=None, earlier_run=None):
     model = SecondOrderClassifier({"backbone": "resnet18_64"}, {"name": "gap"}, SGD, 10, 1)
     curves = LearningCurves(root, title="test", earlier_run=earlier_run)
-    trainer = L.Trainer(max_epochs=max_epochs, limit_train_batches=3, limit_val_batches=2, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=root,
-                        logger=CSVLogger(save_dir=root, name="csv", version=""),
-                        callbacks=[curves, ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)])
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        logger=CSVLogger(save_dir=root, name="csv", version=""),
+        callbacks=[curves, ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)],
+    )
     trainer.fit(model, datamodule=build_datamodule({"name": "digits", "batch_size": 16}), ckpt_path=ckpt_path)
     return curves
 
@@ -54,8 +69,13 @@ def test_curves_match_the_logged_metrics_and_the_schedule(tmp_path):
     curves = read_curves(tmp_path)
     assert sorted(curves) == [0, 1]
     assert [curves[e]["lr"] for e in (0, 1)] == pytest.approx([0.1, 0.01])  # milestone at epoch 1
-    for column, logged_key in [("train/loss", "train/loss_epoch"), ("train/top1_err", "train/top1_err"),
-                               ("val/loss", "val/loss"), ("val/top1_err", "val/top1_err"), ("val/top5_err", "val/top5_err")]:
+    for column, logged_key in [
+        ("train/loss", "train/loss_epoch"),
+        ("train/top1_err", "train/top1_err"),
+        ("val/loss", "val/loss"),
+        ("val/top1_err", "val/top1_err"),
+        ("val/top5_err", "val/top5_err"),
+    ]:
         logged = _logged_per_epoch(tmp_path, logged_key)
         assert {e: curves[e][column] for e in (0, 1)} == pytest.approx(logged, rel=1e-6), column
     assert (tmp_path / "plots" / "curves.png").stat().st_size > 5000
@@ -87,9 +107,11 @@ def test_best_epoch_is_the_lowest_validation_error_earliest_on_ties():
     from gmsop.run.curves import best_epoch
 
     nan = math.nan
-    curves = {0: {"lr": 0.1, "val/top1_err": 0.5, "val/top5_err": 0.2, "train/loss": 2.0},
-              1: {"val/top1_err": 0.25, "val/top5_err": 0.1, "val/loss": 0.9},
-              2: {"val/top1_err": 0.25, "val/top5_err": 0.05},
-              3: {"val/top1_err": nan, "train/loss": 0.1}}  # not validated
+    curves = {
+        0: {"lr": 0.1, "val/top1_err": 0.5, "val/top5_err": 0.2, "train/loss": 2.0},
+        1: {"val/top1_err": 0.25, "val/top5_err": 0.1, "val/loss": 0.9},
+        2: {"val/top1_err": 0.25, "val/top5_err": 0.05},
+        3: {"val/top1_err": nan, "train/loss": 0.1},
+    }  # not validated
     assert best_epoch(curves) == {"epoch": 1, "val/top1_err": 0.25, "val/top5_err": 0.1, "val/loss": 0.9}
     assert best_epoch({0: {"train/loss": 1.0}}) is None and best_epoch({}) is None

@@ -93,8 +93,16 @@ def _image_tree(root, classes=("cat", "dog"), per_class=6, size=(20, 14)):
 
 def test_imagefolder_split_and_presplit(tmp_path):
     _image_tree(tmp_path / "flat")
-    dm = build_datamodule({"name": "imagefolder", "root": str(tmp_path / "flat"), "image_size": 16,
-                           "val_fraction": 0.5, "num_workers": 0, "batch_size": 4})
+    dm = build_datamodule(
+        {
+            "name": "imagefolder",
+            "root": str(tmp_path / "flat"),
+            "image_size": 16,
+            "val_fraction": 0.5,
+            "num_workers": 0,
+            "batch_size": 4,
+        }
+    )
     assert dm.num_classes == 2 and dm.num_channels == 3
     dm.setup()
     assert (len(dm._train), len(dm._val)) == (6, 6)

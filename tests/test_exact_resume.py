@@ -60,18 +60,32 @@ class BatchLog(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         log = json.loads(self.path.read_text()) if self.path.exists() else {}
-        log[str(trainer.global_step)] = [trainer.current_epoch, batch_idx,
-                                         hashlib.sha1(batch[1].numpy().tobytes()).hexdigest()]
+        log[str(trainer.global_step)] = [
+            trainer.current_epoch,
+            batch_idx,
+            hashlib.sha1(batch[1].numpy().tobytes()).hexdigest(),
+        ]
         self.path.write_text(json.dumps(log))
 
 
 def _train(folder: Path, interruptions, every_n_steps, *overrides: str) -> dict:
     """Train with the interruptions (resuming after each), then to the end; what the run left."""
-    cfg = compose_train("head=gmsop", "head.num_components=4", "head.k=2", "head.component_dims=[32,16]",
-                        "head.gate_dims=[32,16]", "data.image_size=16",
-                        f"trainer.limit_train_batches={STEPS_PER_EPOCH}", "trainer.limit_val_batches=2",
-                        f"trainer.max_epochs={EPOCHS}", "trainer.enable_progress_bar=false", "trainer.resume=auto",
-                        f"trainer.checkpoint_every_n_steps={every_n_steps}", f"runs_dir={folder / 'runs'}", *overrides)
+    cfg = compose_train(
+        "head=gmsop",
+        "head.num_components=4",
+        "head.k=2",
+        "head.component_dims=[32,16]",
+        "head.gate_dims=[32,16]",
+        "data.image_size=16",
+        f"trainer.limit_train_batches={STEPS_PER_EPOCH}",
+        "trainer.limit_val_batches=2",
+        f"trainer.max_epochs={EPOCHS}",
+        "trainer.enable_progress_bar=false",
+        "trainer.resume=auto",
+        f"trainer.checkpoint_every_n_steps={every_n_steps}",
+        f"runs_dir={folder / 'runs'}",
+        *overrides,
+    )
     run_dir, batches = folder / "run", BatchLog(folder / "batches.json")
     for step, where, how in interruptions:
         with pytest.raises(Killed if how == "kill" else RunInterrupted):
@@ -80,8 +94,12 @@ def _train(folder: Path, interruptions, every_n_steps, *overrides: str) -> dict:
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     with open(run_dir / "curves.csv") as f:
         val = [(row["epoch"], row["val/loss"], row["val/top1_err"]) for row in csv.DictReader(f)]
-    return {"step": ckpt["global_step"], "weights": ckpt["state_dict"], "val": val,
-            "batches": json.loads(batches.path.read_text())}
+    return {
+        "step": ckpt["global_step"],
+        "weights": ckpt["state_dict"],
+        "val": val,
+        "batches": json.loads(batches.path.read_text()),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +112,17 @@ CASES = {
     "kill after an epoch's last batch": ([(8, "train", "kill")], 1),
     "kill during validation": ([(8, "val", "kill")], 1),
     "kill during validation, epoch checkpoints only": ([(8, "val", "kill"), (13, "train", "kill")], "null"),
-    "kill before, during and after the end of an epoch": ([(7, "train", "kill"), (8, "val", "kill"),
-                                                          (9, "train", "kill")], 1),
+    "kill before, during and after the end of an epoch": (
+        [(7, "train", "kill"), (8, "val", "kill"), (9, "train", "kill")],
+        1,
+    ),
     "SIGTERM mid-epoch and at an epoch's start": ([(3, "train", "term"), (8, "train", "term")], "null"),
     "SIGTERM during validation, then kills": ([(8, "val", "term"), (9, "train", "kill"), (20, "train", "kill")], 1),
-    "kills mid-epoch with 2 loader processes": ([(5, "train", "kill"), (11, "train", "kill")], 1, "+data.num_workers=2"),
+    "kills mid-epoch with 2 loader processes": (
+        [(5, "train", "kill"), (11, "train", "kill")],
+        1,
+        "+data.num_workers=2",
+    ),
 }
 
 

@@ -37,7 +37,9 @@ def test_factor_is_the_inverse_square_root_polynomial():
     """Y_J = A Z_J exactly, and Z_J -> A^(-1/2) as iterations grow."""
     a, _ = ops.trace_normalise(random_spd(3, 6, 1.0, 2.0, seed=7))
     for it in (1, 3, 5):
-        torch.testing.assert_close(ops.newton_schulz(a, it), a @ ops.newton_schulz(a, it, factor=True), rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(
+            ops.newton_schulz(a, it), a @ ops.newton_schulz(a, it, factor=True), rtol=1e-12, atol=1e-13
+        )
     torch.testing.assert_close(ops.newton_schulz(a, 12, factor=True), ops.matrix_power(a, -0.5), rtol=1e-10, atol=1e-10)
 
 
@@ -70,7 +72,9 @@ def test_small_side_equals_channel_side_within_float32_rounding():
 def test_small_side_gradcheck_both_backwards():
     x = torch.randn(2, 7, 4, dtype=torch.float64, requires_grad=True)
     for backward in ("closed_form", "autograd"):
-        assert gradcheck(lambda t: ops.isqrt_covariance(t, 3, "position", backward), (x,), eps=1e-6, atol=1e-7)
+        assert gradcheck(
+            lambda t, backward=backward: ops.isqrt_covariance(t, 3, "position", backward), (x,), eps=1e-6, atol=1e-7
+        )
     g = [torch.autograd.grad(ops.isqrt_covariance(x, 3, side).square().sum(), x)[0] for side in ("position", "channel")]
     torch.testing.assert_close(g[0], g[1], rtol=1e-10, atol=1e-12)
 

@@ -32,7 +32,9 @@ def _start(tmp_path, *args, env=None):
 
 
 def _ok(proc) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    )
 
 
 def _summary(run_dir: Path) -> dict:
@@ -69,8 +71,15 @@ def _assert_clean(run_dir: Path) -> None:
 @pytest.mark.slow
 def test_last_checkpoint_every_epoch_and_a_used_folder_is_refused(tmp_path):
     run_dir = tmp_path / "run"
-    args = ("head=gap", "optim.lr=0", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
-            "trainer.limit_val_batches=2", f"hydra.run.dir={run_dir}", *QUIET)
+    args = (
+        "head=gap",
+        "optim.lr=0",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
+    )
     proc = _train(tmp_path, *args)
     _ok(proc)
     assert _step(run_dir / "checkpoints" / "last.ckpt") == 6  # not 3: no improvement at lr=0, still saved
@@ -80,8 +89,9 @@ def test_last_checkpoint_every_epoch_and_a_used_folder_is_refused(tmp_path):
     again = _train(tmp_path, *args)  # the same folder again, without resume
     assert again.returncode == 2 and "already holds a run" in again.stderr and "trainer.resume=" in again.stderr
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".run.lock" not in p.name}
-    assert after.keys() - before.keys() <= {run_dir / "train.log"} and all(after[p] == before[p] for p in before
-                                                                            if p.name != "train.log")
+    assert after.keys() - before.keys() <= {run_dir / "train.log"} and all(
+        after[p] == before[p] for p in before if p.name != "train.log"
+    )
     assert _summary(run_dir)["resumed_from"] is None
 
 
@@ -99,8 +109,12 @@ def test_two_runs_with_one_name_started_together_get_their_own_folders(tmp_path)
     assert len({(f / "wandb_run_id.txt").read_text() for f in folders}) == 2
     # Same seed, same config: the same model and result (seeding covers the initial weights).
     assert _summary(folders[0])["metrics"]["val/top1_err"] == _summary(folders[1])["metrics"]["val/top1_err"]
-    assert torch.equal(*(torch.load(f / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-                         ["classifier.2.weight"] for f in folders))
+    assert torch.equal(
+        *(
+            torch.load(f / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["classifier.2.weight"]
+            for f in folders
+        )
+    )
 
 
 @pytest.mark.slow
@@ -109,8 +123,10 @@ def test_sigterm_saves_exits_nonzero_and_resumes_in_place_while_others_are_kept_
     first = _start(tmp_path, *SHORT, "trainer.max_epochs=100", f"hydra.run.dir={run_dir}")  # stopped long before
     _wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").is_file(), what="the first checkpoint")
     # A second process can neither train into the folder nor continue the run while it is in use.
-    intruders = [_start(tmp_path, *SHORT, f"hydra.run.dir={run_dir}", "trainer.resume=auto"),
-                 _start(tmp_path, *SHORT, f"trainer.resume={run_dir}")]
+    intruders = [
+        _start(tmp_path, *SHORT, f"hydra.run.dir={run_dir}", "trainer.resume=auto"),
+        _start(tmp_path, *SHORT, f"trainer.resume={run_dir}"),
+    ]
     for p in intruders:
         assert p.wait(timeout=120) == 2 and "is in use by pid" in _output(p)
     time.sleep(random.Random(0).uniform(0, 1.5))
@@ -123,7 +139,11 @@ def test_sigterm_saves_exits_nonzero_and_resumes_in_place_while_others_are_kept_
     proc = _train(tmp_path, *SHORT, f"trainer.max_epochs={epochs}", f"hydra.run.dir={run_dir}", "trainer.resume=auto")
     _ok(proc)
     summary = _summary(run_dir)
-    assert (summary["status"], summary["epochs"], summary["global_step"]) == ("finished", epochs, epochs * STEPS_PER_EPOCH)
+    assert (summary["status"], summary["epochs"], summary["global_step"]) == (
+        "finished",
+        epochs,
+        epochs * STEPS_PER_EPOCH,
+    )
     _assert_clean(run_dir)
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 2  # two processes, one W&B run id
 
@@ -149,16 +169,23 @@ def test_kill_9_at_random_points_then_resume_loses_no_finished_step(tmp_path):
     bit for bit. (Kills inside a write: the test after this one; exact points and SIGTERM:
     tests/test_exact_resume.py.)"""
     run_dir = tmp_path / "run"
-    args = (*SHORT, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}", "trainer.resume=auto",
-            "trainer.checkpoint_every_n_steps=1")
+    args = (
+        *SHORT,
+        "trainer.max_epochs=3",
+        f"hydra.run.dir={run_dir}",
+        "trainer.resume=auto",
+        "trainer.checkpoint_every_n_steps=1",
+    )
     rng = random.Random(9)
     last = run_dir / "checkpoints" / "last.ckpt"
     steps = []
     for _ in range(3):
         proc = _start(tmp_path, *args)
         before = _step(last) if last.is_file() else -1
-        _wait_for(lambda: last.is_file() and last.stat().st_mtime > time.time() - 2 and _step(last) > before,
-                  what="a new checkpoint")
+        _wait_for(
+            lambda before=before: last.is_file() and last.stat().st_mtime > time.time() - 2 and _step(last) > before,
+            what="a new checkpoint",
+        )
         time.sleep(rng.uniform(0, 1.0))
         proc.kill()
         proc.wait()
@@ -169,8 +196,9 @@ def test_kill_9_at_random_points_then_resume_loses_no_finished_step(tmp_path):
     assert (summary["status"], summary["epochs"], summary["global_step"]) == ("finished", 3, 3 * STEPS_PER_EPOCH)
     _assert_clean(run_dir)
     _ok(_train(tmp_path, *args[:-3], f"hydra.run.dir={tmp_path / 'uninterrupted'}"))
-    resumed, uninterrupted = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)
-                              for d in (run_dir, tmp_path / "uninterrupted"))
+    resumed, uninterrupted = (
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=False) for d in (run_dir, tmp_path / "uninterrupted")
+    )
     assert resumed["global_step"] == uninterrupted["global_step"] == 3 * STEPS_PER_EPOCH
     for name, value in uninterrupted["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], value), name
@@ -180,7 +208,11 @@ def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_the_old_file(tmp_path)
     target = tmp_path / "checkpoints" / "last.ckpt"
     target.parent.mkdir()
     target.write_bytes(b"old complete checkpoint")
-    writer = subprocess.Popen([sys.executable, "-c", f"""
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import time
 from pathlib import Path
 from gmsop.paths import replace_atomically
@@ -188,10 +220,12 @@ def slow(tmp):
     with open(tmp, "wb") as f:
         f.write(b"half of a new chec")
         f.flush()
-        Path({str(tmp_path / 'writing')!r}).touch()
+        Path({str(tmp_path / "writing")!r}).touch()
         time.sleep(60)
 replace_atomically(Path({str(target)!r}), slow)
-"""])
+""",
+        ]
+    )
     _wait_for(lambda: (tmp_path / "writing").exists(), what="the write to start")
     writer.kill()
     writer.wait()
@@ -208,8 +242,15 @@ def test_resume_into_a_new_folder_keeps_the_best_and_refuses_a_changed_config(tm
     common = ("head=gap", "optim.lr=0.02", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", *QUIET)
     first, second, third = (tmp_path / n for n in ("first", "second", "third"))
     _ok(_train(tmp_path, *common, "trainer.max_epochs=2", f"hydra.run.dir={first}"))
-    changed = _train(tmp_path, *common, "head=isqrt", "optim.lr=0.05", "trainer.max_epochs=3",
-                     f"trainer.resume={first}", f"hydra.run.dir={third}")
+    changed = _train(
+        tmp_path,
+        *common,
+        "head=isqrt",
+        "optim.lr=0.05",
+        "trainer.max_epochs=3",
+        f"trainer.resume={first}",
+        f"hydra.run.dir={third}",
+    )
     assert changed.returncode == 2
     assert "head.name: 'gap' in the checkpoint, 'isqrt' now" in changed.stderr and "optim.lr: 0.02" in changed.stderr
     assert not (third / "wandb").exists() and not (third / "checkpoints").exists()  # refused before writing
@@ -223,8 +264,15 @@ def test_resume_into_a_new_folder_keeps_the_best_and_refuses_a_changed_config(tm
     assert summary["best_checkpoint"] == str(best) and summary["best_score"] == pytest.approx(min(val))
     assert _step(best) == 3 * (1 + val.index(min(val)))  # the best epoch of the whole run, wherever it was
     assert (first / "wandb_run_id.txt").read_text() == (second / "wandb_run_id.txt").read_text()
-    allowed = _train(tmp_path, *common, "optim.weight_decay=0.001", "trainer.max_epochs=5", f"trainer.resume={second}",
-                     "trainer.resume_allow_changes=true", f"hydra.run.dir={third}")
+    allowed = _train(
+        tmp_path,
+        *common,
+        "optim.weight_decay=0.001",
+        "trainer.max_epochs=5",
+        f"trainer.resume={second}",
+        "trainer.resume_allow_changes=true",
+        f"hydra.run.dir={third}",
+    )
     _ok(allowed)
     assert "optim.weight_decay" in allowed.stderr and _summary(third)["global_step"] == 15
 
@@ -232,8 +280,15 @@ def test_resume_into_a_new_folder_keeps_the_best_and_refuses_a_changed_config(tm
 @pytest.mark.slow
 def test_non_finite_loss_stops_without_a_nan_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    proc = _train(tmp_path, "head=isqrt", "optim.lr=1e12", "trainer.max_epochs=3", "trainer.limit_val_batches=2",
-                  f"hydra.run.dir={run_dir}", *QUIET)
+    proc = _train(
+        tmp_path,
+        "head=isqrt",
+        "optim.lr=1e12",
+        "trainer.max_epochs=3",
+        "trainer.limit_val_batches=2",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
+    )
     assert proc.returncode != 0 and "non-finite training loss" in proc.stderr and "head 'isqrt'" in proc.stderr
     assert _summary(run_dir)["status"] == "failed"
     assert not (run_dir / "checkpoints" / "on_exception.ckpt").exists()
@@ -246,13 +301,20 @@ def test_sigusr1_under_slurm_requeues_and_the_requeued_job_continues(tmp_path):
     SIGUSR1; SLURM's SIGTERM stops the job (143); the requeued job (same id, same command) resumes."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.calls'}\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.calls"}\n')
     (bin_dir / "scontrol").chmod(0o755)
     import os
 
-    env = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "gmsop", "SLURM_PROCID": "0",
-           "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
-           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "gmsop",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
     args = (*SHORT, "name=cluster", "trainer=slurm", "trainer.max_epochs=3")
     run_dir = tmp_path / "runs" / "cluster" / "slurm_4242"
     job = _start(tmp_path, *args, env=env)
@@ -278,8 +340,11 @@ def test_bad_names_and_values_fail_before_any_folder_is_made(tmp_path):
     proc = _train(tmp_path, "optim.lr=-0.1", *QUIET)
     assert proc.returncode == 2 and "optim.lr=-0.1; allowed: >= 0" in proc.stderr
     assert not any(p.is_dir() for p in (tmp_path / "runs").glob("*/*/checkpoints"))
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir()) or \
-        all(not any(f.glob("*.ckpt")) for f in (tmp_path / "runs").rglob("checkpoints"))
+    assert (
+        not (tmp_path / "runs").exists()
+        or not any((tmp_path / "runs").iterdir())
+        or all(not any(f.glob("*.ckpt")) for f in (tmp_path / "runs").rglob("checkpoints"))
+    )
 
 
 @pytest.mark.slow
@@ -288,7 +353,10 @@ def test_corrupt_checkpoints_are_named_by_resume_and_eval(tmp_path):
     (bad / "checkpoints").mkdir(parents=True)
     (bad / "checkpoints" / "last.ckpt").write_text("this is not a checkpoint")
     proc = _train(tmp_path, *SHORT, f"trainer.resume={bad}")
-    assert proc.returncode == 2 and f"{bad / 'checkpoints' / 'last.ckpt'} is not a readable PyTorch checkpoint" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and f"{bad / 'checkpoints' / 'last.ckpt'} is not a readable PyTorch checkpoint" in proc.stderr
+    )
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")
     proc = run_cli("gmsop.eval", f"ckpt_path={empty}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)

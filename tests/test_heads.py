@@ -83,7 +83,9 @@ def test_second_order_heads_under_bf16_autocast_have_no_nan(name):
 def test_head_config_errors_name_the_key_and_allowed_values():
     with pytest.raises(ConfigError, match=r"unknown head 'nope'; known heads: .*gap.*isqrt"):
         build_head({"name": "nope"}, C)
-    with pytest.raises(ConfigError, match=r"head\.iterations: .*'abc'.*allowed keys for head 'isqrt': name, reduce_dim, iterations"):
+    with pytest.raises(
+        ConfigError, match=r"head\.iterations: .*'abc'.*allowed keys for head 'isqrt': name, reduce_dim, iterations"
+    ):
         build_head({"name": "isqrt", "iterations": "abc"}, C)
     with pytest.raises(ConfigError, match=r"head\.reduce_dim: Key 'reduce_dim' not in"):
         build_head({"name": "gap", "reduce_dim": 4}, C)
@@ -97,8 +99,13 @@ def test_forwarded_options_come_from_the_base_class_once():
     """gmsop/gmgap/mixture forward **options: their schemas carry the base's keyword-only options."""
     import dataclasses
 
-    shared = {"balance": "importance", "balance_weight": 100.0, "balance_per_image": True,
-              "dispatch": "sparse", "pool_batching": "auto"}
+    shared = {
+        "balance": "importance",
+        "balance_weight": 100.0,
+        "balance_per_image": True,
+        "dispatch": "sparse",
+        "pool_batching": "auto",
+    }
     for name in ("gmsop", "gmgap", "mixture"):
         defaults = {f.name: f.default for f in dataclasses.fields(HEADS.schema(name))}
         assert {k: defaults[k] for k in shared} == shared, name

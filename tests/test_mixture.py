@@ -242,7 +242,9 @@ def test_mixture_config_errors():
     with pytest.raises(ValueError, match="positive channel counts"):
         _small("gmsop", component_dims=[0, 4])
     # Choices are enums in the constructor signature: the config error names the full key and the values.
-    with pytest.raises(ValueError, match=r"head\.noise: Invalid value 'sometimes', expected one of \[image, component, none\]"):
+    with pytest.raises(
+        ValueError, match=r"head\.noise: Invalid value 'sometimes', expected one of \[image, component, none\]"
+    ):
         _small("gmsop", noise="sometimes")
     with pytest.raises(ValueError, match=r"head\.dispatch: Invalid value 'lazy', expected one of \[sparse, dense\]"):
         _small("gmsop", dispatch="lazy")
@@ -274,14 +276,26 @@ def test_a_new_gate_plugs_in_by_name_and_config_errors_name_the_key():
             return Gates(indices, weights, dense, dense, dense, None)
 
     try:
-        head = build_head({"name": "mixture", "component_pooling": {"name": "gap"}, "num_components": 4, "k": 2,
-                           "gate": {"name": "test_round_robin"}, "balance": "load"}, 7).double()
+        head = build_head(
+            {
+                "name": "mixture",
+                "component_pooling": {"name": "gap"},
+                "num_components": 4,
+                "k": 2,
+                "gate": {"name": "test_round_robin"},
+                "balance": "load",
+            },
+            7,
+        ).double()
         x = torch.randn(4, 7, 3, 3, dtype=torch.float64)
         out = head(x)
-        expected = torch.stack([sum(0.5 * head.components[(b + j) % 4](x[b:b + 1])[0] for j in range(2))
-                                for b in range(4)])
+        expected = torch.stack(
+            [sum(0.5 * head.components[(b + j) % 4](x[b : b + 1])[0] for j in range(2)) for b in range(4)]
+        )
         torch.testing.assert_close(out.features, expected, rtol=1e-12, atol=1e-12)
-        assert out.routing.selected.tolist() == [2, 2, 2, 2] and out.aux_loss.item() == 0.0  # balanced; load -> importance
+        assert (
+            out.routing.selected.tolist() == [2, 2, 2, 2] and out.aux_loss.item() == 0.0
+        )  # balanced; load -> importance
         with pytest.raises(ConfigError, match="unknown gate 'nope'; known gates: .*noisy_top_k"):
             build_head({"name": "mixture", "gate": {"name": "nope"}}, 7)
         with pytest.raises(ConfigError, match=r"head\.gate\.trunk_dimz"):
@@ -301,8 +315,14 @@ def test_stats_report_usage():
 
 def test_sparse_equals_dense_with_parametric_component_pooling():
     """Pools with parameters (here a 1x1 conv+BN reduction) run per component, not batched."""
-    cfg = {"name": "mixture", "component_pooling": {"name": "isqrt", "reduce_dim": 3}, "num_components": 4, "k": 2,
-           "component_dims": [5], "gate": {"name": "noisy_top_k", "trunk_dims": [4], "pooling": {"name": "gap"}}}
+    cfg = {
+        "name": "mixture",
+        "component_pooling": {"name": "isqrt", "reduce_dim": 3},
+        "num_components": 4,
+        "k": 2,
+        "component_dims": [5],
+        "gate": {"name": "noisy_top_k", "trunk_dims": [4], "pooling": {"name": "gap"}},
+    }
     sparse = build_head({**cfg, "dispatch": "sparse", "pool_batching": "always"}, 7).double().eval()
     dense = build_head({**cfg, "dispatch": "dense"}, 7).double().eval()
     assert not sparse.shared_pool and _small("gmsop").shared_pool

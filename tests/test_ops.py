@@ -117,7 +117,9 @@ def test_isqrt_gradcheck_float64(iterations):
 # ---- exact matrix power (MPN-COV) -----------------------------------------------------------
 def test_matrix_power_hand_computed_and_scipy_free_reference():
     d = torch.diag(torch.tensor([4.0, 9.0, 16.0], dtype=torch.float64))[None]
-    torch.testing.assert_close(ops.matrix_power(d, 0.5), torch.diag(torch.tensor([2.0, 3.0, 4.0], dtype=torch.float64))[None])
+    torch.testing.assert_close(
+        ops.matrix_power(d, 0.5), torch.diag(torch.tensor([2.0, 3.0, 4.0], dtype=torch.float64))[None]
+    )
     s = random_spd(3, 5, 0.3, 4.0, seed=3)
     r = ops.matrix_power(s, 0.5)
     torch.testing.assert_close(r @ r, s, rtol=1e-10, atol=1e-10)

@@ -46,8 +46,10 @@ def test_rows_the_spec_does_not_reproduce_are_pinned(experiment, count, dim):
     assert (_params(model), model.head.out_dim) == (count, dim)
 
 
-@pytest.mark.parametrize("experiment,hw", [("imagenet64_resnet18_gap", 8), ("imagenet64_resnet18_gmsop_16_8", 16),
-                                           ("imagenet64_wrn36_2_gmsop_16_8", 16)])
+@pytest.mark.parametrize(
+    "experiment,hw",
+    [("imagenet64_resnet18_gap", 8), ("imagenet64_resnet18_gmsop_16_8", 16), ("imagenet64_wrn36_2_gmsop_16_8", 16)],
+)
 def test_feature_map_sizes_at_64x64(experiment, hw):
     model = _model(experiment)
     fmap = model.backbone(torch.randn(1, 3, 64, 64))

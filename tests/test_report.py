@@ -6,39 +6,78 @@ import json
 
 import pytest
 
-from gmsop.run.curves import write_curves
 from gmsop.analysis.published import PUBLISHED, match
 from gmsop.analysis.report import collect, report
+from gmsop.run.curves import write_curves
 from tests.conftest import run_cli
 
 
 def _fake_run(folder, name, head, data="imagenet64", backbone="resnet18_64", top1=0.4, overrides=(), curves=True):
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (folder / "summary.json").write_text(json.dumps({
-        "name": name, "head": head, "backbone": backbone, "data": data, "params": 10_300_000, "feature_dim": 8256,
-        "epochs": 60, "metrics": {"val/top1_err": top1, "val/top5_err": top1 / 2, "train_images_per_s": 1234.0}}))
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "head": head,
+                "backbone": backbone,
+                "data": data,
+                "params": 10_300_000,
+                "feature_dim": 8256,
+                "epochs": 60,
+                "metrics": {"val/top1_err": top1, "val/top5_err": top1 / 2, "train_images_per_s": 1234.0},
+            }
+        )
+    )
     (folder / "csv").mkdir()
     (folder / "csv" / "metrics.csv").write_text("epoch,usage/val/c00,usage/val/c01\n0,0.5,0.5\n1,0.9,0.1\n")
     if curves:
-        write_curves(folder, {e: {"lr": 0.1, "train/loss": 3 - e, "train/top1_err": 0.6 - 0.1 * e, "val/loss": 3.2 - e,
-                                  "val/top1_err": top1 + 0.1 * (1 - e), "val/top5_err": top1 / 2} for e in (0, 1)})
+        write_curves(
+            folder,
+            {
+                e: {
+                    "lr": 0.1,
+                    "train/loss": 3 - e,
+                    "train/top1_err": 0.6 - 0.1 * e,
+                    "val/loss": 3.2 - e,
+                    "val/top1_err": top1 + 0.1 * (1 - e),
+                    "val/top5_err": top1 / 2,
+                }
+                for e in (0, 1)
+            },
+        )
 
 
 def test_published_rows_match_by_name_or_model():
     assert match("imagenet64_resnet18_gmsop_16_8", "imagenet64", "resnet18_64", {}).top1 == 38.48
-    assert match("ablation_heads", "imagenet64", "resnet18_64", {"name": "gmsop", "num_components": 16, "k": 8}).top5 == 17.38
+    assert (
+        match("ablation_heads", "imagenet64", "resnet18_64", {"name": "gmsop", "num_components": 16, "k": 8}).top5
+        == 17.38
+    )
     assert match("ablation_heads", "imagenet64", "resnet18_64", {"name": "gmsop", "num_components": 16, "k": 4}) is None
     assert match("x", "digits", "resnet18_64", {"name": "gap"}) is None
     assert len(PUBLISHED) == 12  # both tables, every row
 
 
 def test_report_table_csv_and_plots(tmp_path):
-    _fake_run(tmp_path / "m" / "0", "ablation_heads", {"name": "gap"}, top1=0.52, overrides=["head=gap", "experiment=x"])
-    _fake_run(tmp_path / "m" / "1", "ablation_heads", {"name": "gmsop", "num_components": 16, "k": 8}, top1=0.385,
-              overrides=["head=gmsop", "experiment=x"])
-    _fake_run(tmp_path / "m" / "2", "ablation_heads", {"name": "sop"}, top1=0.45, overrides=["head=sop", "experiment=x"],
-              curves=False)  # a run made before curves.csv existed
+    _fake_run(
+        tmp_path / "m" / "0", "ablation_heads", {"name": "gap"}, top1=0.52, overrides=["head=gap", "experiment=x"]
+    )
+    _fake_run(
+        tmp_path / "m" / "1",
+        "ablation_heads",
+        {"name": "gmsop", "num_components": 16, "k": 8},
+        top1=0.385,
+        overrides=["head=gmsop", "experiment=x"],
+    )
+    _fake_run(
+        tmp_path / "m" / "2",
+        "ablation_heads",
+        {"name": "sop"},
+        top1=0.45,
+        overrides=["head=sop", "experiment=x"],
+        curves=False,
+    )  # a run made before curves.csv existed
     runs, skipped = collect(tmp_path)
     assert skipped == []
     assert [r.label for r in runs] == ["head=gap", "head=gmsop", "head=sop"]
@@ -47,7 +86,10 @@ def test_report_table_csv_and_plots(tmp_path):
     out = report(tmp_path)
     md = (out / "report.md").read_text()
     # best epoch's top-1 / top-5 (from the curves: this summary.json predates "best"), best epoch, last epoch's top-1
-    assert "| head=gmsop | gmsop | 38.50 | 19.25 | 1 | 38.50 | 38.48 / 17.38 (GM-SOP-16-8 + ResNet-18) | 10.30 | 8256 | 1234 | 60 |" in md
+    assert (
+        "| head=gmsop | gmsop | 38.50 | 19.25 | 1 | 38.50 | 38.48 / 17.38 (GM-SOP-16-8 + ResNet-18) "
+        "| 10.30 | 8256 | 1234 | 60 |" in md
+    )
     assert "| head=sop | sop |  |  |  | 45.00 |" in md  # no curves, no best: only the last epoch is known
     assert "52.17 / 27.09" in md
     assert (out / "report.csv").read_text().count("\n") == 4
@@ -90,9 +132,20 @@ def test_report_names_corrupt_and_unfinished_runs_and_keeps_the_rest(tmp_path, c
 
 @pytest.mark.slow
 def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
-    proc = cli("gmsop.train", "-m", "experiment=default", "name=abl", "head.num_components=4,8", "head.k=2",
-               "head.component_dims=[16,8]", "head.gate_dims=[16,8]", "trainer.max_epochs=1",
-               "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.enable_progress_bar=false")
+    proc = cli(
+        "gmsop.train",
+        "-m",
+        "experiment=default",
+        "name=abl",
+        "head.num_components=4,8",
+        "head.k=2",
+        "head.component_dims=[16,8]",
+        "head.gate_dims=[16,8]",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "trainer.enable_progress_bar=false",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "runs" / "abl").glob("multirun_*/*/summary.json"))
     assert len(runs) == 2
@@ -103,4 +156,6 @@ def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
     assert "| head.num_components=4 | gmsop |" in md and "| head.num_components=8 | gmsop |" in md
     assert (sweep_dir / "report" / "errors.png").is_file() and (sweep_dir / "report" / "component_usage.png").is_file()
     assert (sweep_dir / "report" / "curves.png").is_file()  # from each run's curves.csv
-    assert all((run.parent / "curves.csv").is_file() and (run.parent / "plots" / "curves.png").is_file() for run in runs)
+    assert all(
+        (run.parent / "curves.csv").is_file() and (run.parent / "plots" / "curves.png").is_file() for run in runs
+    )

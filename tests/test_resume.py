@@ -8,22 +8,48 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gmsop.run.checkpointing import BestCheckpoint
 from gmsop.eval import evaluate
 from gmsop.models.classifier import SecondOrderClassifier
-from gmsop.run.resume import CheckpointError, ResumeError, check_compatible, plan_resume, read_checkpoint
+from gmsop.run.checkpointing import BestCheckpoint
 from gmsop.run.folder import RunFolderError, RunLock
+from gmsop.run.resume import CheckpointError, ResumeError, check_compatible, plan_resume, read_checkpoint
 from tests.test_data import _image_tree
 
-MODEL = {"backbone": "resnet18_64", "pretrained": False, "pretrained_file": None, "last_stride": None,
-         "output_stride": None, "backbone_kwargs": {}, "bn": True, "dropout": 0.0}
-OPTIM = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "scheduler": "none",
-         "milestones": [], "gamma": 0.1, "min_lr": 0.0}
+MODEL = {
+    "backbone": "resnet18_64",
+    "pretrained": False,
+    "pretrained_file": None,
+    "last_stride": None,
+    "output_stride": None,
+    "backbone_kwargs": {},
+    "bn": True,
+    "dropout": 0.0,
+}
+OPTIM = {
+    "name": "sgd",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-4,
+    "scheduler": "none",
+    "milestones": [],
+    "gamma": 0.1,
+    "min_lr": 0.0,
+}
 
 
 def _checkpoint(path: Path, resumable: bool = True, **hparams) -> dict:
-    model = SecondOrderClassifier(**{"model": MODEL, "head": {"name": "gap"}, "optim": OPTIM, "num_classes": 10,
-                                     "in_chans": 1, "data": {"name": "digits", "image_size": 32}, **hparams})
+    model = SecondOrderClassifier(
+        **{
+            "model": MODEL,
+            "head": {"name": "gap"},
+            "optim": OPTIM,
+            "num_classes": 10,
+            "in_chans": 1,
+            "data": {"name": "digits", "image_size": 32},
+            **hparams,
+        }
+    )
     ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 3}
     if resumable:
         ckpt.update(loops={}, optimizer_states=[])
@@ -32,11 +58,14 @@ def _checkpoint(path: Path, resumable: bool = True, **hparams) -> dict:
     return ckpt
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", r"is empty \(0 bytes\)"),
-    (b"epoch=3 val=0.1\n", "is not a readable PyTorch checkpoint"),
-    (None, "is not a gmsop training checkpoint"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", r"is empty \(0 bytes\)"),
+        (b"epoch=3 val=0.1\n", "is not a readable PyTorch checkpoint"),
+        (None, "is not a gmsop training checkpoint"),
+    ],
+)
 def test_unreadable_checkpoints_are_named(tmp_path, content, message):
     path = tmp_path / "x.ckpt"
     if content is None:
@@ -59,8 +88,11 @@ def test_compatibility_names_every_changed_key_and_ignores_where_data_lives(tmp_
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     saved = _checkpoint(path)
     plan = plan_resume(str(tmp_path / "run"), tmp_path / "new", tmp_path)
-    current = {**saved["hyper_parameters"], "head": {"name": "gmsop", "k": 4}, "data": {"name": "digits",
-               "image_size": 16, "num_workers": 8, "eval_batch_size": 100}}
+    current = {
+        **saved["hyper_parameters"],
+        "head": {"name": "gmsop", "k": 4},
+        "data": {"name": "digits", "image_size": 16, "num_workers": 8, "eval_batch_size": 100},
+    }
     with pytest.raises(CheckpointError) as err:
         check_compatible(plan, current, allow_changes=False)
     assert "head.name: 'gap' in the checkpoint, 'gmsop' now" in str(err.value)  # another head: its options not listed

@@ -31,7 +31,7 @@ def test_resume_skips_the_trained_batches_of_that_epoch_only():
     resumed = ResumableSampler(DATASET, BATCH, seed=1)
     resumed.resume_at(Position(epoch=2, batches=5))
     assert len(resumed) == N  # Lightning counts the epoch's batches from the full length
-    assert list(resumed) == e2[5 * BATCH:]
+    assert list(resumed) == e2[5 * BATCH :]
     assert _order(resumed, 3) == e3  # the next epoch is whole again
     resumed.resume_at(Position(epoch=2, batches=5))
     assert _order(resumed, 3) == e3  # a position for another epoch skips nothing
@@ -43,7 +43,7 @@ def test_two_processes_split_each_epoch_and_resume_their_own_shard():
     assert sorted(orders[0] + orders[1]) == DATASET  # 50 samples, 25 each: disjoint and complete
     for rank, shard in enumerate(shards):
         shard.resume_at(Position(epoch=4, batches=3))
-        assert list(shard) == orders[rank][3 * BATCH:]
+        assert list(shard) == orders[rank][3 * BATCH :]
 
 
 @pytest.mark.parametrize("batches", [-1, N // BATCH + 1])
@@ -62,6 +62,6 @@ def test_the_datamodule_carries_seed_and_position_through_its_state(tmp_path):
     fresh.load_state_dict({"shuffle_seed": dm.shuffle_seed, "position": [1, 2]})
     sampler = fresh.train_dataloader().sampler
     whole = dm.train_dataloader().sampler
-    assert (sampler.epoch, list(sampler)) == (1, _order(whole, 1)[2 * 16:])
+    assert (sampler.epoch, list(sampler)) == (1, _order(whole, 1)[2 * 16 :])
     again = fresh.train_dataloader().sampler  # the position is used once: a reloaded loader starts whole
     assert (again.epoch, len(list(again))) == (0, len(dm._train))

@@ -22,10 +22,19 @@ def _write(tmp_path, text: str):
 
 def test_shipped_sweep_file_parses():
     spec = SweepSpec(REPO / "experiments" / "sweeps" / "gmsop_digits.yaml")
-    assert (spec.name, spec.method, spec.metric, spec.direction) == ("sweep_gmsop_digits", "bayes", "val/top1_err", "minimize")
+    assert (spec.name, spec.method, spec.metric, spec.direction) == (
+        "sweep_gmsop_digits",
+        "bayes",
+        "val/top1_err",
+        "minimize",
+    )
     assert spec.base_overrides == ["experiment=default"]  # W&B's online mode is not forced on local runs
-    assert spec.fixed == {"trainer.max_epochs": 3} and set(spec.searched) == {"optim.lr", "model.dropout", "head.k",
-                                                                              "head.balance_weight"}
+    assert spec.fixed == {"trainer.max_epochs": 3} and set(spec.searched) == {
+        "optim.lr",
+        "model.dropout",
+        "head.k",
+        "head.balance_weight",
+    }
 
 
 def test_wandb_distributions_map_to_optuna():
@@ -42,32 +51,49 @@ def test_wandb_distributions_map_to_optuna():
 M = "metric: {name: val/top1_err}\n"
 
 
-@pytest.mark.parametrize("body,message", [
-    ("method: anneal\n" + M + "parameters: {a: {values: [1]}}", "method='anneal'"),
-    ("method: random\nparameters: {a: {values: [1]}}", "metric.name is required"),
-    ("method: grid\n" + M + "parameters: {a: {min: 0.1, max: 1.0}}", "needs `values` for every parameter"),
-    ("method: random\n" + M + "parameters: {a: {distribution: q_normal, min: 0, max: 1}}", "not supported"),
-    ("method: random\n" + M + "parameters: {a: {distribution: log_uniform_values, min: 0, max: 1}}", "bad range"),
-    ("method: random\n" + M + "parameters: {a: [1, 2", "is not valid YAML"),
-    ("- method: random\n- metric: x\n", "the top level must be a mapping"),
-    ("method: random\n" + M + "parameters: {optim.lr: 0.1}", "parameters.optim.lr=0.1; give a mapping"),
-    ("method: random\n" + M + "parameters: {optim.lr: null}", "parameters.optim.lr=None; give a mapping"),
-    ("method: random\n" + M + "parameters: {head.k: {min: 8, max: 2}}", r"head.k: bad range \[8, 2\] \(min > max\)"),
-    ("method: random\nmetric: {name: val/top1_error}\nparameters: {a: {values: [1]}}", "'val/top1_error' is not logged"),
-    ("method: random\n" + M + "objective: mean\nparameters: {a: {values: [1]}}", "objective='mean'; allowed: best, last"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("method: anneal\n" + M + "parameters: {a: {values: [1]}}", "method='anneal'"),
+        ("method: random\nparameters: {a: {values: [1]}}", "metric.name is required"),
+        ("method: grid\n" + M + "parameters: {a: {min: 0.1, max: 1.0}}", "needs `values` for every parameter"),
+        ("method: random\n" + M + "parameters: {a: {distribution: q_normal, min: 0, max: 1}}", "not supported"),
+        ("method: random\n" + M + "parameters: {a: {distribution: log_uniform_values, min: 0, max: 1}}", "bad range"),
+        ("method: random\n" + M + "parameters: {a: [1, 2", "is not valid YAML"),
+        ("- method: random\n- metric: x\n", "the top level must be a mapping"),
+        ("method: random\n" + M + "parameters: {optim.lr: 0.1}", "parameters.optim.lr=0.1; give a mapping"),
+        ("method: random\n" + M + "parameters: {optim.lr: null}", "parameters.optim.lr=None; give a mapping"),
+        (
+            "method: random\n" + M + "parameters: {head.k: {min: 8, max: 2}}",
+            r"head.k: bad range \[8, 2\] \(min > max\)",
+        ),
+        (
+            "method: random\nmetric: {name: val/top1_error}\nparameters: {a: {values: [1]}}",
+            "'val/top1_error' is not logged",
+        ),
+        (
+            "method: random\n" + M + "objective: mean\nparameters: {a: {values: [1]}}",
+            "objective='mean'; allowed: best, last",
+        ),
+    ],
+)
 def test_sweep_file_errors(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message):
         SweepSpec(_write(tmp_path, body))
 
 
-@pytest.mark.parametrize("override,message", [("optim.lrr=0.1", "does not compose"),
-                                              ("head.kk=2", "head.kk"), ("optim.lr=-1", "optim.lr=-1")])
+@pytest.mark.parametrize(
+    "override,message",
+    [("optim.lrr=0.1", "does not compose"), ("head.kk=2", "head.kk"), ("optim.lr=-1", "optim.lr=-1")],
+)
 def test_trial_config_errors_are_found_before_the_first_trial(tmp_path, override, message):
     from gmsop.run.sweep import run_sweep
 
-    sweep = _write(tmp_path, "name: s\nmethod: random\n" + M + "parameters: {optim.lr: {values: [0.01]}}\n"
-                             "command: [python, -m, gmsop.train, experiment=default]")
+    sweep = _write(
+        tmp_path,
+        "name: s\nmethod: random\n" + M + "parameters: {optim.lr: {values: [0.01]}}\n"
+        "command: [python, -m, gmsop.train, experiment=default]",
+    )
     with pytest.raises(ConfigError, match=message):
         run_sweep(sweep, 1, None, tmp_path / "runs", [override])
     assert not (tmp_path / "runs").exists()  # nothing written, no trial started
@@ -149,8 +175,13 @@ def test_study_summary_lists_every_trial_and_plots_the_search(tmp_path):
     study.optimize(objective, n_trials=3, callbacks=[lambda s, _t: write_study_summary(s, "val/top1_err", tmp_path)])
     rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
     assert [(r["trial"], r["state"], r["run_dir"]) for r in rows] == [
-        ("0", "COMPLETE", "runs/s/trial_0000"), ("1", "PRUNED", "runs/s/trial_0001"), ("2", "COMPLETE", "runs/s/trial_0002")]
+        ("0", "COMPLETE", "runs/s/trial_0000"),
+        ("1", "PRUNED", "runs/s/trial_0001"),
+        ("2", "COMPLETE", "runs/s/trial_0002"),
+    ]
     for row, trial in zip(rows, study.trials):
         assert float(row["optim.lr"]) == trial.params["optim.lr"]
         assert row["val/top1_err"] == ("" if trial.value is None else str(trial.value))
-    assert (tmp_path / "sweep_history.png").stat().st_size > 5000 and (tmp_path / "sweep_params.png").stat().st_size > 5000
+    assert (tmp_path / "sweep_history.png").stat().st_size > 5000 and (
+        tmp_path / "sweep_params.png"
+    ).stat().st_size > 5000

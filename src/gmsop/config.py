@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import typing
 from dataclasses import dataclass, field, make_dataclass
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Optional, Union
 
 import lightning as L
 
@@ -26,7 +26,7 @@ class ModelConfig:
     pretrained_file: Optional[str] = None  # local weights for pretrained=True; nothing is downloaded
     last_stride: Optional[int] = None  # small-image backbones: null = 1 for second-order heads, else 2
     output_stride: Optional[int] = None  # other timm CNNs: e.g. 16 removes the last downsampling
-    backbone_kwargs: Dict[str, Any] = field(default_factory=dict)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     bn: bool = True  # BatchNorm1d on the pooled vector before the classifier
     dropout: float = 0.0
 
@@ -41,7 +41,7 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float = 1e-4
     scheduler: str = "multistep"  # multistep | cosine | none
-    milestones: List[int] = field(default_factory=list)
+    milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     min_lr: float = 0.0  # cosine floor
 
@@ -99,7 +99,7 @@ class WandbConfig:
     project: str = "gmsop"
     entity: Optional[str] = None
     group: Optional[str] = None  # defaults to the experiment name (ablations group their runs)
-    tags: List[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -114,18 +114,18 @@ class TrainConfig:
     seed: int = 0
     runs_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
-    head: Dict[str, Any] = field(default_factory=lambda: {"name": "gap"})
-    data: Dict[str, Any] = field(default_factory=lambda: {"name": "digits"})
+    head: dict[str, Any] = field(default_factory=lambda: {"name": "gap"})
+    data: dict[str, Any] = field(default_factory=lambda: {"name": "digits"})
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    callbacks: Dict[str, Any] = field(default_factory=dict)  # name -> {_target_: ..., args}; see configs/callbacks
+    callbacks: dict[str, Any] = field(default_factory=dict)  # name -> {_target_: ..., args}; see configs/callbacks
 
 
 @dataclass
 class EvalConfig:
     ckpt_path: str = "???"
-    data: Dict[str, Any] = field(default_factory=dict)  # overrides of the checkpoint's data config
+    data: dict[str, Any] = field(default_factory=dict)  # overrides of the checkpoint's data config
     accelerator: str = "auto"
     devices: Any = 1
     runs_dir: str = "runs"

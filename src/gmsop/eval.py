@@ -14,11 +14,11 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from gmsop.run.compose import register_configs
-from gmsop.errors import exit_on_user_error
 from gmsop.data import build_datamodule
+from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import CONFIG_DIR, write_text_atomic
+from gmsop.run.compose import register_configs
 from gmsop.run.resume import CheckpointError, read_checkpoint
 
 register_configs()
@@ -37,11 +37,15 @@ def evaluate(ckpt_path: Path, data_overrides: dict, accelerator: str = "auto", d
         raise CheckpointError(f"{ckpt_path} holds no data config; pass the full data.* config (data.name=...)")
     data_cfg.update(data_overrides)
     datamodule = build_datamodule(data_cfg)
-    for what, model_has, data_has in (("classes", hparams["num_classes"], datamodule.num_classes),
-                                      ("input channels", hparams["in_chans"], datamodule.num_channels)):
+    for what, model_has, data_has in (
+        ("classes", hparams["num_classes"], datamodule.num_classes),
+        ("input channels", hparams["in_chans"], datamodule.num_channels),
+    ):
         if model_has != data_has:
-            raise CheckpointError(f"{ckpt_path} was trained for {model_has} {what}, but data "
-                                  f"{data_cfg['name']!r} has {data_has}; evaluate it on data like its training data")
+            raise CheckpointError(
+                f"{ckpt_path} was trained for {model_has} {what}, but data "
+                f"{data_cfg['name']!r} has {data_has}; evaluate it on data like its training data"
+            )
     model = SecondOrderClassifier(**hparams)
     model.load_state_dict(ckpt["state_dict"])
     trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False)
@@ -53,9 +57,7 @@ def evaluate(ckpt_path: Path, data_overrides: dict, accelerator: str = "auto", d
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = evaluate(
-        Path(cfg.ckpt_path).expanduser(), OmegaConf.to_container(cfg.data), cfg.accelerator, cfg.devices
-    )
+    metrics = evaluate(Path(cfg.ckpt_path).expanduser(), OmegaConf.to_container(cfg.data), cfg.accelerator, cfg.devices)
     write_text_atomic(out_dir / "metrics.json", json.dumps({"ckpt_path": cfg.ckpt_path, **metrics}, indent=2))
     print(f"metrics written to {out_dir / 'metrics.json'}")
 

@@ -7,8 +7,9 @@ import functools
 import io
 import os
 import secrets
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = Path(os.environ.get("GMSOP_CONFIG_DIR", REPO_ROOT / "configs")).resolve()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -34,8 +34,9 @@ def component_usage_figure(usage: Sequence[float], mean_gate: Sequence[float], k
 def _save(fig, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        replace_atomically(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=100,
-                                                        bbox_inches="tight"))
+        replace_atomically(
+            out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=100, bbox_inches="tight")
+        )
     finally:
         plt.close(fig)
 
@@ -49,7 +50,9 @@ def error_bars(labels: Sequence[str], top1: Sequence, top5: Sequence, published_
     ax.bar([x + 0.2 for x in xs], [100 * (v or 0) for v in top5], 0.4, label="top-5 error")
     pub = [(x, 100 * v) for x, v in zip(xs, published_top1) if v is not None]
     if pub:
-        ax.scatter([x - 0.2 for x, _ in pub], [v for _, v in pub], marker="_", s=400, color="k", label="published top-1")
+        ax.scatter(
+            [x - 0.2 for x, _ in pub], [v for _, v in pub], marker="_", s=400, color="k", label="published top-1"
+        )
     for x, v in zip(xs, top1):
         if v is not None:
             ax.text(x - 0.2, 100 * v, f"{100 * v:.1f}", ha="center", va="bottom", fontsize=8)
@@ -81,7 +84,7 @@ def learning_curves(runs: Mapping[str, Mapping[int, Mapping[str, float]]], out: 
     for i, (label, curves) in enumerate(runs.items()):
         epochs = sorted(curves)
 
-        def series(key: str, scale: float = 1.0) -> list[float]:
+        def series(key: str, scale: float = 1.0, curves=curves, epochs=epochs) -> list[float]:
             return [scale * curves[e].get(key, math.nan) for e in epochs]
 
         train = {"marker": ".", "ls": "--", "color": "C0" if single else f"C{i}"}
@@ -109,8 +112,16 @@ def _mark_lr_steps(epochs: Sequence[int], lrs: Sequence[float], axes) -> None:
         if before != after and not math.isnan(before) and not math.isnan(after):
             for ax in axes:
                 ax.axvline(e - 0.5, color="grey", lw=0.8, ls=":")
-            axes[-1].annotate(f"lr {after:g}", (e - 0.5, 1), xycoords=("data", "axes fraction"), fontsize=7,
-                              rotation=90, va="top", ha="right", color="grey")
+            axes[-1].annotate(
+                f"lr {after:g}",
+                (e - 0.5, 1),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                rotation=90,
+                va="top",
+                ha="right",
+                color="grey",
+            )
 
 
 def study_figures(study, metric: str, history_out: Path, params_out: Path) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
-from typing import Any, Callable, Generic, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -76,17 +77,24 @@ class Registry(Generic[T]):
         if inspect.isclass(ctor) and any(p.kind == p.VAR_KEYWORD for p, _ in params):
             base = next(b for b in ctor.__mro__[1:] if "__init__" in vars(b))
             hints = typing.get_type_hints(base.__init__)
-            params += [(p, hints) for p in inspect.signature(base.__init__).parameters.values() if p.kind == p.KEYWORD_ONLY]
+            params += [
+                (p, hints) for p in inspect.signature(base.__init__).parameters.values() if p.kind == p.KEYWORD_ONLY
+            ]
         fields, seen = [], set()
         for param, hints in params:
-            if param.name in ("self", *self.fixed_args, *seen) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            if param.name in ("self", *self.fixed_args, *seen) or param.kind in (
+                param.VAR_POSITIONAL,
+                param.VAR_KEYWORD,
+            ):
                 continue
             seen.add(param.name)
             ftype = hints.get(param.name, Any)
             if param.default is inspect.Parameter.empty:
                 fields.append((param.name, ftype))
             elif isinstance(param.default, (list, dict)):
-                fields.append((param.name, ftype, dataclasses.field(default_factory=lambda d=param.default: type(d)(d))))
+                fields.append(
+                    (param.name, ftype, dataclasses.field(default_factory=lambda d=param.default: type(d)(d)))
+                )
             else:
                 fields.append((param.name, ftype, dataclasses.field(default=param.default)))
         return dataclasses.make_dataclass(f"{name}_{self.kind}_config", fields)

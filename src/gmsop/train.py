@@ -9,9 +9,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from gmsop.run.compose import register_configs
 from gmsop.errors import exit_on_user_error
 from gmsop.paths import CONFIG_DIR
+from gmsop.run.compose import register_configs
 from gmsop.run.training import RunInterrupted, run_training
 
 register_configs()
@@ -20,8 +20,10 @@ register_configs()
 def _config_files(cfg: DictConfig) -> dict[str, str]:
     """What Hydra would write to RUN/.hydra/ (it is told not to: gmsop writes them once the folder is checked)."""
     hydra_cfg = HydraConfig.get()
-    return {"config.yaml": OmegaConf.to_yaml(cfg),
-            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task)))}
+    return {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))),
+    }
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -41,9 +43,11 @@ def main(cfg: DictConfig) -> float:
     print(f"summary:      {result.run_dir / 'summary.json'}")
     nan = float("nan")
     last, best = result.metrics, result.best or {}
-    print(f"val top-1 error {best.get('val/top1_err', nan):.4f}, top-5 error {best.get('val/top5_err', nan):.4f} "
-          f"(best epoch: {best.get('epoch', '-')}); last epoch {last.get('val/top1_err', nan):.4f} / "
-          f"{last.get('val/top5_err', nan):.4f}")
+    print(
+        f"val top-1 error {best.get('val/top1_err', nan):.4f}, top-5 error {best.get('val/top5_err', nan):.4f} "
+        f"(best epoch: {best.get('epoch', '-')}); last epoch {last.get('val/top1_err', nan):.4f} / "
+        f"{last.get('val/top5_err', nan):.4f}"
+    )
     return best.get("val/top1_err", nan)
 
 

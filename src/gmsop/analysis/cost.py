@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from gmsop.run.compose import compose_train
+from gmsop.analysis.published import PAPER_DATA, PUBLISHED
 from gmsop.data import MissingDataError, build_datamodule
 from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import REPO_ROOT
-from gmsop.analysis.published import PAPER_DATA, PUBLISHED
+from gmsop.run.compose import compose_train
 
 PAPER_DIR = REPO_ROOT / "experiments" / "paper"
 HEAD_PARTS = ("gate", "components")
@@ -82,12 +83,15 @@ def _data_shape(cfg: DictConfig) -> tuple[int, int]:
     try:
         data = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     except MissingDataError as err:
-        raise MissingDataError(f"{cfg.name}: give --classes (and --channels if not 3); the data is not here to count: {err}") from None
+        raise MissingDataError(
+            f"{cfg.name}: give --classes (and --channels if not 3); the data is not here to count: {err}"
+        ) from None
     return data.num_classes, data.num_channels
 
 
-def experiment_cost(cfg: DictConfig, classes: Optional[int] = None, channels: Optional[int] = None,
-                    train_images: Optional[int] = None) -> Cost:
+def experiment_cost(
+    cfg: DictConfig, classes: Optional[int] = None, channels: Optional[int] = None, train_images: Optional[int] = None
+) -> Cost:
     """Build cfg's model (random weights) and count its parameters and training FLOPs.
 
     Classes, channels and training images come from the arguments, else (for a paper row)
@@ -105,31 +109,46 @@ def experiment_cost(cfg: DictConfig, classes: Optional[int] = None, channels: Op
     size = cfg.data.image_size
     with torch.no_grad():
         fmap = model.backbone(torch.zeros(1, channels, size, size)).shape[1:]
-    return Cost(cfg.name, parameter_breakdown(model), tuple(fmap), model.head.out_dim,
-                training_flops_per_image(model, channels, size) / 1e9, cfg.trainer.max_epochs, train_images)
+    return Cost(
+        cfg.name,
+        parameter_breakdown(model),
+        tuple(fmap),
+        model.head.out_dim,
+        training_flops_per_image(model, channels, size) / 1e9,
+        cfg.trainer.max_epochs,
+        train_images,
+    )
 
 
 def markdown_table(costs: Sequence[Cost], tflops: float) -> str:
-    lines = ["| experiment | params (M) | published (M) | feature map | dim | GFLOP / image / step | epochs "
-             f"| total FLOP | GPU-hours at {tflops:g} TFLOP/s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| experiment | params (M) | published (M) | feature map | dim | GFLOP / image / step | epochs "
+        f"| total FLOP | GPU-hours at {tflops:g} TFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in costs:
         pub = PUBLISHED.get(c.experiment)
         total, hours = c.total_flop(), c.gpu_hours(tflops)
         lines.append(
             f"| {c.experiment} | {c.total_params / 1e6:.2f} | {pub.params_m if pub and pub.params_m else ''} "
             f"| {'x'.join(map(str, c.feature_map))} | {c.feature_dim} | {c.gflop_per_image:.2f} | {c.epochs} "
-            f"| {'' if total is None else f'{total:.1e}'} | {'' if hours is None else f'{hours:.1f}'} |")
+            f"| {'' if total is None else f'{total:.1e}'} | {'' if hours is None else f'{hours:.1f}'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def describe(c: Cost, tflops: float) -> str:
     parts = ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in c.params.items())
-    lines = [f"{c.experiment}: {c.total_params:,} parameters ({parts})",
-             f"  head input {'x'.join(map(str, c.feature_map))}, feature dim {c.feature_dim}",
-             f"  {c.gflop_per_image:.2f} GFLOP per image per training step (matmul/conv, forward + backward)"]
+    lines = [
+        f"{c.experiment}: {c.total_params:,} parameters ({parts})",
+        f"  head input {'x'.join(map(str, c.feature_map))}, feature dim {c.feature_dim}",
+        f"  {c.gflop_per_image:.2f} GFLOP per image per training step (matmul/conv, forward + backward)",
+    ]
     if c.train_images is not None:
-        lines.append(f"  {c.epochs} epochs x {c.train_images:,} images: {c.total_flop():.2e} FLOP, "
-                     f"{c.gpu_hours(tflops):.1f} GPU-hours at a sustained {tflops:g} TFLOP/s (estimate)")
+        lines.append(
+            f"  {c.epochs} epochs x {c.train_images:,} images: {c.total_flop():.2e} FLOP, "
+            f"{c.gpu_hours(tflops):.1f} GPU-hours at a sustained {tflops:g} TFLOP/s (estimate)"
+        )
     return "\n".join(lines)
 
 

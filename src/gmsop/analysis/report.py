@@ -19,11 +19,11 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from gmsop.run.curves import Curves, best_epoch, read_curves
+from gmsop.analysis.published import Published, match
 from gmsop.errors import UserError, exit_on_user_error
 from gmsop.models.usage import usage_key
 from gmsop.paths import write_csv_atomic, write_text_atomic
-from gmsop.analysis.published import Published, match
+from gmsop.run.curves import Curves, best_epoch, read_curves
 from gmsop.run.folder import is_locked
 
 IGNORED_OVERRIDE_PREFIXES = ("runs_dir=", "hydra.", "trainer.enable_progress_bar")
@@ -92,8 +92,14 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
             continue
         status = s.get("status", "finished")  # runs made before status existed only wrote it when finished
         if status != "finished":
-            skipped.append(Skipped(path.parent, f"{status}" + (f" ({s['error']})" if s.get("error") else "")
-                                   + f" at epoch {s.get('epochs')}, step {s.get('global_step')}"))
+            skipped.append(
+                Skipped(
+                    path.parent,
+                    f"{status}"
+                    + (f" ({s['error']})" if s.get("error") else "")
+                    + f" at epoch {s.get('epochs')}, step {s.get('global_step')}",
+                )
+            )
             continue
         summaries[path.parent] = s
     for ckpt_dir in sorted(root.rglob("checkpoints")):
@@ -111,13 +117,26 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
     for f, s in summaries.items():
         varying = [o for o in overrides[f] if o not in common and not o.startswith("experiment=")]
         label = (" ".join(varying) or s["head"]["name"]) if len(folders) > 1 else s["name"]
-        runs.append(Run(f, label, s, match(s["name"], s["data"], s["backbone"], s["head"]), _last_usage(f),
-                        read_curves(f)))
+        runs.append(
+            Run(f, label, s, match(s["name"], s["data"], s["backbone"], s["head"]), _last_usage(f), read_curves(f))
+        )
     return runs, skipped
 
 
-COLUMNS = ["run", "head", "top-1 err %", "top-5 err %", "best epoch", "last epoch top-1 %", "published top-1/top-5 %",
-           "params (M)", "feature dim", "train images/s", "epochs", "folder"]
+COLUMNS = [
+    "run",
+    "head",
+    "top-1 err %",
+    "top-5 err %",
+    "best epoch",
+    "last epoch top-1 %",
+    "published top-1/top-5 %",
+    "params (M)",
+    "feature dim",
+    "train images/s",
+    "epochs",
+    "folder",
+]
 
 
 def table_rows(runs: list[Run], root: Path) -> list[list[str]]:
@@ -129,10 +148,22 @@ def table_rows(runs: list[Run], root: Path) -> list[list[str]]:
         pub = f"{r.published.top1:.2f} / {r.published.top5:.2f} ({r.published.row})" if r.published else ""
         ips = r.metric("train_images_per_s")
         best = r.best
-        rows.append([r.label, r.summary["head"]["name"], pct(best.get("val/top1_err")), pct(best.get("val/top5_err")),
-                     str(best.get("epoch", "")), pct(r.metric("val/top1_err")), pub, f"{r.summary['params'] / 1e6:.2f}",
-                     str(r.summary["feature_dim"]),
-                     "" if ips is None else f"{ips:.0f}", str(r.summary["epochs"]), os.path.relpath(r.folder, root)])
+        rows.append(
+            [
+                r.label,
+                r.summary["head"]["name"],
+                pct(best.get("val/top1_err")),
+                pct(best.get("val/top5_err")),
+                str(best.get("epoch", "")),
+                pct(r.metric("val/top1_err")),
+                pub,
+                f"{r.summary['params'] / 1e6:.2f}",
+                str(r.summary["feature_dim"]),
+                "" if ips is None else f"{ips:.0f}",
+                str(r.summary["epochs"]),
+                os.path.relpath(r.folder, root),
+            ]
+        )
     return rows
 
 
@@ -145,9 +176,13 @@ def markdown(rows: list[list[str]], title: str) -> str:
 def plot_errors(runs: list[Run], out: Path) -> None:
     from gmsop.plots import error_bars
 
-    error_bars([r.label for r in runs], [r.best.get("val/top1_err") for r in runs],
-               [r.best.get("val/top5_err") for r in runs],
-               [None if r.published is None else r.published.top1 / 100 for r in runs], out)
+    error_bars(
+        [r.label for r in runs],
+        [r.best.get("val/top1_err") for r in runs],
+        [r.best.get("val/top5_err") for r in runs],
+        [None if r.published is None else r.published.top1 / 100 for r in runs],
+        out,
+    )
 
 
 def plot_usage(runs: list[Run], out: Path) -> bool:
@@ -181,8 +216,10 @@ def report(root: Path, out: Optional[Path] = None) -> Path:
     write_csv_atomic(out / "report.csv", COLUMNS, rows)
     plot_errors(runs, out / "errors.png")
     has_usage = plot_usage(runs, out / "component_usage.png")
-    md = (markdown(rows, f"Runs under {root}") + "\nTop-1 and top-5 error are the best epoch's (lowest validation top-1 "
-          "error); the last epoch's top-1 is beside them.\n\n![validation error per run](errors.png)\n")
+    md = (
+        markdown(rows, f"Runs under {root}") + "\nTop-1 and top-5 error are the best epoch's (lowest validation top-1 "
+        "error); the last epoch's top-1 is beside them.\n\n![validation error per run](errors.png)\n"
+    )
     if plot_curves(runs, out / "curves.png"):
         md += "\n![loss and error per epoch](curves.png)\n"
     if has_usage:

@@ -11,21 +11,22 @@ batches an uninterrupted run would have seen, also when it stopped in the middle
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import lightning as L
-from lightning.pytorch.trainer.states import TrainerFn
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from gmsop.data.sampling import Position, ResumableSampler
 from gmsop.registry import Registry
 
-DATA: Registry["ImageDataModule"] = Registry("data")
+DATA: Registry[ImageDataModule] = Registry("data")
 
 
-def build_datamodule(cfg) -> "ImageDataModule":
+def build_datamodule(cfg) -> ImageDataModule:
     """Build a registered data module from a config mapping with a `name` key."""
     return DATA.build(cfg, path="data")
 
@@ -86,8 +87,13 @@ class ImageDataModule(L.LightningDataModule, ABC):
     def train_dataloader(self) -> DataLoader:
         ds = self._dataset(self._train)
         trainer = self.trainer
-        sampler = ResumableSampler(ds, self.batch_size, self.shuffle_seed, num_replicas=trainer.world_size if trainer
-                                   else 1, rank=trainer.global_rank if trainer else 0)
+        sampler = ResumableSampler(
+            ds,
+            self.batch_size,
+            self.shuffle_seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
         if self._resume_at is not None:
             sampler.resume_at(self._resume_at)
             self._resume_at = None
@@ -95,13 +101,24 @@ class ImageDataModule(L.LightningDataModule, ABC):
             sampler.set_epoch(trainer.current_epoch)
         # the loader's own generator: starting its iterator must not draw from the global one,
         # which the model's randomness (noise, dropout, flips) continues across a resume
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.shuffle_seed),
-                          drop_last=len(ds) > self.batch_size)  # no size-1 BN batches in training
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
+            drop_last=len(ds) > self.batch_size,
+        )  # no size-1 BN batches in training
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset(self._val), batch_size=self.eval_batch_size, shuffle=False,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self._dataset(self._val),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     @staticmethod
     def _dataset(ds: Optional[Dataset]) -> Dataset:

@@ -12,8 +12,12 @@ from gmsop.data.batch_files import chw_images, load_batch
 from gmsop.data.errors import MissingDataError
 
 LAYOUTS = {
-    10: {"folder": "cifar-10-batches-py", "train": [f"data_batch_{i}" for i in range(1, 6)], "val": ["test_batch"],
-         "labels": "labels"},
+    10: {
+        "folder": "cifar-10-batches-py",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "val": ["test_batch"],
+        "labels": "labels",
+    },
     100: {"folder": "cifar-100-python", "train": ["train"], "val": ["test"], "labels": "fine_labels"},
 }
 

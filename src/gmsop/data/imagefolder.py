@@ -91,8 +91,10 @@ class ImageFolderDataModule(ImageDataModule):
             raise MissingDataError(f"no class sub-folders in {class_root}; expected {class_root}/CLASS/img.jpg")
         self.class_names, self.class_to_idx = find_classes(str(class_root))
         if len(self.class_names) < 2:
-            raise MissingDataError(f"{class_root} has {len(self.class_names)} class folder(s) "
-                                   f"({', '.join(self.class_names)}); a classifier needs at least 2")
+            raise MissingDataError(
+                f"{class_root} has {len(self.class_names)} class folder(s) "
+                f"({', '.join(self.class_names)}); a classifier needs at least 2"
+            )
         self.num_classes = len(self.class_names)
         self.verify_images = verify_images
         self.num_channels = 1 if grayscale else 3
@@ -113,8 +115,10 @@ class ImageFolderDataModule(ImageDataModule):
             if bad:
                 listed = "\n  ".join(f"{p} ({why})" for p, why in bad[:10])
                 more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-                raise MissingDataError(f"{len(bad)} unreadable image(s) under {folder}:\n  {listed}{more}\n"
-                                       "remove or replace them (or data.verify_images=false to find them while training)")
+                raise MissingDataError(
+                    f"{len(bad)} unreadable image(s) under {folder}:\n  {listed}{more}\n"
+                    "remove or replace them (or data.verify_images=false to find them while training)"
+                )
         return samples
 
     def datasets(self):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -142,14 +142,18 @@ class ImageNet64DataModule(ImageDataModule):
             return
         stats = {}
         for split, files in (("train", self.train_files), ("val", self.val_files)):
-            stats[split] = build_cache(files, self.cache / f"{split}_images.npy", self.cache / f"{split}_labels.npy", split)
+            stats[split] = build_cache(
+                files, self.cache / f"{split}_images.npy", self.cache / f"{split}_labels.npy", split
+            )
         tmp = stats_file.with_name(".stats.json.tmp")
         tmp.write_text(json.dumps(stats))
         os.replace(tmp, stats_file)
 
     def datasets(self):
         self.prepare_data()
-        return tuple(MemmapImages(self.cache / f"{s}_images.npy", self.cache / f"{s}_labels.npy") for s in ("train", "val"))
+        return tuple(
+            MemmapImages(self.cache / f"{s}_images.npy", self.cache / f"{s}_labels.npy") for s in ("train", "val")
+        )
 
     def channel_stats(self):
         """Per-channel mean of the training images; std 1: mean subtraction only, as in the paper."""

@@ -8,7 +8,8 @@ wrapping it) that one process uses as a plain shuffling sampler.
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Optional
+from collections.abc import Iterator
+from typing import NamedTuple, Optional
 
 from torch.utils.data import Dataset, DistributedSampler
 
@@ -32,14 +33,16 @@ class ResumableSampler(DistributedSampler):
     def resume_at(self, position: Position) -> None:
         """Start in `position.epoch`, after its first `position.batches` batches."""
         if position.batches < 0 or position.batches * self.batch_size > self.num_samples:
-            raise ValueError(f"cannot resume after {position.batches} batches of {self.batch_size}: the epoch has "
-                             f"{self.num_samples} samples per process")
+            raise ValueError(
+                f"cannot resume after {position.batches} batches of {self.batch_size}: the epoch has "
+                f"{self.num_samples} samples per process"
+            )
         self.set_epoch(position.epoch)
         self._skip = position
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
         if self._skip is not None and self._skip.epoch == self.epoch:
-            indices = indices[self._skip.batches * self.batch_size:]
+            indices = indices[self._skip.batches * self.batch_size :]
         self._skip = None  # one resume only; the next epochs are whole
         return iter(indices)

@@ -9,8 +9,9 @@ H(x) = Wg x + g * softplus(Wn x) -> top-K softmax.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch import nn
 
 from gmsop.heads.base import build_head
 from gmsop.registry import Registry
+
 
 class Noise(StrEnum):
     """The gate's training noise g in H = Wg p + g * softplus(Wn p)."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from gmsop import ops
 from gmsop.heads.base import HEADS, HeadOutput, PoolingHead, Routing
 from gmsop.heads.gating import Gates, Noise, build_gate, conv_relu_stack
 from gmsop.ops import Backward, Side
+
 
 class Balance(StrEnum):
     importance = "importance"  # CV^2 of the summed gate weights (the paper)
@@ -189,7 +191,6 @@ class GatedMixtureHead(PoolingHead):
         return scale * cv2, cv2
 
 
-
 @HEADS.register("gmsop")
 class GMSOPHead(GatedMixtureHead):
     """GM-SOP-N-K: parametric SR-SOP components (1x1 conv 256 + ReLU, 1x1 conv 128 + ReLU, iSQRT).
@@ -212,8 +213,15 @@ class GMSOPHead(GatedMixtureHead):
         **options: Any,
     ) -> None:
         isqrt_cfg = _isqrt(iterations, side, backward)
-        super().__init__(in_channels, num_components, k, list(component_dims), isqrt_cfg,
-                         _noisy_top_k(gate_dims, _pooling(gate_pooling, isqrt_cfg), noise), **options)
+        super().__init__(
+            in_channels,
+            num_components,
+            k,
+            list(component_dims),
+            isqrt_cfg,
+            _noisy_top_k(gate_dims, _pooling(gate_pooling, isqrt_cfg), noise),
+            **options,
+        )
 
 
 @HEADS.register("gmgap")
@@ -231,9 +239,15 @@ class GMGAPHead(GatedMixtureHead):
         noise: Noise = Noise.image,
         **options: Any,
     ) -> None:
-        super().__init__(in_channels, num_components, k, list(component_dims), {"name": "gap"},
-                         _noisy_top_k(gate_dims, _pooling(gate_pooling, _isqrt(3, "auto", "closed_form")), noise),
-                         **options)
+        super().__init__(
+            in_channels,
+            num_components,
+            k,
+            list(component_dims),
+            {"name": "gap"},
+            _noisy_top_k(gate_dims, _pooling(gate_pooling, _isqrt(3, "auto", "closed_form")), noise),
+            **options,
+        )
 
 
 @HEADS.register("mixture")

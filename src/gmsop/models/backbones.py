@@ -9,7 +9,7 @@ shortcut on every stage's first block). `last_stride` is the stride of the last 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from timm.models import register_model

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Optional
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Optional
 
 import lightning as L
 import torch
@@ -10,16 +11,26 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from gmsop.config import ModelConfig, OptimConfig
 from gmsop.heads import HEADS, HeadOutput
 from gmsop.models.factory import create_backbone
 from gmsop.models.usage import ComponentUsage, UsageSummary
-from gmsop.config import ModelConfig, OptimConfig
 from gmsop.registry import ConfigError, complete
 
 OPTIMISERS = ("sgd", "adamw")
 # What every run logs once per epoch (keys in trainer.callback_metrics), e.g. for a sweep's metric.
-EPOCH_METRICS = ("val/top1_err", "val/top5_err", "val/loss", "val/ce", "val/aux_loss",
-                 "train/top1_err", "train/top5_err", "train/loss_epoch", "train/ce_epoch", "train/aux_loss_epoch")
+EPOCH_METRICS = (
+    "val/top1_err",
+    "val/top5_err",
+    "val/loss",
+    "val/ce",
+    "val/aux_loss",
+    "train/top1_err",
+    "train/top5_err",
+    "train/loss_epoch",
+    "train/ce_epoch",
+    "train/aux_loss_epoch",
+)
 EPOCH_METRIC_PREFIXES = ("val/head/", "usage/", "gate/")  # head-specific (e.g. a mixture's usage per component)
 SCHEDULERS = ("multistep", "cosine", "none")
 
@@ -66,8 +77,11 @@ class SecondOrderClassifier(L.LightningModule):
             nn.Linear(self.head.out_dim, num_classes),
         )
         # Component usage of a gated head per split and epoch (see component_usage / gmsop.run.callbacks).
-        self.usage = nn.ModuleDict({f"{split}_usage": ComponentUsage(self.head.num_components)
-                                    for split in ("train", "val")} if self.head.num_components else {})
+        self.usage = nn.ModuleDict(
+            {f"{split}_usage": ComponentUsage(self.head.num_components) for split in ("train", "val")}
+            if self.head.num_components
+            else {}
+        )
         top_k = min(5, num_classes)
         self.metrics = nn.ModuleDict(
             {
@@ -150,8 +164,12 @@ def validate_optim(optim: Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown optim.name={optim['name']!r}; allowed: {', '.join(OPTIMISERS)}")
     if optim["scheduler"] not in SCHEDULERS:
         raise ConfigError(f"unknown optim.scheduler={optim['scheduler']!r}; allowed: {', '.join(SCHEDULERS)}")
-    for key, ok, allowed in (("lr", optim["lr"] >= 0, ">= 0"), ("weight_decay", optim["weight_decay"] >= 0, ">= 0"),
-                             ("momentum", 0 <= optim["momentum"] < 1, "in [0, 1)"), ("gamma", optim["gamma"] > 0, "> 0")):
+    for key, ok, allowed in (
+        ("lr", optim["lr"] >= 0, ">= 0"),
+        ("weight_decay", optim["weight_decay"] >= 0, ">= 0"),
+        ("momentum", 0 <= optim["momentum"] < 1, "in [0, 1)"),
+        ("gamma", optim["gamma"] > 0, "> 0"),
+    ):
         if not ok:
             raise ConfigError(f"optim.{key}={optim[key]!r}; allowed: {allowed}")
 
@@ -161,7 +179,11 @@ def build_optimiser(params, optim: Mapping[str, Any], max_epochs: int):
     validate_optim(optim)
     if optim["name"] == "sgd":
         opt = torch.optim.SGD(
-            params, lr=optim["lr"], momentum=optim["momentum"], nesterov=optim["nesterov"], weight_decay=optim["weight_decay"]
+            params,
+            lr=optim["lr"],
+            momentum=optim["momentum"],
+            nesterov=optim["nesterov"],
+            weight_decay=optim["weight_decay"],
         )
     else:
         opt = torch.optim.AdamW(params, lr=optim["lr"], weight_decay=optim["weight_decay"])

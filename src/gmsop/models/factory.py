@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import timm
 import torch
 from torch import nn
 
-from gmsop.models import backbones  # noqa: F401  (registers the 64x64 paper backbones with timm)
 from gmsop.config import ModelConfig
+from gmsop.models import backbones  # noqa: F401  (registers the 64x64 paper backbones with timm)
 from gmsop.registry import ConfigError, complete
 
 SMALL_IMAGE_BACKBONES = ("resnet18_64", "wrn36_2_64")
@@ -55,12 +56,16 @@ def create_backbone(cfg: Mapping[str, Any], in_chans: int, second_order: bool) -
         last_stride = cfg["last_stride"]
         kwargs["last_stride"] = last_stride if last_stride is not None else (1 if second_order else 2)
     elif cfg["last_stride"] is not None:
-        raise ConfigError(f"model.last_stride applies to {', '.join(SMALL_IMAGE_BACKBONES)}; for {name} use model.output_stride")
+        raise ConfigError(
+            f"model.last_stride applies to {', '.join(SMALL_IMAGE_BACKBONES)}; for {name} use model.output_stride"
+        )
     if cfg["output_stride"] is not None:
         kwargs["output_stride"] = cfg["output_stride"]
     if cfg["pretrained"]:
         if not cfg["pretrained_file"]:
-            raise ConfigError("model.pretrained=true needs model.pretrained_file (a local weights file); nothing is downloaded")
+            raise ConfigError(
+                "model.pretrained=true needs model.pretrained_file (a local weights file); nothing is downloaded"
+            )
         kwargs["pretrained_cfg_overlay"] = {"file": cfg["pretrained_file"]}
     model = timm.create_model(
         name, pretrained=cfg["pretrained"], num_classes=0, global_pool="", in_chans=in_chans, **kwargs

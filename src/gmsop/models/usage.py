@@ -50,5 +50,6 @@ class ComponentUsage(Metric):
         self.images += images
 
     def compute(self) -> UsageSummary:
-        return UsageSummary((self.selected / self.images.clamp_min(1)).float(),
-                            (self.weight_sum / self.selected.clamp_min(1)).float())
+        return UsageSummary(
+            (self.selected / self.images.clamp_min(1)).float(), (self.weight_sum / self.selected.clamp_min(1)).float()
+        )

@@ -1,7 +1,6 @@
 """Pure tensor functions for second-order pooling (batched; any float dtype)."""
 
 from gmsop.ops import sqrtm
-
 from gmsop.ops.balance import cv_squared, importance, load_estimate
 from gmsop.ops.covariance import covariance
 from gmsop.ops.eig import matrix_power, mpncov

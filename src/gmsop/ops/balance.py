@@ -17,9 +17,7 @@ def importance(gates: torch.Tensor) -> torch.Tensor:
     return gates.sum(dim=0)
 
 
-def load_estimate(
-    clean: torch.Tensor, noisy: torch.Tensor, noise_std: torch.Tensor, k: int
-) -> torch.Tensor:
+def load_estimate(clean: torch.Tensor, noisy: torch.Tensor, noise_std: torch.Tensor, k: int) -> torch.Tensor:
     """Smooth estimate of how many images select each component (Shazeer et al., Appendix A).
 
     P(i selected for image b) = Phi((clean_bi - threshold_bi) / noise_std_bi), where the

@@ -10,13 +10,13 @@ on the M x M Gram matrix G = Xc^T Xc (same trace t):  sqrt(t) Y = Xc Z_J(G / t) 
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 
 import torch
 
-from enum import StrEnum
-
 from gmsop.ops.covariance import covariance
 from gmsop.ops.sqrtm import TRACE_EPS, isqrt, newton_schulz, trace_normalise
+
 
 class Side(StrEnum):
     """Which side of the covariance Newton-Schulz runs on."""

@@ -12,6 +12,8 @@ from enum import StrEnum
 import torch
 
 TRACE_EPS = 1e-12
+
+
 class Backward(StrEnum):
     """How the Newton-Schulz square root is differentiated."""
 
@@ -97,11 +99,15 @@ class _NewtonSchulzClosedForm(torch.autograd.Function):
             if z is None:  # j = 1: Z_0 = I, so Z^T dT = dT and there is no dZ_0
                 new_dy = -0.5 * d_t if d_y is None else torch.baddbmm(d_y, d_y, p.mT, beta=1.5, alpha=-0.5) - 0.5 * d_t
                 return new_dy, None, None
-            new_dy = torch.bmm(z.mT, d_t).mul_(-0.5) if d_y is None else torch.baddbmm(
-                torch.baddbmm(d_y, d_y, p.mT, beta=1.5, alpha=-0.5), z.mT, d_t, alpha=-0.5
+            new_dy = (
+                torch.bmm(z.mT, d_t).mul_(-0.5)
+                if d_y is None
+                else torch.baddbmm(torch.baddbmm(d_y, d_y, p.mT, beta=1.5, alpha=-0.5), z.mT, d_t, alpha=-0.5)
             )
-            new_dz = torch.bmm(d_t, y.mT).mul_(-0.5) if d_z is None else torch.baddbmm(
-                torch.baddbmm(d_z, p.mT, d_z, beta=1.5, alpha=-0.5), d_t, y.mT, alpha=-0.5
+            new_dz = (
+                torch.bmm(d_t, y.mT).mul_(-0.5)
+                if d_z is None
+                else torch.baddbmm(torch.baddbmm(d_z, p.mT, d_z, beta=1.5, alpha=-0.5), d_t, y.mT, alpha=-0.5)
             )
             d_y, d_z = new_dy, new_dz
         raise AssertionError("unreachable")

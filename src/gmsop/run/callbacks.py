@@ -75,10 +75,16 @@ class ComponentUsagePlots(L.Callback):
             if isinstance(logger, WandbLogger):
                 import wandb
 
-                table = wandb.Table(data=[[f"c{i:02d}", u] for i, u in enumerate(usage.tolist())], columns=["component", "usage"])
+                table = wandb.Table(
+                    data=[[f"c{i:02d}", u] for i, u in enumerate(usage.tolist())], columns=["component", "usage"]
+                )
                 logger.experiment.log(
-                    {f"{split}/component_usage": wandb.plot.bar(table, "component", "usage", title=f"{split} component usage"),
-                     "trainer/global_step": trainer.global_step}
+                    {
+                        f"{split}/component_usage": wandb.plot.bar(
+                            table, "component", "usage", title=f"{split} component usage"
+                        ),
+                        "trainer/global_step": trainer.global_step,
+                    }
                 )
 
 

@@ -57,11 +57,18 @@ class LastCheckpoint(ModelCheckpoint):
     """checkpoints/last.ckpt after every epoch (or every `every_n_train_steps` steps), overwritten in place."""
 
     def __init__(self, dirpath: Path, every_n_train_steps: Optional[int] = None) -> None:
-        super().__init__(dirpath=dirpath, filename=LAST, monitor=None, save_top_k=1, enable_version_counter=False,
-                         every_n_train_steps=every_n_train_steps)
+        super().__init__(
+            dirpath=dirpath,
+            filename=LAST,
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+            every_n_train_steps=every_n_train_steps,
+        )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         """Step saves skip an epoch's last batch: the epoch checkpoint follows its validation, and
         Lightning 2.6 restores a save taken between the two inexactly (a run resumed from one and
         saved again mid-epoch later trains an extra step)."""
@@ -77,8 +84,9 @@ class BestCheckpoint(ModelCheckpoint):
     """checkpoints/best.ckpt by lowest validation top-1 error over the whole run, across resumes."""
 
     def __init__(self, dirpath: Path) -> None:
-        super().__init__(dirpath=dirpath, filename=BEST, monitor=MONITOR, mode="min", save_top_k=1,
-                         enable_version_counter=False)
+        super().__init__(
+            dirpath=dirpath, filename=BEST, monitor=MONITOR, mode="min", save_top_k=1, enable_version_counter=False
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("dirpath", self.dirpath) == self.dirpath:  # resumed in place
@@ -87,8 +95,10 @@ class BestCheckpoint(ModelCheckpoint):
         if not earlier or score is None:
             return
         if not Path(earlier).is_file():
-            rank_zero_warn(f"the best checkpoint of the resumed run ({earlier}) is gone; best.ckpt will be the best "
-                           "since this resume")
+            rank_zero_warn(
+                f"the best checkpoint of the resumed run ({earlier}) is gone; best.ckpt will be the best "
+                "since this resume"
+            )
             return
         target = Path(self.dirpath) / f"{BEST}{self.FILE_EXTENSION}"
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ training config without running it."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -35,9 +35,9 @@ def register_configs() -> None:
 
 def _store_constructor_defaults(cs: ConfigStore) -> None:
     """head/NAME_defaults, head/gate/NAME_defaults and data/NAME_defaults: each registered
-    head's, gate's and data module's constructor defaults, the one place they are written. A YAML option of the group starts from
-    them (`defaults: [NAME_defaults, _self_]`) and sets only what it changes, and every key exists
-    for command-line overrides (`data.num_workers=8`)."""
+    head's, gate's and data module's constructor defaults, the one place they are written. A
+    YAML option of the group starts from them (`defaults: [NAME_defaults, _self_]`) and sets only
+    what it changes, and every key exists for command-line overrides (`data.num_workers=8`)."""
     for group, registry in (("head", HEADS), ("head/gate", GATES), ("data", DATA)):
         for name in registry.names():
             cs.store(group=group, name=f"{name}_defaults", node=registry.defaults(name))

@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from gmsop.run.checkpointing import CHECKPOINT_DIR
 from gmsop.errors import UserError
 from gmsop.paths import remove_stale_temporaries
+from gmsop.run.checkpointing import CHECKPOINT_DIR
 
 LOCK_FILE = ".run.lock"
 SUMMARY = "summary.json"
@@ -56,7 +56,7 @@ class RunLock:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -82,7 +82,11 @@ def holds_run(folder: Path) -> bool:
     """Whether folder already holds (part of) a training run: checkpoints or a summary."""
     folder = Path(folder)
     ckpts = folder / CHECKPOINT_DIR
-    return (folder / SUMMARY).is_file() or (ckpts.is_dir() and any(ckpts.glob("*.ckpt"))) or any(folder.glob("hpc_ckpt_*.ckpt"))
+    return (
+        (folder / SUMMARY).is_file()
+        or (ckpts.is_dir() and any(ckpts.glob("*.ckpt")))
+        or any(folder.glob("hpc_ckpt_*.ckpt"))
+    )
 
 
 def require_fresh(folder: Path) -> None:

@@ -17,20 +17,21 @@ from __future__ import annotations
 import pickle
 import random
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import lightning as L
 import numpy as np
 import torch
 
-from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST
 from gmsop.data import DATA
 from gmsop.errors import UserError
 from gmsop.heads import HEADS
 from gmsop.registry import ConfigError, Registry
-from gmsop.run.folder import holds_run, is_locked, require_fresh
+from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST
+from gmsop.run.folder import is_locked, require_fresh
 
 LAST_CKPT = Path(CHECKPOINT_DIR) / f"{LAST}.ckpt"
 WANDB_ID_FILE = "wandb_run_id.txt"
@@ -67,8 +68,11 @@ def plan_resume(resume: Optional[str], run_dir: Path, experiment_runs: Path) -> 
             return ResumePlan(wandb_id=_wandb_id_in(run_dir))
         return _plan(ckpt, in_place=True)
     if resume == "latest":
-        candidates = [p for p in experiment_runs.glob(f"**/{LAST_CKPT}")
-                      if run_folder_of(p) != run_dir and not is_locked(run_folder_of(p))]
+        candidates = [
+            p
+            for p in experiment_runs.glob(f"**/{LAST_CKPT}")
+            if run_folder_of(p) != run_dir and not is_locked(run_folder_of(p))
+        ]
         if not candidates:
             raise ResumeError(f"trainer.resume=latest: no {LAST_CKPT} under {experiment_runs} (outside runs in use)")
         ckpt = max(candidates, key=lambda p: p.stat().st_mtime)
@@ -76,8 +80,10 @@ def plan_resume(resume: Optional[str], run_dir: Path, experiment_runs: Path) -> 
         path = Path(resume).expanduser()
         ckpt = newest_checkpoint(path) if path.is_dir() else path
         if ckpt is None or not ckpt.is_file():
-            raise ResumeError(f"trainer.resume={resume}: no checkpoint at {ckpt or path / LAST_CKPT} "
-                              "(give a .ckpt, a run folder, 'latest' or 'auto')")
+            raise ResumeError(
+                f"trainer.resume={resume}: no checkpoint at {ckpt or path / LAST_CKPT} "
+                "(give a .ckpt, a run folder, 'latest' or 'auto')"
+            )
     require_fresh(run_dir)
     return _plan(ckpt, in_place=False)
 
@@ -114,13 +120,23 @@ def read_checkpoint(path: Path, for_resume: bool = False) -> dict:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was not written completely")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
-            AttributeError, ModuleNotFoundError) as e:
+    except (
+        EOFError,
+        RuntimeError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        AttributeError,
+        ModuleNotFoundError,
+    ) as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, Mapping) or not {"model", "head"} <= set(hparams) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a gmsop training checkpoint (no model/head hyperparameters and "
-                              "state_dict); for weights of another model use model.pretrained_file")
+        raise CheckpointError(
+            f"{path} is not a gmsop training checkpoint (no model/head hyperparameters and "
+            "state_dict); for weights of another model use model.pretrained_file"
+        )
     if for_resume and not {"loops", "optimizer_states"} <= set(ckpt):
         raise CheckpointError(f"{path} holds weights but no training state (loops, optimizer); it cannot be resumed")
     return ckpt
@@ -146,6 +162,7 @@ def config_differences(checkpoint: dict, current: Mapping[str, Any]) -> list[str
 
     def comparable(h: Mapping[str, Any], other: Mapping[str, Any]) -> dict:
         """Another head or data module differs by its name; its options are then not listed."""
+
         def part(key: str, registry: Registry) -> dict:
             mine, theirs = h.get(key) or {}, other.get(key) or {}
             if mine.get("name") != theirs.get("name"):
@@ -154,8 +171,14 @@ def config_differences(checkpoint: dict, current: Mapping[str, Any]) -> list[str
 
         data = part("data", DATA)
         data = {k: v for k, v in data.items() if k not in DATA_KEYS_FREE_ON_RESUME}
-        return {"model": h.get("model"), "head": part("head", HEADS), "optim": h.get("optim"),
-                "data": data, "num_classes": h.get("num_classes"), "in_chans": h.get("in_chans")}
+        return {
+            "model": h.get("model"),
+            "head": part("head", HEADS),
+            "optim": h.get("optim"),
+            "data": data,
+            "num_classes": h.get("num_classes"),
+            "in_chans": h.get("in_chans"),
+        }
 
     return differences(comparable(saved, current), comparable(current, saved))
 
@@ -177,9 +200,10 @@ def check_compatible(plan: ResumePlan, current: Mapping[str, Any], allow_changes
     diff = config_differences(plan.checkpoint, current)
     if diff and not allow_changes:
         raise CheckpointError(
-            f"cannot resume {plan.ckpt} with a different config:\n  " + "\n  ".join(diff)
+            f"cannot resume {plan.ckpt} with a different config:\n  "
+            + "\n  ".join(diff)
             + "\nResume with the checkpoint's settings, or pass trainer.resume_allow_changes=true to continue "
-              "anyway (the optimiser and schedule state still come from the checkpoint)"
+            "anyway (the optimiser and schedule state still come from the checkpoint)"
         )
     return diff
 
@@ -190,8 +214,11 @@ def check_weights_fit(plan: ResumePlan, model: torch.nn.Module) -> None:
     if plan.checkpoint is None:
         return
     saved, current = plan.checkpoint["state_dict"], model.state_dict()
-    problems = [f"{k}: {tuple(saved[k].shape)} in the checkpoint, {tuple(v.shape)} now"
-                for k, v in current.items() if k in saved and saved[k].shape != v.shape]
+    problems = [
+        f"{k}: {tuple(saved[k].shape)} in the checkpoint, {tuple(v.shape)} now"
+        for k, v in current.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
     problems += [f"{k}: not in the checkpoint" for k in sorted(set(current) - set(saved))]
     problems += [f"{k}: in the checkpoint, not in this model" for k in sorted(set(saved) - set(current))]
     if problems:

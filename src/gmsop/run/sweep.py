@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import optuna
@@ -27,11 +28,11 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gmsop.run.compose import compose_train
 from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import EPOCH_METRIC_PREFIXES, EPOCH_METRICS
 from gmsop.paths import run_uid, write_csv_atomic
 from gmsop.registry import ConfigError
+from gmsop.run.compose import compose_train
 from gmsop.run.folder import LOCK_FILE, is_locked
 from gmsop.run.training import RunInterrupted
 
@@ -59,23 +60,29 @@ class SweepSpec:
             raise ConfigError(f"{path}: metric.name is required (e.g. val/top1_err)")
         self.metric = metric["name"]
         if self.metric not in EPOCH_METRICS and not str(self.metric).startswith(EPOCH_METRIC_PREFIXES):
-            raise ConfigError(f"{path}: metric.name={self.metric!r} is not logged by training; allowed: "
-                              f"{', '.join(EPOCH_METRICS)}, or {'/'.join(EPOCH_METRIC_PREFIXES)}... keys")
+            raise ConfigError(
+                f"{path}: metric.name={self.metric!r} is not logged by training; allowed: "
+                f"{', '.join(EPOCH_METRICS)}, or {'/'.join(EPOCH_METRIC_PREFIXES)}... keys"
+            )
         goal = metric.get("goal", "minimize")
         if goal not in ("minimize", "maximize"):
             raise ConfigError(f"{path}: metric.goal={goal!r}; allowed: minimize, maximize")
         self.direction = goal
         self.objective = spec.get("objective", "best")
         if self.objective not in OBJECTIVES:
-            raise ConfigError(f"{path}: objective={self.objective!r}; allowed: {', '.join(OBJECTIVES)} "
-                              "(a trial's score: its best epoch, or its last)")
+            raise ConfigError(
+                f"{path}: objective={self.objective!r}; allowed: {', '.join(OBJECTIVES)} "
+                "(a trial's score: its best epoch, or its last)"
+            )
         params = spec.get("parameters") or {}
         if not isinstance(params, dict) or not params:
             raise ConfigError(f"{path}: no parameters to sweep (`parameters:` must map keys to specs)")
         for key, p in params.items():
             if not isinstance(p, dict):
-                raise ConfigError(f"{path}: parameters.{key}={p!r}; give a mapping: {{value: X}}, {{values: [...]}} "
-                                  "or {min: A, max: B}")
+                raise ConfigError(
+                    f"{path}: parameters.{key}={p!r}; give a mapping: {{value: X}}, {{values: [...]}} "
+                    "or {min: A, max: B}"
+                )
         self.fixed = {k: v["value"] for k, v in params.items() if "value" in v}
         self.searched = {k: v for k, v in params.items() if "value" not in v}
         command = spec.get("command", [])
@@ -84,7 +91,8 @@ class SweepSpec:
         # The command's key=value arguments, less W&B's mode: local trials stay offline unless
         # logger.wandb.mode=online is passed on the command line.
         self.base_overrides = [
-            a for a in command
+            a
+            for a in command
             if isinstance(a, str) and "=" in a and "${" not in a and not a.startswith("logger.wandb.mode=")
         ]
         for key, p in self.searched.items():
@@ -102,8 +110,10 @@ class SweepSpec:
         except (yaml.YAMLError, OmegaConfBaseException) as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
         if not isinstance(spec, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping (name, method, metric, parameters, command), "
-                              f"not a {type(spec).__name__}")
+            raise ConfigError(
+                f"{path}: the top level must be a mapping (name, method, metric, parameters, command), "
+                f"not a {type(spec).__name__}"
+            )
         return spec
 
     def probe_overrides(self) -> list[str]:
@@ -199,7 +209,11 @@ class PruneTrial(L.Callback):
 def _pruner(name: str) -> optuna.pruners.BasePruner:
     if name not in PRUNERS:
         raise ConfigError(f"--pruner {name!r}; allowed: {', '.join(PRUNERS)}")
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if name == "median" else optuna.pruners.NopPruner()
+    return (
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        if name == "median"
+        else optuna.pruners.NopPruner()
+    )
 
 
 def check_trial_config(spec: SweepSpec, extra: list[str]) -> None:
@@ -218,13 +232,21 @@ def check_trial_config(spec: SweepSpec, extra: list[str]) -> None:
     validate_optim(container["optim"])
 
 
-def make_objective(spec: SweepSpec, runs_dir: Path, extra: list[str], study_uid: str) -> Callable[[optuna.Trial], float]:
+def make_objective(
+    spec: SweepSpec, runs_dir: Path, extra: list[str], study_uid: str
+) -> Callable[[optuna.Trial], float]:
     from gmsop.run.training import run_training
 
     def objective(trial: optuna.Trial) -> float:
         values = {k: SweepSpec.suggest(k, p, trial) for k, p in spec.searched.items()}
-        overrides = [*spec.base_overrides, *(f"{k}={v}" for k, v in {**spec.fixed, **values}.items()),
-                     f"name={spec.name}", f"runs_dir={runs_dir}", f"logger.wandb.group={spec.name}", *extra]
+        overrides = [
+            *spec.base_overrides,
+            *(f"{k}={v}" for k, v in {**spec.fixed, **values}.items()),
+            f"name={spec.name}",
+            f"runs_dir={runs_dir}",
+            f"logger.wandb.group={spec.name}",
+            *extra,
+        ]
         cfg = compose_train(overrides)
         run_dir = runs_dir / spec.name / f"trial_{trial.number:04d}_{study_uid}"  # unique to this study
         trial.set_user_attr("run_dir", str(run_dir))
@@ -256,7 +278,13 @@ def fail_abandoned_trials(study: optuna.Study, storage: optuna.storages.BaseStor
 
 
 def run_sweep(
-    path: Path, trials: int, storage: str | None, runs_dir: Path, extra: list[str], seed: int = 0, pruner: str = "median"
+    path: Path,
+    trials: int,
+    storage: str | None,
+    runs_dir: Path,
+    extra: list[str],
+    seed: int = 0,
+    pruner: str = "median",
 ):
     """Run until the study holds `trials` finished (complete or pruned) trials, so a re-run
     resumes; return the study.
@@ -283,11 +311,18 @@ def run_sweep(
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len([t for t in study.trials if t.state in finished])
     remaining = max(0, trials - done)
-    print(f"sweep {spec.name}: {done} trials finished, running {remaining} more ({spec.method}, {spec.direction} {spec.metric})")
+    print(
+        f"sweep {spec.name}: {done} trials finished, running {remaining} more "
+        f"({spec.method}, {spec.direction} {spec.metric})"
+    )
     if remaining:
         objective = make_objective(spec, runs_dir, extra, study.user_attrs["uid"])
-        study.optimize(objective, n_trials=remaining, catch=(FloatingPointError,),
-                       callbacks=[lambda study, _trial: write_study_summary(study, spec.metric, runs_dir / spec.name)])
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            catch=(FloatingPointError,),
+            callbacks=[lambda study, _trial: write_study_summary(study, spec.metric, runs_dir / spec.name)],
+        )
     return study
 
 
@@ -297,8 +332,16 @@ def write_study_summary(study: optuna.Study, metric: str, folder: Path) -> None:
     from gmsop.plots import study_figures
 
     names = sorted({name for t in study.trials for name in t.params})
-    rows = [[t.number, t.state.name, "" if t.value is None else t.value, *(t.params.get(n, "") for n in names),
-             t.user_attrs.get("run_dir", "")] for t in study.trials]
+    rows = [
+        [
+            t.number,
+            t.state.name,
+            "" if t.value is None else t.value,
+            *(t.params.get(n, "") for n in names),
+            t.user_attrs.get("run_dir", ""),
+        ]
+        for t in study.trials
+    ]
     write_csv_atomic(folder / "trials.csv", ["trial", "state", metric, *names, "run_dir"], rows)
     study_figures(study, metric, folder / "sweep_history.png", folder / "sweep_params.png")
 
@@ -311,8 +354,12 @@ def main() -> None:
     p.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite in runs/<sweep>/)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pruner", default="median", choices=PRUNERS,
-                   help="median: stop a trial whose validation metric is worse than the median of earlier trials")
+    p.add_argument(
+        "--pruner",
+        default="median",
+        choices=PRUNERS,
+        help="median: stop a trial whose validation metric is worse than the median of earlier trials",
+    )
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every trial")
     args = p.parse_intermixed_args()
     if not args.file.is_file():

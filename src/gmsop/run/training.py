@@ -9,29 +9,39 @@ import signal
 import string
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gmsop.run.callbacks import LearningCurves, Throughput
-from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
-from gmsop.run.curves import VAL_METRICS, best_epoch
 from gmsop.config import RUN_CONTROL_KEYS
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import write_text_atomic
 from gmsop.registry import ConfigError
-from gmsop.run.resume import (WANDB_ID_FILE, RandomState, ResumePlan, RunRecord, check_compatible, check_weights_fit, newest_checkpoint,
-                          plan_resume, run_folder_of)
+from gmsop.run.callbacks import LearningCurves, Throughput
+from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
+from gmsop.run.curves import VAL_METRICS, best_epoch
 from gmsop.run.folder import SUMMARY, RunLock
+from gmsop.run.resume import (
+    WANDB_ID_FILE,
+    RandomState,
+    ResumePlan,
+    RunRecord,
+    check_compatible,
+    check_weights_fit,
+    newest_checkpoint,
+    plan_resume,
+    run_folder_of,
+)
 
 
 @dataclass
@@ -98,12 +108,17 @@ def run_training(
         changed = check_compatible(plan, model.hparams, cfg.trainer.resume_allow_changes)
         check_weights_fit(plan, model)
         if changed:
-            warnings.warn(f"resuming {plan.ckpt} with changed settings: " + "; ".join(changed))
+            warnings.warn(f"resuming {plan.ckpt} with changed settings: " + "; ".join(changed), stacklevel=2)
         wandb_id = plan.wandb_id or new_wandb_id()
         if rank_zero:
             _write_run_files(run_dir, wandb_id, config_files, plan)
-            os.environ[PLAN_ENV] = json.dumps({"ckpt": str(plan.ckpt) if plan.ckpt else None, "wandb_id": wandb_id,
-                                               "source": str(plan.source) if plan.source else None})
+            os.environ[PLAN_ENV] = json.dumps(
+                {
+                    "ckpt": str(plan.ckpt) if plan.ckpt else None,
+                    "wandb_id": wandb_id,
+                    "source": str(plan.source) if plan.source else None,
+                }
+            )
         return _fit(cfg, container, run_dir, datamodule, model, plan, wandb_id, extra_callbacks)
     finally:
         for lock in locks:
@@ -116,8 +131,12 @@ def _plan(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> ResumePlan:
     if not rank_zero and inherited:
         d = json.loads(inherited)
         ckpt = Path(d["ckpt"]) if d["ckpt"] else None
-        return ResumePlan(ckpt, Path(d["source"]) if d["source"] else None, d["wandb_id"], ckpt is not None
-                          and run_folder_of(ckpt) == run_dir)
+        return ResumePlan(
+            ckpt,
+            Path(d["source"]) if d["source"] else None,
+            d["wandb_id"],
+            ckpt is not None and run_folder_of(ckpt) == run_dir,
+        )
     return plan_resume(cfg.trainer.resume, run_dir, Path(cfg.runs_dir).resolve() / cfg.name)
 
 
@@ -142,8 +161,13 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     callbacks += configured_callbacks(container["callbacks"]) + list(extra_callbacks)
     trainer_args = {k: v for k, v in container["trainer"].items() if k not in RUN_CONTROL_KEYS}
-    trainer = L.Trainer(default_root_dir=run_dir, logger=loggers or False, callbacks=callbacks,
-                        plugins=[AtomicCheckpointIO()], **trainer_args)
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        **trainer_args,
+    )
     start = time.perf_counter()
     status, error = "finished", None
     try:
@@ -156,11 +180,26 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
         status, error = "failed", f"{type(e).__name__}: {e}"
         raise
     finally:
-        wandb_dir = _finish_wandb(loggers, RunInterrupted.EXIT_CODES.get(interrupt.reason, 1) if status != "finished" else 0)
+        wandb_dir = _finish_wandb(
+            loggers, RunInterrupted.EXIT_CODES.get(interrupt.reason, 1) if status != "finished" else 0
+        )
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1} | throughput.summary()
         if trainer.is_global_zero:
-            _write_summary(cfg, container, run_dir, model, trainer, plan, best, curves.curves, metrics, status,
-                           error, time.perf_counter() - start, interrupt.reason)
+            _write_summary(
+                cfg,
+                container,
+                run_dir,
+                model,
+                trainer,
+                plan,
+                best,
+                curves.curves,
+                metrics,
+                status,
+                error,
+                time.perf_counter() - start,
+                interrupt.reason,
+            )
     if status == "interrupted":
         raise RunInterrupted(interrupt.reason, run_dir, newest_checkpoint(run_dir))
     best_path = Path(best.best_model_path) if best.best_model_path else None
@@ -185,8 +224,9 @@ def configured_callbacks(specs: Mapping[str, Any]) -> list[L.Callback]:
     return built
 
 
-def _write_summary(cfg, container, run_dir, model, trainer, plan, best, curves, metrics, status, error, wall_s,
-                   reason) -> None:
+def _write_summary(
+    cfg, container, run_dir, model, trainer, plan, best, curves, metrics, status, error, wall_s, reason
+) -> None:
     """summary.json: what ran, how it ended (finished / interrupted / failed), and its metrics."""
     summary = {
         "name": cfg.name,
