@@ -121,7 +121,7 @@ CASES = {
     "kills mid-epoch with 2 loader processes": (
         [(5, "train", "kill"), (11, "train", "kill")],
         1,
-        "+data.num_workers=2",
+        "data.num_workers=2",
     ),
 }
 
