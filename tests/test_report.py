@@ -106,6 +106,25 @@ def test_report_shows_the_best_epoch_not_the_last(tmp_path):
     assert "| abl | gap | 31.25 | 12.50 | 7 | 40.00 |" in md
 
 
+def test_runs_that_would_share_a_label_keep_their_own_rows_and_curves(tmp_path):
+    # one head on two paper data sets (same overrides), and the same run twice
+    _fake_run(tmp_path / "a", "imagenet64_resnet18_gap", {"name": "gap"}, overrides=["head=gap"])
+    _fake_run(tmp_path / "b", "places365_resnet18_gap", {"name": "gap"}, data="imagefolder", overrides=["head=gap"])
+    _fake_run(tmp_path / "c", "abl", {"name": "isqrt"}, data="digits", overrides=["head=isqrt"])
+    _fake_run(tmp_path / "d", "abl", {"name": "isqrt"}, data="digits", overrides=["head=isqrt"])
+    runs, _ = collect(tmp_path)
+    labels = [r.label for r in runs]
+    assert len(set(labels)) == 4, labels
+    assert labels[:2] == ["head=gap (imagenet64_resnet18_gap)", "head=gap (places365_resnet18_gap)"]
+    assert labels[2:] == ["head=isqrt [c]", "head=isqrt [d]"]
+    assert [r.published.row if r.published else None for r in runs] == ["ResNet-18 (GAP)", "GAP (512-d)", None, None]
+
+
+def test_published_numbers_only_beside_runs_on_that_data_set(tmp_path):
+    assert match("imagenet64_resnet18_gmsop_16_8", "digits", "resnet18_64", {}) is None  # a paper config on digits
+    assert match("places365_resnet18_sop", "imagefolder", "resnet18_64", {}).top1 == 49.99
+
+
 def test_report_without_runs_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         collect(tmp_path)

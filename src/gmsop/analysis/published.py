@@ -31,17 +31,19 @@ PUBLISHED: dict[str, Published] = {
 
 
 class PaperData(NamedTuple):
-    """A data set of the paper's tables: what a model needs to be built, and its size."""
+    """A data set of the paper's tables: what a model needs to be built, its size, and the data
+    module its experiments read it with."""
 
     classes: int
     train_images: int
+    data_module: str
     channels: int = 3
 
 
 # Keyed by Published.table. ImageNet-1K and Places365-Standard training-set sizes.
 PAPER_DATA: dict[str, PaperData] = {
-    "ImageNet-64": PaperData(1000, 1_281_167),
-    "Places365-100": PaperData(365, 1_803_460),
+    "ImageNet-64": PaperData(1000, 1_281_167, "imagenet64"),
+    "Places365-100": PaperData(365, 1_803_460, "imagefolder"),
 }
 
 # A run on downsampled ImageNet with the paper's ResNet-18 matches a row by its head.
@@ -56,9 +58,11 @@ _IMAGENET_SIGNATURES = {
 
 
 def match(name: str, data: str, backbone: str, head: dict) -> Optional[Published]:
-    """The published row a run reproduces: by experiment name, else (ImageNet-64) by model."""
+    """The published row a run reproduces: by experiment name (if it ran on that row's data
+    set, not e.g. a paper config tried on digits), else (ImageNet-64) by model."""
     if name in PUBLISHED:
-        return PUBLISHED[name]
+        row = PUBLISHED[name]
+        return row if PAPER_DATA[row.table].data_module == data else None
     if data != "imagenet64":
         return None
     key = (backbone, head.get("name"), head.get("num_components"), head.get("k"))

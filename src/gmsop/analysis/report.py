@@ -113,14 +113,37 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
     folders = list(summaries)
     overrides = {f: _overrides(f) for f in folders}
     common = set.intersection(*(set(o) for o in overrides.values())) if len(folders) > 1 else set()
-    runs = []
+    labels = {}
     for f, s in summaries.items():
         varying = [o for o in overrides[f] if o not in common and not o.startswith("experiment=")]
-        label = (" ".join(varying) or s["head"]["name"]) if len(folders) > 1 else s["name"]
-        runs.append(
-            Run(f, label, s, match(s["name"], s["data"], s["backbone"], s["head"]), _last_usage(f), read_curves(f))
-        )
+        labels[f] = (" ".join(varying) or s["head"]["name"]) if len(folders) > 1 else s["name"]
+    labels = _unique(labels, summaries, root)
+    runs = [
+        Run(f, labels[f], s, match(s["name"], s["data"], s["backbone"], s["head"]), _last_usage(f), read_curves(f))
+        for f, s in summaries.items()
+    ]
     return runs, skipped
+
+
+def _unique(labels: dict[Path, str], summaries: dict[Path, dict], root: Path) -> dict[Path, str]:
+    """Runs that would share a label (the same overrides in two experiments, or repeated runs)
+    are told apart by their experiment name, then by their folder; no run is ever merged away."""
+
+    def groups(current: dict[Path, str]) -> list[list[Path]]:
+        by_label: dict[str, list[Path]] = {}
+        for f, label in current.items():
+            by_label.setdefault(label, []).append(f)
+        return [g for g in by_label.values() if len(g) > 1]
+
+    out = dict(labels)
+    for group in groups(out):
+        if len({summaries[f]["name"] for f in group}) > 1:
+            for f in group:
+                out[f] = f"{out[f]} ({summaries[f]['name']})"
+    for group in groups(out):
+        for f in group:
+            out[f] = f"{out[f]} [{os.path.relpath(f, root)}]"
+    return out
 
 
 COLUMNS = [

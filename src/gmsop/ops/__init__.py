@@ -2,6 +2,7 @@
 
 from gmsop.ops import sqrtm
 from gmsop.ops.balance import cv_squared, importance, load_estimate
+from gmsop.ops.bilinear import bilinear, count_sketch, random_sketch, signed_sqrt_l2, tensor_sketch
 from gmsop.ops.covariance import covariance
 from gmsop.ops.eig import matrix_power, mpncov
 from gmsop.ops.isqrt_cov import Side, choose_side, isqrt_covariance
@@ -13,7 +14,12 @@ __all__ = [
     "Backward",
     "Side",
     "sqrtm",
+    "bilinear",
     "choose_side",
+    "count_sketch",
+    "random_sketch",
+    "signed_sqrt_l2",
+    "tensor_sketch",
     "covariance",
     "cv_squared",
     "importance",
