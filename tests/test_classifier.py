@@ -50,6 +50,52 @@ def test_adamw_cosine_and_no_schedule():
     assert isinstance(build_optimiser(params, {**SGD, "scheduler": "none"}, 10), torch.optim.SGD)
 
 
+def test_fine_tuning_recipe_part_learning_rates_no_decay_groups_and_frozen_stages():
+    """fast-MPN-COV's fine-tuning recipe: the new classifier at 5x, BN/bias without weight decay,
+    the first stages frozen (no gradient, no update, BN statistics fixed)."""
+    optim = {
+        **SGD,
+        "lr": 0.01,
+        "weight_decay": 1e-3,
+        "lr_mult": {"classifier": 5.0, "head": 5.0},
+        "no_decay_bn_bias": True,
+    }
+    model = SecondOrderClassifier(
+        {"backbone": "resnet18_64", "freeze_stages": 2}, {"name": "isqrt", "reduce_dim": 8}, optim, 10, 1
+    )
+    model.trainer = type("T", (), {"max_epochs": 3})()  # configure_optimizers reads max_epochs only
+    opt = model.configure_optimizers()["optimizer"]
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert {n: g["lr"] for n, g in groups.items()} == pytest.approx(
+        {
+            "backbone": 0.01,
+            "backbone/no_decay": 0.01,
+            "head": 0.05,
+            "head/no_decay": 0.05,
+            "classifier": 0.05,
+            "classifier/no_decay": 0.05,
+        }
+    )
+    assert all(g["weight_decay"] == (0.0 if n.endswith("no_decay") else 1e-3) for n, g in groups.items())
+    assert all(p.ndim <= 1 for n, g in groups.items() if n.endswith("no_decay") for p in g["params"])
+    frozen = [p for m in (model.backbone.model.stem, model.backbone.model.stages[0]) for p in m.parameters()]
+    trained = list(model.backbone.model.stages[1].parameters())
+    assert frozen and not any(p.requires_grad for p in frozen)
+    in_optimiser = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not any(id(p) in in_optimiser for p in frozen) and all(id(p) in in_optimiser for p in trained)
+    before = {k: v.clone() for k, v in model.backbone.model.stem.state_dict().items()}
+    model.train()
+    loss = model.compute_loss(torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])).loss
+    loss.backward()
+    opt.step()
+    after = model.backbone.model.stem.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics unchanged
+    with pytest.raises(ConfigError, match=r"optim.lr_mult has unknown part\(s\) \['neck'\]"):
+        build_optimiser({"head": torch.nn.Linear(2, 2)}, {**SGD, "lr_mult": {"neck": 2.0}}, 3)
+    with pytest.raises(ConfigError, match="model.freeze_stages=9; resnet18_64 has 5 stages"):
+        SecondOrderClassifier({"backbone": "resnet18_64", "freeze_stages": 9}, {"name": "gap"}, SGD, 10, 1)
+
+
 def test_unknown_optimiser_or_scheduler_fails_at_construction():
     with pytest.raises(ConfigError, match="unknown optim.name='rmsprop'; allowed: sgd, adamw"):
         _model(optim={**SGD, "name": "rmsprop"})

@@ -29,6 +29,7 @@ class ModelConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     bn: bool = True  # BatchNorm1d on the pooled vector before the classifier
     dropout: float = 0.0
+    freeze_stages: int = 0  # fine-tuning: freeze the first N backbone stages (timm feature_info; 1 = the stem)
 
 
 @dataclass
@@ -44,6 +45,10 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     min_lr: float = 0.0  # cosine floor
+    # fine-tuning: learning rate multipliers per part (backbone, head, classifier), and no weight
+    # decay on BatchNorm and bias parameters
+    lr_mult: dict[str, float] = field(default_factory=lambda: {"backbone": 1.0, "head": 1.0, "classifier": 1.0})
+    no_decay_bn_bias: bool = False
 
 
 # Trainer arguments the run sets itself (loggers, callbacks, checkpoint IO, run folder).

@@ -66,12 +66,15 @@ class SmallImageResNet(nn.Module):
             nn.Conv2d(in_chans, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True)
         )
         strides = [1, 2, 2, last_stride]
-        stages, ch = [], stem_width
-        for width, n_blocks, stride in zip(widths, blocks, strides):
+        stages, ch, reduction = [], stem_width, 1
+        # timm's description of the stages (as its own models carry it): name, channels, stride so far
+        self.feature_info = [{"module": "stem", "num_chs": stem_width, "reduction": 1}]
+        for i, (width, n_blocks, stride) in enumerate(zip(widths, blocks, strides)):
             layers = [BasicBlock(ch, width, stride, conv_shortcut_first)]
             layers += [BasicBlock(width, width, 1, False) for _ in range(n_blocks - 1)]
             stages.append(nn.Sequential(*layers))
-            ch = width
+            ch, reduction = width, reduction * stride
+            self.feature_info.append({"module": f"stages.{i}", "num_chs": width, "reduction": reduction})
         self.stages = nn.Sequential(*stages)
         self.num_features = ch
         self.drop_rate = drop_rate

@@ -33,6 +33,7 @@ EPOCH_METRICS = (
 )
 EPOCH_METRIC_PREFIXES = ("val/head/", "usage/", "gate/")  # head-specific (e.g. a mixture's usage per component)
 SCHEDULERS = ("multistep", "cosine", "none")
+PARTS = ("backbone", "head", "classifier")  # the model's parts, each with its own learning rate (optim.lr_mult)
 
 
 class StepOutput(NamedTuple):
@@ -155,7 +156,8 @@ class SecondOrderClassifier(L.LightningModule):
         self._log_errors("val")
 
     def configure_optimizers(self):
-        return build_optimiser(self.parameters(), self.hparams.optim, self.trainer.max_epochs)
+        parts = {name: getattr(self, name) for name in PARTS}
+        return build_optimiser(parts, self.hparams.optim, self.trainer.max_epochs)
 
 
 def validate_optim(optim: Mapping[str, Any]) -> None:
@@ -164,19 +166,42 @@ def validate_optim(optim: Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown optim.name={optim['name']!r}; allowed: {', '.join(OPTIMISERS)}")
     if optim["scheduler"] not in SCHEDULERS:
         raise ConfigError(f"unknown optim.scheduler={optim['scheduler']!r}; allowed: {', '.join(SCHEDULERS)}")
+    unknown = set(optim["lr_mult"]) - set(PARTS)
+    if unknown:
+        raise ConfigError(f"optim.lr_mult has unknown part(s) {sorted(unknown)}; allowed: {', '.join(PARTS)}")
     for key, ok, allowed in (
         ("lr", optim["lr"] >= 0, ">= 0"),
         ("weight_decay", optim["weight_decay"] >= 0, ">= 0"),
         ("momentum", 0 <= optim["momentum"] < 1, "in [0, 1)"),
         ("gamma", optim["gamma"] > 0, "> 0"),
+        ("lr_mult", all(m >= 0 for m in optim["lr_mult"].values()), "multipliers >= 0"),
     ):
         if not ok:
             raise ConfigError(f"optim.{key}={optim[key]!r}; allowed: {allowed}")
 
 
+def param_groups(parts: Mapping[str, nn.Module], optim: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One optimiser group per part (backbone, head, classifier) at lr * optim.lr_mult[part]; with
+    optim.no_decay_bn_bias, each part's 1-d parameters (BatchNorm weights, biases) get their own
+    group without weight decay. Frozen parameters are left out."""
+    groups = []
+    for name, module in parts.items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        lr = optim["lr"] * optim["lr_mult"].get(name, 1.0)
+        no_decay = [p for p in params if optim["no_decay_bn_bias"] and p.ndim <= 1]
+        decay = [p for p in params if not any(p is q for q in no_decay)]
+        groups += [{"name": name, "params": decay, "lr": lr}] if decay else []
+        groups += [{"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0}] if no_decay else []
+    return groups
+
+
 def build_optimiser(params, optim: Mapping[str, Any], max_epochs: int):
-    """SGD + MultiStepLR (the paper's recipe) or AdamW + cosine; the schedule steps per epoch."""
+    """SGD + MultiStepLR (the paper's recipe) or AdamW + cosine; the schedule steps per epoch.
+    `params`: parameters (one group), or {part name: module} for per-part groups (`param_groups`)."""
+    optim = complete(OptimConfig, optim, "optim", "the optimiser")
     validate_optim(optim)
+    if isinstance(params, Mapping):
+        params = param_groups(params, optim)
     if optim["name"] == "sgd":
         opt = torch.optim.SGD(
             params,

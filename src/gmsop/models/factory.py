@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import timm
+import timm.utils.model
 import torch
 from torch import nn
 
@@ -70,4 +71,25 @@ def create_backbone(cfg: Mapping[str, Any], in_chans: int, second_order: bool) -
     model = timm.create_model(
         name, pretrained=cfg["pretrained"], num_classes=0, global_pool="", in_chans=in_chans, **kwargs
     )
+    freeze_stages(model, cfg["freeze_stages"], name)
     return FeatureMap(model)
+
+
+def freeze_stages(model: nn.Module, n: int, name: str) -> list[str]:
+    """Freeze the first `n` stages of timm's `feature_info` (for ResNets: 1 = the stem, 2 = the
+    stem and the first block group, ...) and everything before them: no gradients, and their
+    BatchNorm layers keep their statistics (timm's `freeze`). Returns the frozen module names."""
+    if n == 0:
+        return []
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ConfigError(f"model.freeze_stages={n}: {name} does not describe its stages (no timm feature_info)")
+    info = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
+    if not 0 < n <= len(info):
+        raise ConfigError(f"model.freeze_stages={n}; {name} has {len(info)} stages: 0 to {len(info)}")
+    last = info[n - 1]["module"]
+    order = [m for m, _ in model.named_modules()]
+    end = max(i for i, m in enumerate(order) if m == last or m.startswith(last + "."))
+    leaves = [m for m, module in list(model.named_modules())[: end + 1] if m and not list(module.children())]
+    timm.utils.model.freeze(model, leaves)
+    return leaves
