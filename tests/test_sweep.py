@@ -113,6 +113,9 @@ def test_two_trial_sweep_on_digits_resumes_and_reports(tmp_path):
     assert all(json.loads(p.read_text())["epochs"] == 1 for p in summaries)
     with sqlite3.connect(root / "optuna.db") as db:
         assert db.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0] == 2
+        values = [v for (v,) in db.execute("select value from trial_values order by trial_id")]
+    # each trial's score is its run's best epoch (as validated at that epoch, not a step behind)
+    assert values == pytest.approx([json.loads(p.read_text())["best"]["val/top1_err"] for p in summaries])
     wandb_runs = list(root.glob("trial_*/wandb/offline-run-*"))
     assert len(wandb_runs) == 2  # one offline W&B run per trial
     trials = (root / "trials.csv").read_text().splitlines()
@@ -136,9 +139,9 @@ def test_prune_callback_reports_each_epoch_and_stops_bad_trials():
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.3))
     trial = study.ask()
     callback = PruneTrial(trial, "val/top1_err")
-    callback.on_validation_epoch_end(_FakeTrainer(0.2, epoch=0), None)  # good enough: continues
+    callback.on_validation_end(_FakeTrainer(0.2, epoch=0), None)  # good enough: continues
     with pytest.raises(optuna.TrialPruned, match="val/top1_err at epoch 1"):
-        callback.on_validation_epoch_end(_FakeTrainer(0.6, epoch=1), None)
+        callback.on_validation_end(_FakeTrainer(0.6, epoch=1), None)
     assert study.trials[0].intermediate_values == {0: pytest.approx(0.2), 1: pytest.approx(0.6)}
     # the trial's score: its best epoch (by the goal's direction) unless the sweep asks for the last
     assert callback.score("best", "minimize") == pytest.approx(0.2)

@@ -39,6 +39,20 @@ class Throughput(L.Callback):
         return {"train_images_per_s": self.images / self.seconds} if self.seconds > 0 else {}
 
 
+class WandbBestSummary(L.Callback):
+    """The W&B run summary keeps each validation metric's minimum (the best epoch), not only its
+    last value. Set when training starts: by then Lightning has created the W&B run (creating it
+    earlier can find the id still held by the W&B service of a process just killed)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                for key in VAL_METRICS:
+                    logger.experiment.define_metric(key, summary="min")
+
+
 class ComponentUsagePlots(L.Callback):
     """Pictures of a gated head's component usage after every epoch, to see whether gates collapse.
 

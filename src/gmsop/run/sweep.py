@@ -197,7 +197,9 @@ class PruneTrial(L.Callback):
             return self.values[max(self.values)]
         return (min if direction == "minimize" else max)(self.values.values())
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """(Not on_validation_epoch_end: callbacks run before the model's hook that logs this
+        epoch's error, so the metric there would still be the previous epoch's.)"""
         if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
             return
         self.values[trainer.current_epoch] = value = float(trainer.callback_metrics[self.metric])

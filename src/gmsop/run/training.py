@@ -27,9 +27,9 @@ from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import write_text_atomic
 from gmsop.registry import ConfigError
-from gmsop.run.callbacks import LearningCurves, Throughput
+from gmsop.run.callbacks import LearningCurves, Throughput, WandbBestSummary
 from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
-from gmsop.run.curves import VAL_METRICS, best_epoch
+from gmsop.run.curves import best_epoch
 from gmsop.run.folder import SUMMARY, RunLock
 from gmsop.run.resume import (
     WANDB_ID_FILE,
@@ -156,7 +156,14 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
     best, interrupt, checkpoints = checkpoint_callbacks(run_dir, cfg.trainer.checkpoint_every_n_steps)
     throughput = Throughput()
     curves = LearningCurves(run_dir, f"{cfg.name} ({run_dir.name})", plan.source)
-    callbacks = [*checkpoints, RunRecord(run_dir, wandb_id, container), RandomState(), throughput, curves]
+    callbacks = [
+        *checkpoints,
+        RunRecord(run_dir, wandb_id, container),
+        RandomState(),
+        throughput,
+        curves,
+        WandbBestSummary(),
+    ]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     callbacks += configured_callbacks(container["callbacks"]) + list(extra_callbacks)
@@ -276,8 +283,6 @@ def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id
             resume="allow",
             config=container,
         )
-        for key in VAL_METRICS:  # the W&B summary shows each run's best, not only its last epoch
-            logger.experiment.define_metric(key, summary="min")
         loggers.append(logger)
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
