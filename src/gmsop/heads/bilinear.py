@@ -8,17 +8,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import nn
 
 from gmsop import ops
 from gmsop.heads.base import HEADS, PoolingHead
-from gmsop.heads.second_order import ChannelReduction
-
-
-def _reduction(in_channels: int, reduce_dim: Optional[int]) -> tuple[nn.Module, int]:
-    if reduce_dim is not None and reduce_dim < 1:
-        raise ValueError(f"reduce_dim must be a positive channel count or null, got {reduce_dim}")
-    return (ChannelReduction(in_channels, reduce_dim) if reduce_dim else nn.Identity()), reduce_dim or in_channels
+from gmsop.heads.second_order import channel_reduction
 
 
 @HEADS.register("bcnn")
@@ -30,7 +23,7 @@ class BCNNHead(PoolingHead):
 
     def __init__(self, in_channels: int, reduce_dim: Optional[int] = None, eps: float = 1e-8) -> None:
         super().__init__()
-        self.reduce, channels = _reduction(in_channels, reduce_dim)
+        self.reduce, channels = channel_reduction(in_channels, reduce_dim)
         self.eps = eps
         self.out_dim = channels * channels
 
@@ -52,7 +45,7 @@ class CBPHead(PoolingHead):
         super().__init__()
         if dim < 2:
             raise ValueError(f"head.dim (the sketch size) must be >= 2, got {dim}")
-        self.reduce, channels = _reduction(in_channels, reduce_dim)
+        self.reduce, channels = channel_reduction(in_channels, reduce_dim)
         index, sign = ops.random_sketch(channels, dim, seed)
         self.register_buffer("index", index)
         self.register_buffer("sign", sign)

@@ -24,6 +24,13 @@ class ChannelReduction(nn.Sequential):
         )
 
 
+def channel_reduction(in_channels: int, reduce_dim: Optional[int]) -> tuple[nn.Module, int]:
+    """The optional `reduce_dim` step of a head (ChannelReduction, or nothing) and the channels after it."""
+    if reduce_dim is not None and reduce_dim < 1:
+        raise ValueError(f"reduce_dim must be a positive channel count or null, got {reduce_dim}")
+    return (ChannelReduction(in_channels, reduce_dim) if reduce_dim else nn.Identity()), reduce_dim or in_channels
+
+
 class CovarianceHead(PoolingHead):
     """Covariance -> `normalise` -> upper triangle. Subclasses choose the normalisation."""
 
@@ -31,10 +38,7 @@ class CovarianceHead(PoolingHead):
 
     def __init__(self, in_channels: int, reduce_dim: Optional[int] = None) -> None:
         super().__init__()
-        if reduce_dim is not None and reduce_dim < 1:
-            raise ValueError(f"reduce_dim must be a positive channel count or null, got {reduce_dim}")
-        self.reduce = ChannelReduction(in_channels, reduce_dim) if reduce_dim else nn.Identity()
-        self.channels = reduce_dim or in_channels
+        self.reduce, self.channels = channel_reduction(in_channels, reduce_dim)
         self.out_dim = ops.triu_dim(self.channels)
 
     def normalise(self, s: torch.Tensor) -> torch.Tensor:
