@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import lightning as L
 import pytest
 import torch
 
+from gmsop.config import OptimConfig
 from gmsop.data import build_datamodule
 from gmsop.heads import HeadOutput
 from gmsop.models.classifier import NonFiniteLossError, SecondOrderClassifier, build_optimiser
 from gmsop.registry import ConfigError
 
-SGD = {
-    "name": "sgd",
-    "lr": 0.1,
-    "momentum": 0.9,
-    "nesterov": False,
-    "weight_decay": 1e-4,
-    "scheduler": "multistep",
-    "milestones": [2, 4],
-    "gamma": 0.1,
-    "min_lr": 0.0,
-}
+SGD = asdict(OptimConfig(milestones=[2, 4]))  # the schema's defaults, but milestones=[2, 4]
 
 
 def _model(head="gap", optim=SGD):

@@ -5,28 +5,20 @@ from __future__ import annotations
 import csv
 import math
 import shutil
+from dataclasses import asdict
 
 import lightning as L
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from gmsop.config import OptimConfig
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.run.callbacks import LearningCurves
 from gmsop.run.curves import COLUMNS, read_curves, write_curves
 
-SGD = {
-    "name": "sgd",
-    "lr": 0.1,
-    "momentum": 0.9,
-    "nesterov": False,
-    "weight_decay": 1e-4,
-    "scheduler": "multistep",
-    "milestones": [1],
-    "gamma": 0.1,
-    "min_lr": 0.0,
-}
+SGD = asdict(OptimConfig(milestones=[1]))  # the schema's defaults, but milestones=[1]
 
 
 def test_curves_file_round_trip_with_missing_values(tmp_path):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from gmsop.config import OptimConfig
 from gmsop.eval import evaluate
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.run.checkpointing import BestCheckpoint
@@ -25,17 +27,7 @@ MODEL = {
     "bn": True,
     "dropout": 0.0,
 }
-OPTIM = {
-    "name": "sgd",
-    "lr": 0.1,
-    "momentum": 0.9,
-    "nesterov": False,
-    "weight_decay": 1e-4,
-    "scheduler": "none",
-    "milestones": [],
-    "gamma": 0.1,
-    "min_lr": 0.0,
-}
+OPTIM = asdict(OptimConfig(scheduler="none"))  # the schema's defaults, but scheduler="none"
 
 
 def _checkpoint(path: Path, resumable: bool = True, **hparams) -> dict:
