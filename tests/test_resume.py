@@ -147,28 +147,3 @@ def test_eval_refuses_data_the_model_was_not_trained_for(tmp_path):
     _image_tree(tmp_path / "pets", classes=("cat", "dog", "owl"), per_class=4)
     with pytest.raises(CheckpointError, match=r"trained for 10 classes, but data 'imagefolder' has 3"):
         evaluate(ckpt, {"name": "imagefolder", "root": str(tmp_path / "pets"), "num_workers": 0})
-
-
-def test_a_resume_waits_while_the_killed_process_still_holds_the_wandb_run(monkeypatch):
-    """After kill -9 the old process's W&B service holds the run id for a few seconds; a resume
-    started at once waits for it instead of failing (other W&B errors still fail)."""
-    from gmsop.run import training
-
-    class FlakyLogger:
-        def __init__(self, failures: int, message: str = "run ID abc is in use") -> None:
-            self.failures, self.message, self.tries = failures, message, 0
-
-        @property
-        def experiment(self):
-            self.tries += 1
-            if self.tries <= self.failures:
-                raise RuntimeError(self.message)
-            return "run"
-
-    monkeypatch.setattr(training.time, "sleep", lambda s: None)
-    held = FlakyLogger(failures=2)
-    with pytest.warns(UserWarning, match="W&B run abc is still held"):
-        training._start_wandb_run(held, "abc")
-    assert held.tries == 3
-    with pytest.raises(RuntimeError, match="no API key"):
-        training._start_wandb_run(FlakyLogger(failures=1, message="no API key"), "abc")

@@ -283,31 +283,10 @@ def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id
             resume="allow",
             config=container,
         )
-        if rank_zero_only.rank == 0:
-            _start_wandb_run(logger, wandb_id)
         loggers.append(logger)
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
     return loggers
-
-
-WANDB_ID_WAIT_S = 90  # how long a resume waits for the W&B run id to be released
-
-
-def _start_wandb_run(logger: WandbLogger, wandb_id: str) -> None:
-    """Start the W&B run now, waiting while its id is still held: after kill -9 the killed
-    process's W&B service keeps the run open for a few seconds, and a resume started at once
-    (a requeued job) would otherwise fail with "run ID ... is in use"."""
-    deadline = time.monotonic() + WANDB_ID_WAIT_S
-    while True:
-        try:
-            logger.experiment  # noqa: B018  (creates the run)
-            return
-        except Exception as e:  # wandb raises its own ServerResponseError
-            if "is in use" not in str(e) or time.monotonic() > deadline:
-                raise
-            warnings.warn(f"W&B run {wandb_id} is still held by a process that just ended; waiting", stacklevel=2)
-            time.sleep(3)
 
 
 def _wandb_logged_in() -> bool:
