@@ -31,6 +31,12 @@ def _start(tmp_path, *args, env=None):
     return start_cli("gmsop.train", *args, f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path, env=env)
 
 
+def wandb_service_version() -> str:
+    from wandb.sdk.lib.service.service_token import _CURRENT_VERSION
+
+    return _CURRENT_VERSION
+
+
 def _ok(proc) -> None:
     assert proc.returncode == 0, (
         f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
@@ -179,8 +185,11 @@ def test_kill_9_at_random_points_then_resume_loses_no_finished_step(tmp_path):
     rng = random.Random(9)
     last = run_dir / "checkpoints" / "last.ckpt"
     steps = []
+    # A W&B service inherited from a parent process (here: a dead one) is not used: in a shared
+    # service a killed run's stream stays open and its resume failed with "run ID ... is in use".
+    env = {"WANDB_SERVICE": f"{wandb_service_version()}-1-unix-{tmp_path / 'no-such.sock'}"}
     for _ in range(3):
-        proc = _start(tmp_path, *args)
+        proc = _start(tmp_path, *args, env=env)
         before = _step(last) if last.is_file() else -1
         _wait_for(
             lambda before=before, proc=proc: proc.poll() is not None or (last.is_file() and _step(last) > before),
@@ -192,7 +201,7 @@ def test_kill_9_at_random_points_then_resume_loses_no_finished_step(tmp_path):
         proc.wait()
         steps.append(_step(last))  # loads: never half-written
     assert steps == sorted(steps) and steps[0] < steps[-1] < 3 * STEPS_PER_EPOCH  # each resume continued
-    _ok(_train(tmp_path, *args))
+    _ok(_train(tmp_path, *args, env=env))
     summary = _summary(run_dir)
     assert (summary["status"], summary["epochs"], summary["global_step"]) == ("finished", 3, 3 * STEPS_PER_EPOCH)
     _assert_clean(run_dir)

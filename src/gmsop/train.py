@@ -12,9 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 from gmsop.errors import exit_on_user_error
 from gmsop.paths import CONFIG_DIR
 from gmsop.run.compose import register_configs
-from gmsop.run.training import RunInterrupted, run_training
+from gmsop.run.training import RunInterrupted, own_wandb_service, run_training
 
 register_configs()
+own_wandb_service()
 
 
 def _config_files(cfg: DictConfig) -> dict[str, str]:

@@ -350,6 +350,9 @@ def write_study_summary(study: optuna.Study, metric: str, folder: Path) -> None:
 
 @exit_on_user_error
 def main() -> None:
+    from gmsop.run.training import own_wandb_service
+
+    own_wandb_service()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", type=Path, help="sweep file in W&B's schema")
     p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")

@@ -289,6 +289,14 @@ def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id
     return loggers
 
 
+def own_wandb_service() -> None:
+    """Entry points call this first: the process starts its own W&B service rather than one named
+    by WANDB_SERVICE, inherited from a parent process (a launcher script, a notebook, a test
+    runner). In a shared service, a training killed with kill -9 leaves its run's stream open,
+    and every resume then fails with "run ID ... is in use"."""
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 def _wandb_logged_in() -> bool:
     """An API key in the environment, or in ~/.netrc where `wandb login` stores it."""
     return bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_wandb()
