@@ -188,8 +188,9 @@ def param_groups(parts: Mapping[str, nn.Module], optim: Mapping[str, Any]) -> li
     for name, module in parts.items():
         params = [p for p in module.parameters() if p.requires_grad]
         lr = optim["lr"] * optim["lr_mult"].get(name, 1.0)
-        no_decay = [p for p in params if optim["no_decay_bn_bias"] and p.ndim <= 1]
-        decay = [p for p in params if not any(p is q for q in no_decay)]
+        exempt = [optim["no_decay_bn_bias"] and p.ndim <= 1 for p in params]
+        no_decay = [p for p, e in zip(params, exempt) if e]
+        decay = [p for p, e in zip(params, exempt) if not e]
         groups += [{"name": name, "params": decay, "lr": lr}] if decay else []
         groups += [{"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0}] if no_decay else []
     return groups

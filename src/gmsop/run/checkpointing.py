@@ -26,6 +26,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -143,7 +144,7 @@ class SaveOnInterrupt(L.Callback):
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         """Hold a signal that came during validation (Lightning checks for one after this hook)."""
         connector = trainer._signal_connector  # Lightning 2.6 keeps the flag there
-        if trainer.state.fn == "fit" and not trainer.sanity_checking and connector.received_sigterm:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and connector.received_sigterm:
             connector.received_sigterm, self._held = False, True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
