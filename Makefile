@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade-strategy only-if-needed -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-cache-dir --upgrade-strategy only-if-needed -r requirements.txt
+	$(PY) -m pip install --quiet --no-cache-dir --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 ## train: the default experiment (GM-SOP / iSQRT-COV on digits); ARGS="key=value ..." to override
