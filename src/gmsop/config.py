@@ -30,6 +30,10 @@ class ModelConfig:
     bn: bool = True  # BatchNorm1d on the pooled vector before the classifier
     dropout: float = 0.0
     freeze_stages: int = 0  # fine-tuning: freeze the first N backbone stages (timm feature_info; 1 = the stem)
+    # torch.compile the backbone, head and classifier: false | true | a mode (e.g. max-autotune) |
+    # {mode, backend, fullgraph, dynamic, options} (torch.compile's arguments)
+    compile: Any = False
+    channels_last: bool = False  # NHWC memory format for the backbone's weights and the input images
 
 
 @dataclass

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from gmsop.config import ModelConfig, OptimConfig
 from gmsop.heads import HEADS, HeadOutput
+from gmsop.models.compiling import compile_in_place, compile_options
 from gmsop.models.factory import create_backbone
 from gmsop.models.usage import ComponentUsage, UsageSummary
 from gmsop.registry import ConfigError, complete
@@ -77,6 +78,12 @@ class SecondOrderClassifier(L.LightningModule):
             nn.Dropout(model["dropout"]),
             nn.Linear(self.head.out_dim, num_classes),
         )
+        self.channels_last = model["channels_last"]
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        compile_opts = compile_options(model["compile"])
+        if compile_opts is not None:
+            compile_in_place((self.backbone, self.head, self.classifier), compile_opts)
         # Component usage of a gated head per split and epoch (see component_usage / gmsop.run.callbacks).
         self.usage = nn.ModuleDict(
             {f"{split}_usage": ComponentUsage(self.head.num_components) for split in ("train", "val")}
@@ -93,6 +100,8 @@ class SecondOrderClassifier(L.LightningModule):
         )
 
     def forward_pooled(self, x: torch.Tensor) -> HeadOutput:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

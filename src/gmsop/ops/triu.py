@@ -26,4 +26,6 @@ def triu_vectorise(s: torch.Tensor) -> torch.Tensor:
     if s.dim() != 3 or s.shape[-1] != s.shape[-2]:
         raise ValueError(f"triu_vectorise expects B x C x C, got shape {tuple(s.shape)}")
     c = s.shape[-1]
-    return s.flatten(1)[:, _triu_flat_index(c, s.device)]
+    # torch.compile traces the index computation into the graph (it ignores lru_cache and warns)
+    index = _triu_flat_index.__wrapped__ if torch.compiler.is_compiling() else _triu_flat_index
+    return s.flatten(1)[:, index(c, s.device)]

@@ -1,0 +1,167 @@
+"""model.compile and model.channels_last: compiled parts equal eager ones, checkpoints load either
+way, and the mixture never recompiles for a new routing pattern.
+
+Most tests compile with the `aot_eager` backend: it runs TorchDynamo's capture and AOT autograd
+(where graph breaks, guards and recompilations happen) without Inductor's code generation, which
+takes minutes on 2 cores; one test runs Inductor itself on a small model.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+from gmsop.config import OptimConfig
+from gmsop.heads import HEADS, build_head
+from gmsop.models.classifier import SecondOrderClassifier
+from gmsop.models.compiling import compile_options
+from gmsop.registry import ConfigError
+
+SGD = asdict(OptimConfig())
+MIXTURES = {"gmsop", "gmgap", "mixture"}
+# float64 compiled vs eager: the same ops in the same order, so equal up to reassociation in fused kernels
+RTOL, ATOL = 1e-9, 1e-12
+
+
+def _head(name: str) -> torch.nn.Module:
+    cfg = {"name": name, **({"num_components": 4, "k": 2} if name in MIXTURES else {})}
+    return build_head(cfg, 12).double().train()
+
+
+def _forward_backward(module, x: torch.Tensor, seed: int = 3):
+    x = x.clone().requires_grad_()
+    torch.manual_seed(seed)  # the same gate noise in both
+    out = module(x)
+    (out.features.square().sum() + out.aux_loss).backward()
+    return out.features.detach(), x.grad, [p.grad for p in module.parameters()]
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()  # no cache or recompile budget shared between tests
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name", HEADS.names())
+def test_compiled_head_equals_eager_in_outputs_and_every_gradient(name):
+    eager = _head(name)
+    compiled = copy.deepcopy(eager)
+    compiled.compile(backend="aot_eager")
+    x = torch.randn(4, 12, 5, 4, dtype=torch.float64)
+    (y0, gx0, gp0), (y1, gx1, gp1) = _forward_backward(eager, x), _forward_backward(compiled, x)
+    assert counters["stats"]["unique_graphs"] >= 1  # really compiled, not silently eager
+    torch.testing.assert_close(y1, y0, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(gx1, gx0, rtol=RTOL, atol=ATOL)
+    for a, b in zip(gp1, gp0):
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
+
+
+def test_compiled_mixture_does_not_recompile_across_routing_patterns():
+    """50 steps with random routing (some components unused in some batches) after 3 warm-up
+    steps: no new graph and no recompilation. Before the dispatch was split into a static-shape
+    part and an eager per-component part, every new set of per-component counts recompiled."""
+    torch.manual_seed(0)
+    head = build_head({"name": "gmsop", "num_components": 6, "k": 2, "component_dims": [6], "gate_dims": [6]}, 5)
+    head.train().compile(backend="aot_eager")
+    patterns, frames = set(), []
+    for step in range(53):
+        for w in (head.gate.w_gate.weight, head.gate.w_noise.weight):  # a new routing each step
+            w.data = torch.randn_like(w) * 3
+        out = head(torch.randn(8, 5, 4, 4))
+        (out.features.sum() + out.aux_loss).backward()
+        patterns.add(tuple(out.routing.selected.tolist()))
+        if step == 2:
+            frames = dict(counters["stats"])
+    assert len(patterns) > 20 and any(0 in p for p in patterns)  # the test really varied the routing
+    assert dict(counters["stats"]) == frames  # no graph captured after step 3
+    assert not counters["recompiles"]
+
+
+def _classifier(**model) -> SecondOrderClassifier:
+    torch.manual_seed(0)
+    return SecondOrderClassifier({"backbone": "resnet18_64", **model}, {"name": "isqrt"}, SGD, 10, 1).double()
+
+
+def test_compiled_checkpoint_loads_into_eager_model_and_back(tmp_path):
+    compiled = _classifier(compile={"backend": "aot_eager"})
+    eager = _classifier()
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # no `_orig_mod.` prefixes
+    x = torch.randn(2, 1, 32, 32, dtype=torch.float64)
+    compiled.eval()
+    with torch.no_grad():
+        expected = compiled(x)
+    torch.save(compiled.state_dict(), tmp_path / "compiled.pt")
+    eager.load_state_dict(torch.load(tmp_path / "compiled.pt", weights_only=True))
+    with torch.no_grad():
+        torch.testing.assert_close(eager.eval()(x), expected, rtol=RTOL, atol=ATOL)
+    other = _classifier(compile={"backend": "aot_eager"})
+    other.load_state_dict(eager.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(other.eval()(x), expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_training_step_equals_eager():
+    """torch.compile's default backend (Inductor: generated C++ kernels) on one float64 training
+    step: the loss and every gradient within 1e-10 of eager, relative to the gradient's norm
+    (fused kernels reorder sums, so not bit for bit; measured about 1e-13)."""
+    eager = _classifier().train()
+    compiled = _classifier(compile=True).train()
+    compiled.load_state_dict(eager.state_dict())
+    x, y = torch.randn(4, 1, 32, 32, dtype=torch.float64), torch.randint(0, 10, (4,))
+    losses = []
+    for model in (eager, compiled):
+        loss = model.compute_loss(x, y).loss
+        loss.backward()
+        losses.append(loss.detach())
+    assert counters["stats"]["unique_graphs"] >= 3  # backbone, head, classifier
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-10, atol=0)
+    for (name, a), b in zip(compiled.named_parameters(), eager.parameters()):
+        assert (a.grad - b.grad).norm() <= 1e-10 * b.grad.norm(), name
+
+
+@pytest.mark.parametrize("name", HEADS.names())
+def test_every_head_accepts_channels_last_maps(name):
+    head = _head(name).eval()
+    x = torch.randn(3, 12, 5, 4, dtype=torch.float64)
+    with torch.no_grad():
+        expected = head(x).features
+        got = head(x.contiguous(memory_format=torch.channels_last)).features
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_channels_last_model_equals_contiguous_one():
+    nhwc, nchw = _classifier(channels_last=True).eval(), _classifier().eval()
+    assert nhwc.backbone.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    nhwc.load_state_dict(nchw.state_dict())
+    x = torch.randn(2, 1, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc(x), nchw(x), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fastest", r"mode='fastest'; allowed: default, reduce-overhead"),
+        ({"mod": "default"}, r"unknown key\(s\) \['mod'\]; allowed: .*fullgraph"),
+        (3, r"model.compile=3; allowed: false, true"),
+    ],
+)
+def test_bad_compile_values_name_the_value_and_what_is_allowed(value, message):
+    with pytest.raises(ConfigError, match=message):
+        compile_options(value)
+    with pytest.raises(ConfigError, match=message):
+        _classifier(compile=value)
+
+
+def test_compile_values():
+    assert compile_options(False) is None and compile_options(None) is None
+    assert compile_options(True) == {} and compile_options("max-autotune") == {"mode": "max-autotune"}
+    assert compile_options({"backend": "aot_eager", "dynamic": False}) == {"backend": "aot_eager", "dynamic": False}
