@@ -1,12 +1,15 @@
 """Benchmark suite: forward+backward time, memory kept for backward, and ratios measured in one run.
 
-    python benchmarks/suite.py [--only a,b,c,d] [--repeats 5] [--device cpu|cuda] [--out FILE]
+    python benchmarks/suite.py [--only a,b,c,d,e,f] [--repeats 5] [--device cpu|cuda] [--amp] [--out FILE]
     make bench
 
 (a) iSQRT closed-form backward / autograd          (same head, same side)
 (b) iSQRT (3 iterations) / eigendecomposition (MPN-COV)
 (c) GM-SOP-16-8 sparse dispatch / all 16 components on every image (B=64, 128x16x16, 256->128)
 (d) training images/s of the paper's ResNet-18 at 64x64 (1000 classes) with each head / with GAP
+(e) compiled / eager training step (ResNet-18, 32x32 input) for GAP, iSQRT and GM-SOP-16-8; channels_last /
+    contiguous; compilation time; graphs and recompilations after step 3 of 50 (see compiled.py)
+(f) the data loader's training images/s (ImageNet-64 memmap, image folder) / the model's (GAP, from d)
 Head shapes: B=64 and C x H x W in (256, 14, 14), (256, 8, 8), (128, 16, 16). Times are
 medians of --repeats runs after warm-up; on a GPU the same command gives the same table.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,13 +27,17 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compiled import compiled_vs_eager  # noqa: E402
 from gmsop.heads import build_head  # noqa: E402
 from gmsop.models.classifier import SecondOrderClassifier  # noqa: E402
+from loader import loader_rows  # noqa: E402
 from timing import environment, interleaved_median_seconds  # noqa: E402
 
 SHAPES = [(256, 14, 14), (256, 8, 8), (128, 16, 16)]
 GMSOP_16_8 = {"name": "gmsop", "num_components": 16, "k": 8}
 TRAIN_HEADS = [{"name": "gap"}, {"name": "sop"}, {"name": "isqrt"}, {"name": "mpncov"}, {"name": "gmgap"}, GMSOP_16_8]
+COMPILE_HEADS = [{"name": "gap"}, {"name": "isqrt"}, GMSOP_16_8]
+SECTIONS = "abcdef"
 
 
 def saved_for_backward_bytes(fn: Callable[[], Any]) -> int:
@@ -47,9 +55,24 @@ def saved_for_backward_bytes(fn: Callable[[], Any]) -> int:
 
 
 class Bench:
-    def __init__(self, device: torch.device, repeats: int, batch: int) -> None:
-        self.device, self.repeats, self.batch = device, repeats, batch
+    def __init__(
+        self, device: torch.device, repeats: int, batch: int, amp: bool = False, out: Path | None = None
+    ) -> None:
+        self.device, self.repeats, self.batch, self.amp, self.out = device, repeats, batch, amp, out
         self.rows: list[dict[str, Any]] = []
+        self.ratios: dict[str, Any] = {}
+
+    def save(self) -> None:
+        """Write what is measured so far (after each section: a long run stopped early keeps it),
+        atomically: the file is never half written."""
+        if self.out is None:
+            return
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        env = environment(self.device)
+        record = {"env": env, "batch": self.batch, "repeats": self.repeats, "amp": self.amp}
+        tmp = self.out.with_name(f".{self.out.name}.tmp")
+        tmp.write_text(json.dumps({**record, "rows": self.rows, "ratios": self.ratios}, indent=2))
+        os.replace(tmp, self.out)
 
     def heads(self, cfgs: list[dict], c: int, h: int, w: int) -> list[dict[str, Any]]:
         """Forward+backward time (interleaved) and memory of heads on one random B x C x H x W map."""
@@ -107,7 +130,8 @@ class Bench:
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
             def step(model=model, opt=opt) -> None:
-                loss = model.compute_loss(x, y).loss
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    loss = model.compute_loss(x, y).loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -123,7 +147,7 @@ def _label(cfg: dict) -> str:
 
 
 def run(only: set[str], bench: Bench) -> dict[str, Any]:
-    ratios: dict[str, Any] = {}
+    ratios = bench.ratios
     print(f"{'section':<4}{'head':<34}{'C x H x W':>12}{'ms':>10}{'saved MB':>10}")
 
     def show(sec: str, row: dict) -> dict:
@@ -153,6 +177,7 @@ def run(only: set[str], bench: Bench) -> dict[str, Any]:
         if "b" in only:
             ratios[f"(b) isqrt / mpncov @ {key}"] = ms["isqrt"] / ms["mpncov"]
             ratios[f"(b) isqrt C-side only / mpncov @ {key}"] = ms["isqrt(side=channel)"] / ms["mpncov"]
+        bench.save()
     if "c" in only:
         sparse, dense = (
             show("c", r)
@@ -161,6 +186,7 @@ def run(only: set[str], bench: Bench) -> dict[str, Any]:
             )
         )
         ratios["(c) gmsop-16-8 sparse / dense"] = sparse["ms"] / dense["ms"]
+        bench.save()
     if "d" in only:
         print(f"\n(d) training images/s, paper ResNet-18 at 64x64, 1000 classes, B={bench.batch}")
         ips = dict(zip(map(_label, TRAIN_HEADS), bench.train_images_per_s(TRAIN_HEADS)))
@@ -170,40 +196,62 @@ def run(only: set[str], bench: Bench) -> dict[str, Any]:
             print(f"    {name:<30}{ips[name]:>10.1f} img/s  {ips[name] / ips['gap']:.2f} x GAP")
             if name != "gap":
                 ratios[f"(d) train img/s {name} / gap"] = ips[name] / ips["gap"]
+        bench.save()
+    if "e" in only:
+        print(f"\n(e) training step, ResNet-18 at 32x32, B={bench.batch}: compiled and channels_last vs eager")
+        print(f"    {'head':<16}{'variant':<24}{'ms':>9}{'x eager':>9}{'1st step s':>12}{'graphs':>8}{'new>3':>7}")
+        for head in COMPILE_HEADS:
+            for row in compiled_vs_eager(head, bench.device, bench.batch, 32, bench.repeats, steps=50, amp=bench.amp):
+                bench.rows.append({"section": "e", **row})
+                name, variant = _label(head), row["variant"]
+                if "error" in row:
+                    print(f"    {name:<16}{variant:<24} failed: {row['error']}")
+                    continue
+                extra = (
+                    f"{row['first_step_s']:>12.1f}{row['graphs']:>8}{row['new_graphs_after_step3']:>7}"
+                    if "first_step_s" in row
+                    else ""
+                )
+                print(f"    {name:<16}{variant:<24}{row['ms']:>9.1f}{row['vs_eager']:>9.2f}{extra}")
+                if variant != "eager":
+                    ratios[f"(e) {variant} / eager step {name}"] = row["vs_eager"]
+                if "first_step_s" in row:
+                    ratios[f"(e) first compiled step s {name} ({variant})"] = row["first_step_s"]
+                    ratios[f"(e) recompiles after step 3 {name} ({variant})"] = row["recompiles_after_step3"]
+            bench.save()
+    if "f" in only:
+        model_ips = ips["gap"] if "d" in only else bench.train_images_per_s([{"name": "gap"}])[0]
+        print(f"\n(f) loader images/s beside the model's training images/s (ResNet-18 GAP, 64x64): {model_ips:.0f}")
+        for row in loader_rows(bench.device, bench.batch, batches=30):
+            row["model_images_per_s"] = model_ips
+            bench.rows.append({"section": "f", **row})
+            ratio = row["images_per_s"] / model_ips
+            print(f"    {row['path']:<36}{row['images_per_s']:>10.0f} img/s  {ratio:.1f} x the model")
+            ratios[f"(f) loader / model img/s, {row['path']}"] = ratio
+        bench.save()
     print("\nratios (same run):")
     for k, v in ratios.items():
-        print(f"  {k:<52}{v:.3f}")
+        print(f"  {k:<60} {v:.3f}")
     return ratios
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="a,b,c,d", help="comma-separated sections to run")
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast in the training steps (d, e)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "suite.json")
     args = p.parse_args()
     only = set(args.only.split(","))
-    if not only <= set("abcd"):
-        p.error(f"--only takes sections among a,b,c,d; got {args.only}")
+    if not only <= set(SECTIONS):
+        p.error(f"--only takes sections among {','.join(SECTIONS)}; got {args.only}")
     device = torch.device(args.device)
-    bench = Bench(device, args.repeats, args.batch)
-    print(f"B={args.batch}, median of {args.repeats}, {environment(device)}")
-    ratios = run(only, bench)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "env": environment(device),
-                "batch": args.batch,
-                "repeats": args.repeats,
-                "rows": bench.rows,
-                "ratios": ratios,
-            },
-            indent=2,
-        )
-    )
+    bench = Bench(device, args.repeats, args.batch, args.amp, args.out)
+    print(f"B={args.batch}, median of {args.repeats}, amp={args.amp}, {environment(device)}")
+    run(only, bench)
+    bench.save()
     print(f"written to {args.out}")
 
 

@@ -20,7 +20,7 @@ def test_suite_writes_ratios(tmp_path):
             sys.executable,
             str(REPO / "benchmarks" / "suite.py"),
             "--only",
-            "a,b,c",
+            "a,b,c,f",
             "--batch",
             "2",
             "--repeats",
@@ -39,8 +39,12 @@ def test_suite_writes_ratios(tmp_path):
         assert f"(a) isqrt closed_form / autograd @ {shape}" in keys
         assert f"(b) isqrt / mpncov @ {shape}" in keys
     assert "(c) gmsop-16-8 sparse / dense" in keys
+    assert {
+        "(f) loader / model img/s, imagenet64 memmap",
+        "(f) loader / model img/s, image folder (JPEG 80px -> 64px)",
+    } <= keys
     assert all(v > 0 for v in result["ratios"].values())
-    assert all(r["saved_mb"] > 0 for r in result["rows"])
+    assert all(r["saved_mb"] > 0 for r in result["rows"] if r["section"] in "abc")
 
 
 def test_suite_rejects_unknown_section():
