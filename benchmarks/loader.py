@@ -32,12 +32,14 @@ def _imagenet64_files(root: Path, per_file: int, rng: np.random.Generator) -> No
 
 
 def _image_folder(root: Path, classes: int, per_class: int, size: int, rng: np.random.Generator) -> None:
-    for c in range(classes):
-        folder = root / f"class_{c:03d}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+    """root/train/CLASS/*.jpg with per_class images, and one image per class in root/val/CLASS."""
+    for split, count in (("train", per_class), ("val", 1)):
+        for c in range(classes):
+            folder = root / split / f"class_{c:03d}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
 
 
 def loader_images_per_s(cfg: dict[str, Any], device: torch.device, batches: int) -> float:
@@ -61,7 +63,7 @@ def loader_rows(device: torch.device, batch: int, batches: int, workers: int | N
     """Images/s of both input paths with `workers` loader processes (default: one per CPU, up to 8)."""
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     rng = np.random.default_rng(0)
-    images = batch * (batches + 2)  # the first batch, the timed ones, and room for the val split
+    images = batch * (batches + 1)  # the first batch and the timed ones
     rows = []
     with tempfile.TemporaryDirectory(prefix="gmsop-bench-") as tmp:
         root = Path(tmp)
@@ -73,7 +75,7 @@ def loader_rows(device: torch.device, batch: int, batches: int, workers: int | N
             ("imagenet64 memmap", {"name": "imagenet64", "root": str(root / "imagenet64"), **common}),
             (
                 "image folder (JPEG 80px -> 64px)",
-                {"name": "imagefolder", "root": str(root / "folder"), "val_fraction": 0.01, **common},
+                {"name": "imagefolder", "root": str(root / "folder"), **common},
             ),
         ):
             ips = loader_images_per_s(cfg, device, batches)

@@ -4,7 +4,7 @@
     make bench
 
 (a) iSQRT closed-form backward / autograd          (same head, same side)
-(b) iSQRT (3 iterations) / eigendecomposition (MPN-COV)
+(b) iSQRT (3 iterations) / eigendecomposition (MPN-COV), and / a straightforward iSQRT (reference_isqrt.py)
 (c) GM-SOP-16-8 sparse dispatch / all 16 components on every image (B=64, 128x16x16, 256->128)
 (d) training images/s of the paper's ResNet-18 at 64x64 (1000 classes) with each head / with GAP
 (e) compiled / eager training step (ResNet-18, 32x32 input) for GAP, iSQRT and GM-SOP-16-8; channels_last /
@@ -31,6 +31,7 @@ from compiled import compiled_vs_eager  # noqa: E402
 from gmsop.heads import build_head  # noqa: E402
 from gmsop.models.classifier import SecondOrderClassifier  # noqa: E402
 from loader import loader_rows  # noqa: E402
+from reference_isqrt import StraightforwardISqrt  # noqa: E402
 from timing import environment, interleaved_median_seconds  # noqa: E402
 
 SHAPES = [(256, 14, 14), (256, 8, 8), (128, 16, 16)]
@@ -38,6 +39,7 @@ GMSOP_16_8 = {"name": "gmsop", "num_components": 16, "k": 8}
 TRAIN_HEADS = [{"name": "gap"}, {"name": "sop"}, {"name": "isqrt"}, {"name": "mpncov"}, {"name": "gmgap"}, GMSOP_16_8]
 COMPILE_HEADS = [{"name": "gap"}, {"name": "isqrt"}, GMSOP_16_8]
 SECTIONS = "abcdef"
+STRAIGHTFORWARD_NAME, STRAIGHTFORWARD = "straightforward_isqrt", StraightforwardISqrt  # (b)'s plain baseline
 
 
 def saved_for_backward_bytes(fn: Callable[[], Any]) -> int:
@@ -80,7 +82,8 @@ class Bench:
         x = torch.randn(self.batch, c, h, w, device=self.device, requires_grad=True)
         steps, rows = [], []
         for cfg in cfgs:
-            head = build_head(cfg, c).to(self.device).train()
+            head = STRAIGHTFORWARD() if cfg["name"] == STRAIGHTFORWARD_NAME else build_head(cfg, c)
+            head = head.to(self.device).train()
 
             def forward(head=head):
                 out = head(x)
@@ -164,7 +167,12 @@ def run(only: set[str], bench: Bench) -> dict[str, Any]:
         if "a" in only:
             cfgs += [{"name": "isqrt", "backward": "closed_form"}, {"name": "isqrt", "backward": "autograd"}]
         if "b" in only:
-            cfgs += [{"name": "isqrt"}, {"name": "isqrt", "side": "channel"}, {"name": "mpncov"}]
+            cfgs += [
+                {"name": "isqrt"},
+                {"name": "isqrt", "side": "channel"},
+                {"name": "mpncov"},
+                {"name": STRAIGHTFORWARD_NAME},
+            ]
         if not cfgs:
             continue
         ms = {
@@ -177,6 +185,7 @@ def run(only: set[str], bench: Bench) -> dict[str, Any]:
         if "b" in only:
             ratios[f"(b) isqrt / mpncov @ {key}"] = ms["isqrt"] / ms["mpncov"]
             ratios[f"(b) isqrt C-side only / mpncov @ {key}"] = ms["isqrt(side=channel)"] / ms["mpncov"]
+            ratios[f"(b) isqrt / straightforward isqrt @ {key}"] = ms["isqrt"] / ms[STRAIGHTFORWARD_NAME]
         bench.save()
     if "c" in only:
         sparse, dense = (

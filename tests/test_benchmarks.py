@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import REPO
 
@@ -38,6 +39,7 @@ def test_suite_writes_ratios(tmp_path):
     for shape in ("256x14x14", "256x8x8", "128x16x16"):
         assert f"(a) isqrt closed_form / autograd @ {shape}" in keys
         assert f"(b) isqrt / mpncov @ {shape}" in keys
+        assert f"(b) isqrt / straightforward isqrt @ {shape}" in keys
     assert "(c) gmsop-16-8 sparse / dense" in keys
     assert {
         "(f) loader / model img/s, imagenet64 memmap",
@@ -55,3 +57,18 @@ def test_suite_rejects_unknown_section():
         timeout=120,
     )
     assert proc.returncode != 0 and "sections among a,b,c,d" in proc.stderr
+
+
+def test_straightforward_baseline_computes_what_the_isqrt_head_computes():
+    """(b) times the head against a plain implementation of the same math: it must be the same
+    function (float64, every side the head can choose)."""
+    from gmsop.heads import build_head
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from reference_isqrt import StraightforwardISqrt
+
+    x = torch.randn(3, 16, 5, 4, dtype=torch.float64)
+    expected = StraightforwardISqrt(iterations=5)(x).features
+    for side in ("channel", "position", "auto"):
+        head = build_head({"name": "isqrt", "side": side, "iterations": 5}, 16).double()
+        torch.testing.assert_close(head(x).features, expected, rtol=1e-10, atol=1e-12)

@@ -29,15 +29,23 @@ RTOL, ATOL = 1e-9, 1e-12
 
 
 def _head(name: str) -> torch.nn.Module:
+    """A float64 head with random weights (no zero-initialised gate: every gradient is non-trivial)."""
     cfg = {"name": name, **({"num_components": 4, "k": 2} if name in MIXTURES else {})}
-    return build_head(cfg, 12).double().train()
+    head = build_head(cfg, 12).double().train()
+    for p in head.parameters():
+        if p.ndim > 1:
+            p.data.normal_()
+    return head
 
 
 def _forward_backward(module, x: torch.Tensor, seed: int = 3):
+    """Outputs and gradients of a random linear loss (not |y|^2, which is constant for the
+    L2-normalised bcnn/cbp features and so has zero gradient)."""
     x = x.clone().requires_grad_()
+    weights = torch.randn(x.shape[0], module.out_dim, dtype=x.dtype, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(seed)  # the same gate noise in both
     out = module(x)
-    (out.features.square().sum() + out.aux_loss).backward()
+    ((out.features * weights).sum() + out.aux_loss).backward()
     return out.features.detach(), x.grad, [p.grad for p in module.parameters()]
 
 

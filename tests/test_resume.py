@@ -97,6 +97,20 @@ def test_compatibility_names_every_changed_key_and_ignores_where_data_lives(tmp_
     assert check_compatible(plan, written_out, allow_changes=False) == []
 
 
+def test_a_run_resumes_compiled_or_channels_last_and_from_checkpoints_without_those_keys(tmp_path):
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = _checkpoint(path)
+    plan = plan_resume(str(tmp_path / "run"), tmp_path / "new", tmp_path)
+    model = saved["hyper_parameters"]["model"]
+    faster = {**saved["hyper_parameters"], "model": {**model, "compile": "max-autotune", "channels_last": True}}
+    assert check_compatible(plan, faster, allow_changes=False) == []
+    older = {k: v for k, v in model.items() if k not in ("compile", "channels_last", "freeze_stages")}
+    plan.checkpoint["hyper_parameters"]["model"] = older  # written before these keys existed
+    assert check_compatible(plan, saved["hyper_parameters"], allow_changes=False) == []
+    with pytest.raises(CheckpointError, match="model.dropout: 0.0 in the checkpoint, 0.5 now"):
+        check_compatible(plan, {**saved["hyper_parameters"], "model": {**model, "dropout": 0.5}}, allow_changes=False)
+
+
 def test_weights_that_do_not_fit_are_named_even_when_changes_are_allowed(tmp_path):
     from gmsop.run.resume import check_weights_fit
 

@@ -26,10 +26,11 @@ import lightning as L
 import numpy as np
 import torch
 
+from gmsop.config import ModelConfig
 from gmsop.data import DATA
 from gmsop.errors import UserError
 from gmsop.heads import HEADS
-from gmsop.registry import ConfigError, Registry
+from gmsop.registry import ConfigError, Registry, complete
 from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST
 from gmsop.run.folder import is_locked, require_fresh
 
@@ -38,6 +39,8 @@ WANDB_ID_FILE = "wandb_run_id.txt"
 RECORD_KEY = "gmsop"
 # Data keys that change how data is read, not what the model learns: free to differ on resume.
 DATA_KEYS_FREE_ON_RESUME = ("root", "num_workers", "eval_batch_size", "verify_images")
+# how the model is run, not what it computes: a run may resume compiled, NHWC or not
+MODEL_KEYS_FREE_ON_RESUME = ("compile", "channels_last")
 
 
 class ResumeError(UserError, FileNotFoundError):
@@ -171,8 +174,10 @@ def config_differences(checkpoint: dict, current: Mapping[str, Any]) -> list[str
 
         data = part("data", DATA)
         data = {k: v for k, v in data.items() if k not in DATA_KEYS_FREE_ON_RESUME}
+        model = _model_with_defaults(h.get("model"))
+        model = {k: v for k, v in model.items() if k not in MODEL_KEYS_FREE_ON_RESUME}
         return {
-            "model": h.get("model"),
+            "model": model,
             "head": part("head", HEADS),
             "optim": h.get("optim"),
             "data": data,
@@ -181,6 +186,14 @@ def config_differences(checkpoint: dict, current: Mapping[str, Any]) -> list[str
         }
 
     return differences(comparable(saved, current), comparable(current, saved))
+
+
+def _model_with_defaults(cfg: Optional[Mapping[str, Any]]) -> dict:
+    """The model config with the schema's defaults (checkpoints of older versions lack newer keys)."""
+    try:
+        return complete(ModelConfig, cfg or {}, "model", "the model")
+    except ConfigError:
+        return dict(cfg or {})
 
 
 def _with_defaults(registry: Registry, cfg: Optional[Mapping[str, Any]]) -> dict:
