@@ -56,7 +56,7 @@ def test_fine_tuning_recipe_part_learning_rates_no_decay_groups_and_frozen_stage
     model = SecondOrderClassifier(
         {"backbone": "resnet18_64", "freeze_stages": 2}, {"name": "isqrt", "reduce_dim": 8}, optim, 10, 1
     )
-    model.trainer = type("T", (), {"max_epochs": 3})()  # configure_optimizers reads max_epochs only
+    model.trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False)
     opt = model.configure_optimizers()["optimizer"]
     groups = {g["name"]: g for g in opt.param_groups}
     assert {n: g["lr"] for n, g in groups.items()} == pytest.approx(
@@ -132,3 +132,42 @@ def test_each_config_is_validated_once():
     ):
         SecondOrderClassifier({"backbone": "resnet18_64"}, {"name": "gmsop"}, {"name": "sgd"}, 10, 3)
     assert sorted(paths) == ["head", "head.component_pooling", "head.gate.pooling"]
+
+
+def test_backbone_warm_up_trains_only_head_and_classifier_then_everything(tmp_path):
+    """model.freeze_backbone_epochs=1 through Lightning's fit: epoch 0 leaves every backbone
+    weight and BatchNorm statistic as it was while head and classifier learn; epoch 1 trains
+    the backbone too. Stages frozen by model.freeze_stages stay frozen throughout."""
+
+    def snapshot(module):
+        return {k: v.clone() for k, v in module.state_dict().items()}
+
+    model = SecondOrderClassifier(
+        {"backbone": "resnet18_64", "freeze_backbone_epochs": 1, "freeze_stages": 1}, {"name": "gap"}, SGD, 10, 1
+    )
+    data = build_datamodule({"name": "digits", "batch_size": 16})
+    backbone0, classifier0 = snapshot(model.backbone), snapshot(model.classifier)
+    after_epoch = []
+
+    class Snapshots(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            after_epoch.append(snapshot(pl_module.backbone))
+
+    L.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[Snapshots()],
+    ).fit(model, datamodule=data)
+    backbone1, backbone2 = after_epoch
+    assert all(torch.equal(backbone0[k], backbone1[k]) for k in backbone0)  # weights and running statistics
+    assert not torch.equal(classifier0["2.weight"], model.classifier[2].weight)
+    changed = {k for k in backbone0 if not torch.equal(backbone1[k], backbone2[k])}
+    assert "model.stages.0.0.conv1.weight" in changed and "model.stages.0.0.bn1.running_mean" in changed
+    assert not any(k.startswith("model.stem.") for k in changed)  # freeze_stages=1: the stem, for good
+    with pytest.raises(ConfigError, match=r"model.freeze_backbone_epochs=-1; allowed: >= 0"):
+        SecondOrderClassifier({"backbone": "resnet18_64", "freeze_backbone_epochs": -1}, {"name": "gap"}, SGD, 10, 1)

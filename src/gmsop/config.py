@@ -30,6 +30,7 @@ class ModelConfig:
     bn: bool = True  # BatchNorm1d on the pooled vector before the classifier
     dropout: float = 0.0
     freeze_stages: int = 0  # fine-tuning: freeze the first N backbone stages (timm feature_info; 1 = the stem)
+    freeze_backbone_epochs: int = 0  # fine-tuning warm-up: train only the head and classifier for N epochs
     # torch.compile the backbone, head and classifier: false | true | a mode (e.g. max-autotune) |
     # {mode, backend, fullgraph, dynamic, options} (torch.compile's arguments)
     compile: Any = False

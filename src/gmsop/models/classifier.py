@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -78,6 +79,10 @@ class SecondOrderClassifier(L.LightningModule):
             nn.Dropout(model["dropout"]),
             nn.Linear(self.head.out_dim, num_classes),
         )
+        if model["freeze_backbone_epochs"] < 0:
+            raise ConfigError(f"model.freeze_backbone_epochs={model['freeze_backbone_epochs']}; allowed: >= 0")
+        # the backbone parameters a warm-up holds (not those model.freeze_stages froze for good)
+        self._warm_up_held = [p for p in self.backbone.parameters() if p.requires_grad]
         self.channels_last = model["channels_last"]
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
@@ -161,10 +166,36 @@ class SecondOrderClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_errors("train")
 
+    # -- fine-tuning warm-up (model.freeze_backbone_epochs) --------------------------------------
+    def backbone_held(self) -> bool:
+        """In the warm-up: the backbone is fixed (no gradients, BatchNorm statistics kept) while the
+        head and classifier train. Its parameters stay in the optimiser (and its schedule) with no
+        gradient, so SGD leaves them alone until the warm-up ends; resumes follow the epoch."""
+        trainer = self._trainer
+        epochs = self.hparams.model.get("freeze_backbone_epochs", 0)
+        fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
+        return bool(epochs) and fitting and self.current_epoch < epochs
+
+    def on_train_epoch_start(self) -> None:
+        held = self.backbone_held()
+        for p in self._warm_up_held:
+            p.requires_grad_(not held)
+        self.train(self.training)  # BatchNorm modes follow
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.backbone_held():
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
     def on_validation_epoch_end(self) -> None:
         self._log_errors("val")
 
     def configure_optimizers(self):
+        for p in self._warm_up_held:  # in the optimiser from the start; the warm-up only withholds gradients
+            p.requires_grad_(True)
         parts = {name: getattr(self, name) for name in PARTS}
         return build_optimiser(parts, self.hparams.optim, self.trainer.max_epochs)
 

@@ -1,0 +1,140 @@
+"""Data sets of image files decoded per read: the base of `imagefolder` and `cub`.
+
+A subclass lists (path, label) samples for training and validation; this base checks that the
+files open, decodes them to uint8 tensors of image_size x image_size, and estimates channel
+statistics. `crop` picks how an image becomes that square:
+- "resize": the whole image, resized (small images, the paper's data);
+- "fine_grained": training takes a random resized crop (scale 0.08-1, torchvision's), evaluation
+  resizes the short side to image_size / 0.875 and takes the centre crop, as fine-grained
+  fine-tuning does at 448 px. Horizontal flips are `data.flip` (on the device, for every data set).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
+from typing import Optional
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from gmsop.data.base import ImageDataModule, uint8_channel_stats
+from gmsop.data.errors import MissingDataError
+
+Sample = tuple[str, int]
+EVAL_CROP_FRACTION = 0.875  # centre crop of the resized image (e.g. 512 -> 448)
+
+
+class Crop(StrEnum):
+    resize = "resize"
+    fine_grained = "fine_grained"
+
+
+def decode_pipeline(size: int, crop: Crop, training: bool) -> v2.Compose:
+    """PIL image -> uint8 C x size x size tensor."""
+    steps: list = [v2.PILToTensor()]
+    if crop == Crop.resize:
+        steps.append(v2.Resize((size, size), antialias=True))
+    elif training:
+        steps.append(v2.RandomResizedCrop(size, antialias=True))
+    else:
+        steps += [v2.Resize(round(size / EVAL_CROP_FRACTION), antialias=True), v2.CenterCrop(size)]
+    return v2.Compose(steps)
+
+
+class ImageFiles(Dataset):
+    """(path, label) samples -> (uint8 C x S x S tensor, label), decoded and cropped per read."""
+
+    def __init__(self, samples: list[Sample], pipeline: v2.Compose, mode: str) -> None:
+        self.samples, self.pipeline, self.mode = samples, pipeline, mode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as img:
+                return self.pipeline(img.convert(self.mode)), label
+        except (OSError, SyntaxError, ValueError) as e:
+            raise MissingDataError(f"cannot read image {path}: {e}; remove or replace the file") from None
+
+
+def unreadable_images(paths: list[str]) -> list[tuple[str, str]]:
+    """(path, reason) for every file that PIL cannot open and verify (header and structure; fast)."""
+
+    def check(path: str):
+        try:
+            with Image.open(path) as img:
+                img.verify()
+            return None
+        except Exception as e:  # PIL raises many types for bad files
+            return path, f"{type(e).__name__}: {e}"
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        results = pool.map(check, paths, chunksize=64)
+        found = tqdm(results, total=len(paths), desc="checking images", disable=len(paths) < 5000, leave=False)
+        return [r for r in found if r is not None]
+
+
+class ImageFilesDataModule(ImageDataModule):
+    """Base: subclasses set class_names/num_classes and implement `samples()`."""
+
+    class_names: list[str]
+
+    def __init__(
+        self,
+        batch_size: int,
+        image_size: int,
+        num_workers: int,
+        flip: bool,
+        eval_batch_size: Optional[int],
+        grayscale: bool,
+        stats_sample: int,
+        verify_images: bool,
+        crop: Crop,
+    ) -> None:
+        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size)
+        self.num_channels = 1 if grayscale else 3
+        self.stats_sample, self.verify_images, self.crop = stats_sample, verify_images, Crop(crop)
+        self._stats_ds: Optional[ImageFiles] = None
+
+    @abstractmethod
+    def samples(self) -> tuple[list[Sample], list[Sample]]:
+        """(train, val) lists of (image path, class index)."""
+
+    def where(self) -> str:
+        """Where the files are, for error messages."""
+        return str(getattr(self, "root", "data.root"))
+
+    def datasets(self):
+        train, val = self.samples()
+        if self.verify_images:
+            bad = unreadable_images([path for path, _ in train + val])
+            if bad:
+                listed = "\n  ".join(f"{p} ({why})" for p, why in bad[:10])
+                more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+                raise MissingDataError(
+                    f"{len(bad)} unreadable image(s) under {self.where()}:\n  {listed}{more}\n"
+                    "remove or replace them (or data.verify_images=false to find them while training)"
+                )
+        mode = "L" if self.num_channels == 1 else "RGB"
+        eval_pipeline = decode_pipeline(self.image_size, self.crop, training=False)
+        self._stats_ds = ImageFiles(train, eval_pipeline, mode)
+        return ImageFiles(train, decode_pipeline(self.image_size, self.crop, training=True), mode), ImageFiles(
+            val, eval_pipeline, mode
+        )
+
+    def channel_stats(self):
+        """Estimated on up to `stats_sample` training images (seeded; evaluation crops)."""
+        ds = self._stats_ds
+        if ds is None:
+            raise RuntimeError("channel_stats() before datasets()")
+        n = min(self.stats_sample, len(ds))
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
+        return uint8_channel_stats(torch.stack([ds[int(i)][0] for i in idx]))
