@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -62,17 +63,46 @@ def create_backbone(cfg: Mapping[str, Any], in_chans: int, second_order: bool) -
         )
     if cfg["output_stride"] is not None:
         kwargs["output_stride"] = cfg["output_stride"]
-    if cfg["pretrained"]:
+    pretrained = cfg["pretrained"]
+    if pretrained:
         if not cfg["pretrained_file"]:
             raise ConfigError(
                 "model.pretrained=true needs model.pretrained_file (a local weights file); nothing is downloaded"
             )
+        if not Path(cfg["pretrained_file"]).expanduser().is_file():
+            raise ConfigError(f"model.pretrained_file={cfg['pretrained_file']} does not exist")
         kwargs["pretrained_cfg_overlay"] = {"file": cfg["pretrained_file"]}
+    own = name in SMALL_IMAGE_BACKBONES  # registered here, without timm's pretrained configs
+    if own:
+        kwargs.pop("pretrained_cfg_overlay", None)
     model = timm.create_model(
-        name, pretrained=cfg["pretrained"], num_classes=0, global_pool="", in_chans=in_chans, **kwargs
+        name, pretrained=pretrained and not own, num_classes=0, global_pool="", in_chans=in_chans, **kwargs
     )
+    if pretrained and own:
+        load_own_weights(model, Path(cfg["pretrained_file"]).expanduser(), name)
     freeze_stages(model, cfg["freeze_stages"], name)
     return FeatureMap(model)
+
+
+def load_own_weights(model: nn.Module, path: Path, name: str) -> None:
+    """Load a small-image backbone's weights (e.g. written by `python -m gmsop.export`), naming
+    what does not fit: another backbone's file fails here rather than training from noise."""
+    try:
+        state = timm.models.load_state_dict(str(path))
+    except Exception as e:  # safetensors and torch raise many types for a bad file
+        raise ConfigError(
+            f"model.pretrained_file={path} is not a readable weights file ({type(e).__name__}: {e})"
+        ) from None
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        shapes = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here" for k in sorted(wrong)[:5]]
+        raise ConfigError(
+            f"model.pretrained_file={path} does not fit {name} (in_chans and widths must match): "
+            f"{len(missing)} missing tensor(s) {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}; {shapes}"
+        )
+    model.load_state_dict(state)
 
 
 def freeze_stages(model: nn.Module, n: int, name: str) -> list[str]:
