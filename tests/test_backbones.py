@@ -50,3 +50,31 @@ def test_backbone_errors():
         create_backbone({"backbone": "resnet18", "pretrained": True}, 3, True)
     with pytest.raises(ConfigError, match="last_stride applies to"):
         create_backbone({"backbone": "resnet18", "last_stride": 1}, 3, True)
+    with pytest.raises(ConfigError, match="features_only=true is not supported"):
+        create_backbone({"backbone": "resnet18", "backbone_kwargs": {"features_only": True}}, 3, True)
+    with pytest.raises(ConfigError, match="folder /no/such/model does not exist"):
+        create_backbone({"backbone": "local-dir:/no/such/model"}, 3, True)
+
+
+def test_full_timm_names_with_a_pretrained_tag_and_a_local_weights_file(tmp_path):
+    """`resnet18.a1_in1k` is a name timm takes; its weights come from a local file (timm's own
+    format, written here from a fresh model), never from the network."""
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet18", num_classes=0, global_pool="")
+    for p in source.parameters():
+        p.data.normal_()
+    save_file(source.state_dict(), str(tmp_path / "r18.safetensors"))
+    cfg = {"backbone": "resnet18.a1_in1k", "pretrained": True, "pretrained_file": str(tmp_path / "r18.safetensors")}
+    bb = create_backbone(cfg, 3, second_order=False)
+    assert torch.equal(bb.model.conv1.weight, source.conv1.weight)
+
+
+def test_a_map_of_one_position_is_refused_by_second_order_heads():
+    from gmsop.heads import build_head
+
+    for name in ("sop", "isqrt", "mpncov", "parametric_isqrt"):
+        with pytest.raises(ValueError, match=r"at least 2 positions, got 1: feed it a larger map"):
+            build_head({"name": name}, 8)(torch.randn(2, 8, 1, 1))
+    assert build_head({"name": "gap"}, 8)(torch.randn(2, 8, 1, 1)).features.shape == (2, 8)

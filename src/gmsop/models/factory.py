@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import timm
 import timm.utils.model
 import torch
+from timm.models import parse_model_name, split_model_name_tag
 from torch import nn
 
 from gmsop.config import ModelConfig
@@ -50,10 +52,13 @@ def create_backbone(cfg: Mapping[str, Any], in_chans: int, second_order: bool) -
     """timm.create_model(cfg.backbone, num_classes=0, global_pool='') with the head's stride choice."""
     cfg = complete(ModelConfig, cfg, "model", "the model")
     name = cfg["backbone"]
-    if name not in timm.list_models():
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
-        raise ConfigError(f"unknown backbone model.backbone={name!r}; similar timm names: {', '.join(close) or 'none'}")
+    check_backbone_name(name)
     kwargs: dict[str, Any] = dict(cfg["backbone_kwargs"])
+    if kwargs.get("features_only"):
+        raise ConfigError(
+            "model.backbone_kwargs.features_only=true is not supported: the head pools the backbone's last map, "
+            "which gmsop takes from forward_features; remove the key (model.output_stride sets the map's size)"
+        )
     if name in SMALL_IMAGE_BACKBONES:
         last_stride = cfg["last_stride"]
         kwargs["last_stride"] = last_stride if last_stride is not None else (1 if second_order else 2)
@@ -82,6 +87,21 @@ def create_backbone(cfg: Mapping[str, Any], in_chans: int, second_order: bool) -
         load_own_weights(model, Path(cfg["pretrained_file"]).expanduser(), name)
     freeze_stages(model, cfg["freeze_stages"], name)
     return FeatureMap(model)
+
+
+def check_backbone_name(name: str) -> None:
+    """Any name timm.create_model takes: a registered architecture with or without a pretrained tag
+    (resnet50.a1_in1k), `local-dir:/folder` (a model folder on disk) or `hf-hub:org/name`, read
+    from the local Hugging Face cache only (nothing is downloaded)."""
+    scheme, arch = parse_model_name(name)
+    if scheme == "hf-hub":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    elif scheme == "local-dir":
+        if not Path(arch).expanduser().is_dir():
+            raise ConfigError(f"model.backbone={name!r}: folder {arch} does not exist")
+    elif not timm.is_model(name):
+        close = timm.list_models(f"*{split_model_name_tag(name)[0].split('_')[0]}*")[:10]
+        raise ConfigError(f"unknown backbone model.backbone={name!r}; similar timm names: {', '.join(close) or 'none'}")
 
 
 def load_own_weights(model: nn.Module, path: Path, name: str) -> None:

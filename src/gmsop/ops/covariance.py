@@ -17,6 +17,16 @@ def covariance(x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 3:
         raise ValueError(f"covariance expects B x C x M or B x C x H x W, got shape {tuple(x.shape)}")
     m = x.shape[-1]
+    require_positions(m)
     xc = x - x.mean(dim=-1, keepdim=True)
     s = torch.bmm(xc, xc.transpose(1, 2)) / m
     return 0.5 * (s + s.transpose(1, 2))
+
+
+def require_positions(m: int) -> None:
+    """A covariance needs at least 2 positions (one gives the zero matrix, and iSQRT then divides by 0)."""
+    if m < 2:
+        raise ValueError(
+            f"second-order pooling needs a map with at least 2 positions, got {m}: feed it a larger map "
+            "(a larger data.image_size, model.output_stride=16, or model.last_stride=1)"
+        )

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 import torch
 
-from gmsop.ops.covariance import covariance
+from gmsop.ops.covariance import covariance, require_positions
 from gmsop.ops.sqrtm import TRACE_EPS, isqrt, newton_schulz, trace_normalise
 
 
@@ -45,6 +45,7 @@ def isqrt_covariance(
     if x.dim() == 4:
         x = x.flatten(2)
     c, m = x.shape[-2:]
+    require_positions(m)
     if choose_side(c, m, side) == "channel":
         return isqrt(covariance(x), iterations, eps, backward)
     xc = (x - x.mean(dim=-1, keepdim=True)) / math.sqrt(m)
