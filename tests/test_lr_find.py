@@ -1,0 +1,30 @@
+"""python -m gmsop.lr_find: Lightning's learning-rate finder on a composed training config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_lr_find_writes_the_curve_and_suggests_a_learning_rate(tmp_path):
+    out = tmp_path / "lrf"
+    cmd = [sys.executable, "-m", "gmsop.lr_find", "head=gap", "data.batch_size=32", "--steps", "12", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "lr_find.json").read_text())
+    lrs = result["lrs"]
+    assert len(lrs) == 12 and lrs[0] == pytest.approx(1e-5) and all(a < b for a, b in zip(lrs, lrs[1:]))
+    assert (out / "lr_find.png").stat().st_size > 0
+    assert ("suggested learning rate" in proc.stdout) == (result["suggestion"] is not None)
+    assert not list(tmp_path.glob("runs")) and not list(tmp_path.rglob("*.ckpt"))  # nothing of a run is written
+
+
+def test_lr_find_refuses_a_range_or_step_count_it_cannot_use(tmp_path):
+    cmd = [sys.executable, "-m", "gmsop.lr_find", "--min-lr", "1", "--max-lr", "0.1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "need 0 < --min-lr < --max-lr, got 1.0 and 0.1" in proc.stderr
