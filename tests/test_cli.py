@@ -115,12 +115,22 @@ def test_multirun_grid_keeps_every_run(cli, tmp_path):
     assert [_summary(r)["head"]["name"] for r in runs] == ["gap", "sop"]
     wandb_files = [f for r in runs for f in r.glob("wandb/offline-run-*/run-*.wandb")]
     assert len(wandb_files) == 2 and all("val/top1_err" in history(f) for f in wandb_files)
+    # W&B runs named by what differs (not 0/1), with the run's plots as images
+    names = [next(r.run.display_name for r in records(f) if r.WhichOneof("record_type") == "run") for f in wandb_files]
+    assert [n.split(" trainer.")[0] for n in names] == ["grid head=gap", "grid head=sop"]
+    assert all("plots/curves/filenames" in logged_keys(f) for f in wandb_files)
+    assert all(list(f.parent.glob("files/media/images/plots/curves_*.png")) for f in wandb_files)
 
 
-def test_config_errors_stop_before_training(cli):
+def test_config_errors_stop_before_training(cli, tmp_path):
     proc = cli("gmsop.train", "experiment=isqrt_digits", "head.name=nope")
     assert proc.returncode != 0
     assert "unknown head 'nope'; known heads:" in proc.stderr and "Epoch" not in proc.stdout
+    proc = cli("gmsop.train", "logger.wandb.log_model=true", "hydra.run.dir=runs/refused")
+    assert proc.returncode == 2 and "logger.wandb.log_model=True uploads checkpoints" in proc.stderr
+    assert "needs logger.wandb.mode=online" in proc.stderr
+    refused = tmp_path / "runs" / "refused"  # Hydra makes the folder and its log; the run writes nothing
+    assert {p.name for p in refused.iterdir()} <= {"train.log"}
     proc = cli("gmsop.train", "trainer.max_epoch=1")
     assert proc.returncode != 0 and "max_epoch" in proc.stderr
 

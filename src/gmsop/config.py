@@ -110,6 +110,8 @@ class WandbConfig:
     entity: Optional[str] = None
     group: Optional[str] = None  # defaults to the experiment name (ablations group their runs)
     tags: list[str] = field(default_factory=list)
+    log_model: Any = False  # checkpoints as W&B artifacts: false | true (best and last, at the end) | all (each)
+    images: bool = True  # the run's plots (learning curves) as W&B images when it ends
 
 
 @dataclass

@@ -88,6 +88,7 @@ def run_training(
     Raises RunInterrupted after SIGTERM/SIGUSR1/Ctrl-C (a resumable last.ckpt is saved).
     """
     rank_zero = rank_zero_only.rank == 0
+    check_logger_config(cfg.logger)
     L.seed_everything(cfg.seed, workers=True)  # before the model is built: its initial weights are seeded
     container = OmegaConf.to_container(cfg, resolve=True)
     datamodule = build_datamodule(container["data"])
@@ -188,7 +189,10 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
         raise
     finally:
         wandb_dir = _finish_wandb(
-            loggers, RunInterrupted.EXIT_CODES.get(interrupt.reason, 1) if status != "finished" else 0
+            loggers,
+            RunInterrupted.EXIT_CODES.get(interrupt.reason, 1) if status != "finished" else 0,
+            run_dir,
+            cfg.logger.wandb.images,
         )
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1} | throughput.summary()
         if trainer.is_global_zero:
@@ -260,12 +264,24 @@ def _write_summary(
     write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=2))
 
 
+def check_logger_config(logger: DictConfig) -> None:
+    """Fail before anything is written, naming the key, for logger settings that cannot work."""
+    w = logger.wandb
+    if w.mode not in ("offline", "online", "disabled"):
+        raise ConfigError(f"logger.wandb.mode={w.mode!r}; allowed: offline, online, disabled")
+    if w.log_model not in (False, True, "all"):
+        raise ConfigError(f"logger.wandb.log_model={w.log_model!r}; allowed: false, true, all")
+    if w.enabled and w.log_model and w.mode != "online":
+        raise ConfigError(
+            f"logger.wandb.log_model={w.log_model} uploads checkpoints as W&B artifacts, which needs "
+            "logger.wandb.mode=online (after `wandb login`); offline runs keep them in RUN/checkpoints"
+        )
+
+
 def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id: str) -> list:
     loggers: list = []
     w = cfg.logger.wandb
     if w.enabled and w.mode != "disabled":
-        if w.mode not in ("offline", "online"):
-            raise ValueError(f"logger.wandb.mode={w.mode!r}; allowed: offline, online, disabled")
         if w.mode == "online" and not _wandb_logged_in():
             raise RuntimeError(
                 "logger.wandb.mode=online but W&B has no API key: run `wandb login` (or set WANDB_API_KEY), "
@@ -277,7 +293,8 @@ def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id
             entity=w.entity,
             group=w.group or cfg.name,
             tags=list(w.tags),
-            name=run_dir.name,
+            name=wandb_run_name(cfg.name, run_dir),
+            log_model=w.log_model,
             offline=w.mode == "offline",
             id=wandb_id,
             resume="allow",
@@ -287,6 +304,27 @@ def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
     return loggers
+
+
+# overrides that say how a run is launched, not what it trains: left out of W&B run names
+LAUNCH_OVERRIDES = ("experiment=", "hydra.", "logger.", "trainer.enable_progress_bar", "runs_dir=")
+
+
+def wandb_run_name(name: str, run_dir: Path, limit: int = 120) -> str:
+    """The experiment name and the run's command-line overrides (in a multirun, what differs
+    between its runs), e.g. `ablation_fashion_heads head=gap`; else the name and the run folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    chosen = [o for o in overrides if not o.lstrip("+~").startswith(LAUNCH_OVERRIDES) and not o.startswith("name=")]
+    label = f"{name} {' '.join(chosen)}" if chosen else f"{name} {run_dir.name}"
+    return label if len(label) <= limit else label[: limit - 3] + "..."
+
+
+def _log_plots(logger: WandbLogger, run_dir: Path) -> None:
+    """The run's plots as W&B images (key plots/NAME), so the W&B page shows what the folder holds."""
+    for png in sorted((run_dir / "plots").glob("*.png")):
+        logger.log_image(key=f"plots/{png.stem}", images=[str(png)])
 
 
 def own_wandb_service() -> None:
@@ -312,10 +350,13 @@ def _netrc_has_wandb() -> bool:
     return any("wandb" in host for host in hosts)
 
 
-def _finish_wandb(loggers: list, exit_code: int) -> Optional[Path]:
-    """Close the W&B run (one per job, so multirun logs every job); return its local folder."""
+def _finish_wandb(loggers: list, exit_code: int, run_dir: Path, images: bool) -> Optional[Path]:
+    """Close the W&B run (one per job, so multirun logs every job), after logging the run's plots
+    if `images`; return its local folder."""
     for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            if images:
+                _log_plots(logger, run_dir)
             run = logger.experiment
             run_dir = Path(run.dir).parent  # .../wandb/offline-run-*/files -> .../offline-run-*
             run.finish(exit_code=exit_code)
