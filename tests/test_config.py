@@ -10,9 +10,10 @@ from omegaconf import OmegaConf
 
 from gmsop.data import DATA
 from gmsop.heads import HEADS
-from gmsop.paths import CONFIG_DIR, REPO_ROOT
+from gmsop.paths import CONFIG_DIR
 from gmsop.run import compose as config
 from gmsop.run.compose import register_configs
+from tests.conftest import REPO as REPO_ROOT
 
 register_configs()
 EXPERIMENTS = sorted(

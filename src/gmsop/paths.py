@@ -11,8 +11,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = Path(os.environ.get("GMSOP_CONFIG_DIR", REPO_ROOT / "configs")).resolve()
+# The package's configs: in a clone, src/gmsop/conf links to configs/ (whose experiment/ links to
+# experiments/); an installed package or wheel holds the files themselves. GMSOP_CONFIG_DIR
+# replaces the whole folder; to add experiments of your own, see the README (--config-dir).
+CONFIG_DIR = Path(os.environ.get("GMSOP_CONFIG_DIR", Path(__file__).parent / "conf")).resolve()
 
 
 @functools.cache

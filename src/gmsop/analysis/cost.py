@@ -28,10 +28,10 @@ from gmsop.analysis.published import PAPER_DATA, PUBLISHED
 from gmsop.data import MissingDataError, build_datamodule
 from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import SecondOrderClassifier
-from gmsop.paths import REPO_ROOT
+from gmsop.paths import CONFIG_DIR
 from gmsop.run.compose import compose_train
 
-PAPER_DIR = REPO_ROOT / "experiments" / "paper"
+PAPER_DIR = CONFIG_DIR / "experiment" / "paper"
 HEAD_PARTS = ("gate", "components")
 
 

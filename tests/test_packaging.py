@@ -1,0 +1,67 @@
+"""A normal install: the wheel carries the configs and experiments, and trains from anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+SKIP = shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info", "__pycache__", "docs", ".gpu", "weights")
+
+
+def test_wheel_installs_with_its_configs_and_trains_one_batch(tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, symlinks=True, ignore=SKIP)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist")],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("gmsop-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=300)
+    assert (site / "gmsop" / "conf" / "train.yaml").is_file()
+    assert (site / "gmsop" / "conf" / "experiment" / "paper" / "imagenet64_resnet18_gmsop_16_8.yaml").is_file()
+    work = tmp_path / "elsewhere"  # not the repository: only the installed package can be found
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("GMSOP_CONFIG_DIR", None)
+    where = subprocess.run(
+        [sys.executable, "-c", "import gmsop.paths as p; print(p.__file__); print(p.CONFIG_DIR)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert all(line.startswith(str(site)) for line in where), where
+    run = work / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gmsop.train",
+            "experiment=default",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+            "trainer.enable_progress_bar=false",
+            "logger.wandb.enabled=false",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
