@@ -65,3 +65,23 @@ def test_wheel_installs_with_its_configs_and_trains_one_batch(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
+def test_an_experiment_folder_of_ones_own_joins_with_config_dir(tmp_path):
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "birds.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /head: gap\nname: my_birds\ntrainer: {max_epochs: 7}\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "gmsop.train",
+        "--config-dir",
+        str(tmp_path / "mine"),
+        "experiment=birds",
+        "--cfg",
+        "job",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "name: my_birds" in proc.stdout and "max_epochs: 7" in proc.stdout
