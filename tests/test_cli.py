@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.wandb_offline import history, logged_keys, records
 
@@ -30,7 +31,14 @@ def _ok(proc) -> None:
 
 def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
     run_dir = tmp_path / "run"
-    proc = cli("gmsop.train", "experiment=isqrt_digits", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", *QUIET)
+    proc = cli(
+        "gmsop.train",
+        "experiment=isqrt_digits",
+        "trainer.max_epochs=2",
+        "logger=tensorboard",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
+    )
     _ok(proc)
     summary = _summary(run_dir)
     err = summary["metrics"]["val/top1_err"]
@@ -46,6 +54,9 @@ def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
     assert len(logged["val/top1_err"]) == 2
     assert logged["val/top1_err"][-1] == pytest.approx(err, abs=1e-6)
     assert "train/loss_step" in logged and "train/images_per_s" in logged
+    # TensorBoard (logger=tensorboard), beside W&B and CSV: the same validation errors
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert [e.value for e in events.Scalars("val/top1_err")] == pytest.approx(logged["val/top1_err"], abs=1e-6)
     # evaluating the best checkpoint reproduces the best validation error
     best_err = min(logged["val/top1_err"])
     best_epoch = logged["val/top1_err"].index(best_err)

@@ -97,3 +97,10 @@ def test_any_trainer_argument_passes_through_and_limits_keep_int_vs_fraction():
         compose_train("trainer.max_steps=abc")
     with pytest.raises(ConfigCompositionException, match="trainer.max_stepz"):
         compose_train("trainer.max_stepz=3")
+
+
+def test_loggers_combine_as_a_list():
+    cfg = compose_train("logger=[tensorboard,no_wandb]")
+    assert (cfg.logger.tensorboard, cfg.logger.wandb.enabled, cfg.logger.csv) == (True, False, True)
+    cfg = compose_train("logger=tensorboard")
+    assert (cfg.logger.tensorboard, cfg.logger.wandb.enabled) == (True, True)

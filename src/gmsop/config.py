@@ -118,6 +118,7 @@ class WandbConfig:
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     csv: bool = True
+    tensorboard: bool = False  # RUN/tensorboard (logger=tensorboard; `tensorboard --logdir runs`)
 
 
 @dataclass
