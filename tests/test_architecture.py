@@ -47,7 +47,15 @@ ROOMS = [
     ("gmsop.models", "gmsop.data"),
     ("gmsop.run",),  # the run loop and what keeps runs safe
     ("gmsop.analysis",),  # reading finished runs
-    ("gmsop.train", "gmsop.eval", "gmsop.sweep", "gmsop.report", "gmsop.cost"),  # entry points
+    (
+        "gmsop.train",
+        "gmsop.eval",
+        "gmsop.sweep",
+        "gmsop.report",
+        "gmsop.cost",
+        "gmsop.export",
+        "gmsop.lr_find",
+    ),  # entry points
 ]
 
 
