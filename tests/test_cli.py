@@ -201,3 +201,17 @@ def test_ddp_on_two_cpu_processes_writes_one_run(cli, tmp_path):
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1  # non-zero ranks create no W&B run
     summary = _summary(run_dir)
     assert summary["global_step"] == 2 and (run_dir / "train_ddp_process_1.log").is_file()
+
+
+@pytest.mark.parametrize("debug", ["fast_dev_run", "overfit"])
+def test_debug_presets_run_through_the_whole_pipeline(cli, tmp_path, debug):
+    """fast_dev_run (Lightning turns checkpoints and loggers off) and overfit_batches (Lightning
+    takes over the sampler) both change what a run writes; the run still ends cleanly."""
+    run_dir = tmp_path / debug
+    extra = ["trainer.max_epochs=6", "optim.lr=0.05"] if debug == "overfit" else []
+    proc = cli("gmsop.train", "head=gap", f"debug={debug}", *extra, f"hydra.run.dir={run_dir}", *QUIET)
+    _ok(proc)
+    summary = _summary(run_dir)
+    assert summary["status"] == "finished"
+    if debug == "overfit":  # the same 2 batches every epoch: learnt by heart
+        assert summary["metrics"]["train/top1_err"] < 0.2, summary["metrics"]

@@ -116,23 +116,20 @@ def test_compiled_checkpoint_loads_into_eager_model_and_back(tmp_path):
 
 
 @pytest.mark.slow
-def test_inductor_compiled_training_step_equals_eager():
-    """torch.compile's default backend (Inductor: generated C++ kernels) on one float64 training
-    step: the loss and every gradient within 1e-10 of eager, relative to the gradient's norm
-    (fused kernels reorder sums, so not bit for bit; measured about 1e-13)."""
-    eager = _classifier().train()
-    compiled = _classifier(compile=True).train()
-    compiled.load_state_dict(eager.state_dict())
-    x, y = torch.randn(4, 1, 32, 32, dtype=torch.float64), torch.randint(0, 10, (4,))
-    losses = []
-    for model in (eager, compiled):
-        loss = model.compute_loss(x, y).loss
-        loss.backward()
-        losses.append(loss.detach())
-    assert counters["stats"]["unique_graphs"] >= 3  # backbone, head, classifier
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-10, atol=0)
-    for (name, a), b in zip(compiled.named_parameters(), eager.parameters()):
-        assert (a.grad - b.grad).norm() <= 1e-10 * b.grad.norm(), name
+def test_inductor_compiled_isqrt_head_equals_eager():
+    """torch.compile's default backend (Inductor: generated C++ kernels) on the iSQRT head, whose
+    closed-form Newton-Schulz backward is an autograd.Function: float64 outputs and every gradient
+    within 1e-10 of the largest norm (fused kernels reorder sums, so not bit for bit; measured ~2e-16).
+    Only the head: Inductor on the whole classifier costs ~50 s of compilation on 2 cores."""
+    eager = _head("isqrt")
+    compiled = copy.deepcopy(eager)
+    compiled.compile()
+    x = torch.randn(4, 12, 5, 4, dtype=torch.float64)
+    expected, got = _forward_backward(eager, x), _forward_backward(compiled, x)
+    assert counters["stats"]["unique_graphs"] >= 1
+    scale = max(expected[0].norm(), expected[1].norm(), *(g.norm() for g in expected[2]))
+    for a, b in zip([got[0], got[1], *got[2]], [expected[0], expected[1], *expected[2]]):
+        assert (a - b).norm() <= 1e-10 * scale
 
 
 @pytest.mark.parametrize("name", HEADS.names())
