@@ -28,3 +28,22 @@ def test_lr_find_refuses_a_range_or_step_count_it_cannot_use(tmp_path):
     cmd = [sys.executable, "-m", "gmsop.lr_find", "--min-lr", "1", "--max-lr", "0.1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and "need 0 < --min-lr < --max-lr, got 1.0 and 0.1" in proc.stderr
+
+
+def test_suggestion_is_the_steepest_fall_per_decade_before_the_minimum():
+    from gmsop.lr_find import steepest_descent
+
+    lrs = [10.0**e for e in range(-6, 1)]  # 1e-6 .. 1
+    losses = [
+        1.0,
+        2.3,
+        2.2,
+        1.4,
+        1.2,
+        1.1,
+        9.0,
+    ]  # smoothing artefact at 1e-6, steepest fall 1e-4 -> 1e-3, divergence at 1
+    # central slopes per decade from 1e-5 to the minimum (1e-1): -0.1, -0.45, -0.5, -0.15, -0.1
+    assert steepest_descent(lrs, losses, skip_begin=1) == 1e-3
+    assert steepest_descent(lrs, [2.3, 2.3, 2.2, 9.0, 9.0, 9.0, 9.0], skip_begin=1) is None  # no descent to speak of
+    assert steepest_descent(lrs, [float("nan")] * 7, skip_begin=1) is None

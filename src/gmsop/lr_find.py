@@ -2,9 +2,15 @@
 
 Lightning's learning-rate finder (`Tuner.lr_find`) on the composed training config: `--steps`
 training steps with the learning rate growing exponentially from --min-lr to --max-lr (every
-part's group alike), the loss recorded at each. It prints the suggestion (the steepest descent
-of the smoothed loss) and writes the curve to OUT/lr_find.png and the numbers to
-OUT/lr_find.json. Nothing of a run is written: no checkpoints, no logs.
+part's group alike), the smoothed loss recorded at each. It prints a suggestion and writes the
+curve to OUT/lr_find.png and the numbers to OUT/lr_find.json. Nothing of a run is written: no
+checkpoints, no logs.
+
+The suggestion is the steepest fall of the loss per decade of learning rate (d loss / d log10 lr),
+before the loss minimum and after the smoothing's first tenth of the steps. Lightning's own
+`suggestion()` differentiates by the learning rate itself, which weights the first, smallest
+rates by orders of magnitude, and its smoothing halves the first values (an artificial rise):
+on Fashion-MNIST with SOP it suggested 1.4e-4 where the loss kept falling until 3e-2.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.tuner import Tuner
 from omegaconf import OmegaConf
 
@@ -55,14 +62,34 @@ def find_lr(overrides: list[str], out: Path, min_lr: float, max_lr: float, steps
         )
     if finder is None:
         raise ConfigError("the learning-rate finder returned nothing (no training batches?)")
-    suggestion = finder.suggestion()
-    result = {"suggestion": suggestion, "lrs": finder.results["lr"], "losses": finder.results["loss"]}
+    lrs, losses = finder.results["lr"], finder.results["loss"]
+    suggestion = steepest_descent(lrs, losses, skip_begin=max(1, steps // 10))
+    result = {"suggestion": suggestion, "lrs": lrs, "losses": losses}
     out.mkdir(parents=True, exist_ok=True)
-    fig = finder.plot(suggest=suggestion is not None, show=False)
-    fig.axes[0].set_title(" ".join(overrides) or "default experiment", fontsize=9)
+    fig = finder.plot(suggest=False, show=False)
+    ax = fig.axes[0]
+    if suggestion is not None:
+        ax.plot([suggestion], [losses[lrs.index(suggestion)]], "o", color="red", label=f"suggested {suggestion:.3g}")
+        ax.legend()
+    ax.set_title(" ".join(overrides) or "default experiment", fontsize=9)
     replace_atomically(out / "lr_find.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     write_text_atomic(out / "lr_find.json", json.dumps({"overrides": overrides, **result}, indent=2))
     return result
+
+
+def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int) -> Optional[float]:
+    """The learning rate where the loss falls fastest per decade, between the first `skip_begin`
+    points and the loss minimum; None when fewer than 3 points lie there (no clear descent)."""
+    lr, loss = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    keep = np.isfinite(loss)
+    lr, loss = lr[keep], loss[keep]
+    if loss.size == 0:
+        return None
+    end = skip_begin + int(np.argmin(loss[skip_begin:])) + 1 if loss.size > skip_begin else 0
+    if end - skip_begin < 3:
+        return None
+    slope = np.gradient(loss[skip_begin:end], np.log10(lr[skip_begin:end]))
+    return float(lr[skip_begin + int(np.argmin(slope))])
 
 
 @exit_on_user_error
