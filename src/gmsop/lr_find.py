@@ -24,14 +24,12 @@ from typing import Any, Optional
 import lightning as L
 import numpy as np
 from lightning.pytorch.tuner import Tuner
-from omegaconf import OmegaConf
 
-from gmsop.data import build_datamodule
 from gmsop.errors import exit_on_user_error
-from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import replace_atomically, write_text_atomic
 from gmsop.registry import ConfigError
 from gmsop.run.compose import compose_train
+from gmsop.run.training import build_run
 
 
 def find_lr(overrides: list[str], out: Path, min_lr: float, max_lr: float, steps: int) -> dict[str, Any]:
@@ -41,12 +39,7 @@ def find_lr(overrides: list[str], out: Path, min_lr: float, max_lr: float, steps
     if steps < 10:
         raise ConfigError(f"--steps={steps}; the finder needs at least 10 steps to suggest anything")
     cfg = compose_train(overrides)
-    L.seed_everything(cfg.seed, workers=True)
-    container = OmegaConf.to_container(cfg, resolve=True)
-    datamodule = build_datamodule(container["data"])
-    model = SecondOrderClassifier(
-        container["model"], container["head"], container["optim"], datamodule.num_classes, datamodule.num_channels
-    )
+    _, datamodule, model = build_run(cfg)
     with tempfile.TemporaryDirectory(prefix="gmsop-lr-find-") as scratch:
         trainer = L.Trainer(
             accelerator=cfg.trainer.get("accelerator", "auto"),

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gmsop.config import RUN_CONTROL_KEYS
-from gmsop.data import build_datamodule
+from gmsop.data import ImageDataModule, build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import write_text_atomic
 from gmsop.registry import ConfigError
@@ -89,17 +89,7 @@ def run_training(
     """
     rank_zero = rank_zero_only.rank == 0
     check_logger_config(cfg.logger)
-    L.seed_everything(cfg.seed, workers=True)  # before the model is built: its initial weights are seeded
-    container = OmegaConf.to_container(cfg, resolve=True)
-    datamodule = build_datamodule(container["data"])
-    model = SecondOrderClassifier(
-        model=container["model"],
-        head=container["head"],
-        optim=container["optim"],
-        num_classes=datamodule.num_classes,
-        in_chans=datamodule.num_channels,
-        data=container["data"],
-    )
+    container, datamodule, model = build_run(cfg)
     run_dir = run_dir.resolve()
     locks = [RunLock(run_dir, "train a run in it")] if rank_zero else []
     try:
@@ -124,6 +114,23 @@ def run_training(
     finally:
         for lock in locks:
             lock.release()
+
+
+def build_run(cfg: DictConfig) -> tuple[dict[str, Any], ImageDataModule, SecondOrderClassifier]:
+    """cfg resolved to plain containers, its data module and its model (seeded first: the model's
+    initial weights follow cfg.seed); config, data and model errors surface here, before any file."""
+    L.seed_everything(cfg.seed, workers=True)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    datamodule = build_datamodule(container["data"])
+    model = SecondOrderClassifier(
+        model=container["model"],
+        head=container["head"],
+        optim=container["optim"],
+        num_classes=datamodule.num_classes,
+        in_chans=datamodule.num_channels,
+        data=container["data"],
+    )
+    return container, datamodule, model
 
 
 def _plan(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> ResumePlan:
