@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 
 from gmsop.analysis.published import PUBLISHED, match
 from gmsop.analysis.report import collect, report
+from gmsop.models.usage import usage_entropy
 from gmsop.run.curves import write_curves
 from tests.conftest import run_cli
 
@@ -178,3 +180,42 @@ def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
     assert all(
         (run.parent / "curves.csv").is_file() and (run.parent / "plots" / "curves.png").is_file() for run in runs
     )
+
+
+def test_usage_entropy_against_hand_computed_values():
+    assert usage_entropy([0.5, 0.5, 0.5, 0.5]) == pytest.approx(1.0, abs=1e-12)  # even: ln 4 / ln 4
+    assert usage_entropy([1.0, 0.0, 0.0, 0.0]) == 0.0  # one takes all
+    # shares 1/2, 1/4, 1/4, 0: (ln 2 / 2 + 2 ln 4 / 4) / ln 4 = 1.5 ln 2 / (2 ln 2) = 0.75
+    assert usage_entropy([0.4, 0.2, 0.2, 0.0]) == pytest.approx(0.75, abs=1e-12)
+
+
+def test_report_follows_component_usage_over_epochs(tmp_path):
+    """A gated run whose component 2 dies in epoch 1: the usage table and plot show it per epoch."""
+    folder = tmp_path / "m" / "0"
+    _fake_run(folder, "gate_study", {"name": "gmsop"}, overrides=["head.balance_weight=0"])
+    _fake_run(tmp_path / "m" / "1", "gate_study", {"name": "gmsop"}, overrides=["head.balance_weight=100"])
+    header = "epoch,step,train/loss," + ",".join(f"usage/train/c{i:02d}" for i in range(3))
+    header += "," + ",".join(f"usage/val/c{i:02d}" for i in range(3))
+    (folder / "csv" / "metrics.csv").write_text(
+        f"{header}\n"
+        "0,10,1.0,,,,,,\n"  # a step row: no usage
+        "0,20,,0.5,0.25,0.25,,,\n"  # train epoch end
+        "0,20,,,,,0.5,0.5,0.0\n"  # val epoch end
+        "1,40,,0.75,0.25,0.0,,,\n"
+        "1,40,,,,,1.0,0.0,0.0\n"
+    )
+    runs, _ = collect(tmp_path)
+    assert runs[0].usage_history == {
+        "train": {0: [0.5, 0.25, 0.25], 1: [0.75, 0.25, 0.0]},
+        "val": {0: [0.5, 0.5, 0.0], 1: [1.0, 0.0, 0.0]},
+    }
+    assert runs[0].usage == [1.0, 0.0, 0.0]  # the last epoch's validation usage
+    out = report(tmp_path)
+    rows = {r[0]: r for r in csv.reader((out / "usage.csv").open())}
+    dying = rows["head.balance_weight=0"]
+    assert dying[1:4] == ["2", "3 -> 2 of 3", "2"]
+    assert dying[4] == f"{usage_entropy([0.5, 0.25, 0.25]):.3f} -> {usage_entropy([0.75, 0.25, 0.0]):.3f}"
+    assert dying[5] == "0.00" and dying[6] == "1 / 0.000"
+    assert "head.balance_weight=100" not in rows  # its log has validation usage only (no training usage)
+    assert (out / "usage_over_epochs.png").stat().st_size > 5000
+    assert "## Component usage over training" in (out / "report.md").read_text()

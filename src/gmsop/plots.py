@@ -74,6 +74,52 @@ def usage_heatmap(labels: Sequence[str], usage: Sequence[Sequence[float]], out: 
     _save(fig, out)
 
 
+def usage_over_epochs(runs: Mapping[str, Mapping[str, Mapping[int, Sequence[float]]]], out: Path) -> None:
+    """Gated heads over training: active components and usage entropy per epoch (train solid,
+    validation dashed; one colour per run), then each run's training usage per component and epoch."""
+    from gmsop.models.usage import usage_entropy
+
+    n_runs = len(runs)
+    cols = min(n_runs, 4)
+    heat_rows = math.ceil(n_runs / cols)
+    fig = plt.figure(figsize=(max(10, 3.2 * cols), 3.8 + 3.0 * heat_rows), layout="constrained")
+    grid = fig.add_gridspec(1 + heat_rows, 2 * cols, height_ratios=[1.3] + [1] * heat_rows)
+    ax_active, ax_entropy = fig.add_subplot(grid[0, :cols]), fig.add_subplot(grid[0, cols:])
+    for i, (label, history) in enumerate(runs.items()):
+        for split, ls in (("train", "-"), ("val", "--")):
+            per_epoch = history.get(split, {})
+            epochs = sorted(per_epoch)
+            style = {"color": f"C{i}", "ls": ls, "marker": "."}
+            ax_active.plot(epochs, [sum(u > 0 for u in per_epoch[e]) for e in epochs], **style)
+            ax_entropy.plot(
+                epochs,
+                [usage_entropy(per_epoch[e]) for e in epochs],
+                label=label if split == "train" else None,
+                **style,
+            )
+        train = history["train"]
+        epochs = sorted(train)
+        ax = fig.add_subplot(grid[1 + i // cols, 2 * (i % cols) : 2 * (i % cols) + 2])
+        columns = [list(train[e]) for e in epochs]
+        width = max(len(c) for c in columns)
+        matrix = [[c[j] if j < len(c) else math.nan for c in columns] for j in range(width)]
+        im = ax.imshow(matrix, aspect="auto", vmin=0, vmax=1, cmap="viridis", origin="lower")
+        ax.set_xticks(range(len(epochs)), [str(e) for e in epochs], fontsize=7)
+        ax.set(xlabel="epoch", ylabel="component" if i % cols == 0 else None, title=label)
+        ax.title.set_fontsize(8)
+    fig.colorbar(im, ax=fig.axes[2:], label="fraction of training images selecting it", shrink=0.8)
+    most = max(len(u) for h in runs.values() for per_epoch in h.values() for u in per_epoch.values())
+    ax_active.set(xlabel="epoch", ylabel="active components", ylim=(0, most + 0.5))
+    ax_active.set_title("components in use (solid: train, dashed: val)")
+    ax_active.yaxis.get_major_locator().set_params(integer=True)
+    ax_entropy.set(xlabel="epoch", ylabel="usage entropy / ln N", ylim=(0, 1.05), title="how evenly they are used")
+    for ax in (ax_active, ax_entropy):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.title.set_fontsize(9)
+    ax_entropy.legend(fontsize=7, loc="lower left")
+    _save(fig, out)
+
+
 def learning_curves(runs: Mapping[str, Mapping[int, Mapping[str, float]]], out: Path) -> None:
     """Loss and top-1 error per epoch (train dashed, validation solid), one colour per run.
 

@@ -21,11 +21,12 @@ from omegaconf import OmegaConf
 
 from gmsop.analysis.published import Published, match
 from gmsop.errors import UserError, exit_on_user_error
-from gmsop.models.usage import usage_key
+from gmsop.models.usage import usage_entropy, usage_key
 from gmsop.paths import write_csv_atomic, write_text_atomic
 from gmsop.run.curves import Curves, best_epoch, read_curves
 from gmsop.run.folder import is_locked
 
+UsageHistory = dict[str, dict[int, list[float]]]  # split -> epoch -> usage per component
 IGNORED_OVERRIDE_PREFIXES = ("runs_dir=", "hydra.", "trainer.enable_progress_bar")
 
 
@@ -35,8 +36,14 @@ class Run:
     label: str
     summary: dict
     published: Optional[Published]
-    usage: Optional[list[float]]  # validation usage per component at the last epoch
+    usage_history: UsageHistory  # a gated head's usage per split and epoch ({} for other heads)
     curves: Curves  # per-epoch loss and error ({} for runs made before curves.csv existed)
+
+    @property
+    def usage(self) -> Optional[list[float]]:
+        """Validation usage per component at the last epoch (None for heads that do not route)."""
+        val = self.usage_history.get("val")
+        return val[max(val)] if val else None
 
     def metric(self, key: str) -> Optional[float]:
         """The last epoch's value."""
@@ -56,16 +63,22 @@ def _overrides(folder: Path) -> list[str]:
     return [o for o in items or [] if not o.startswith(IGNORED_OVERRIDE_PREFIXES)]
 
 
-def _last_usage(folder: Path) -> Optional[list[float]]:
-    """Validation usage per component at the last epoch, from the run's CSV log (gated heads only)."""
+def _usage_history(folder: Path) -> UsageHistory:
+    """A gated head's usage per component, per split and epoch, from the run's CSV log ({} otherwise)."""
     path = folder / "csv" / "metrics.csv"
     if not path.is_file():
-        return None
-    rows = [r for r in csv.DictReader(path.open()) if r.get(usage_key("val", 0))]
-    if not rows:
-        return None
-    n = next(i for i in range(len(rows[-1]) + 1) if usage_key("val", i) not in rows[-1])
-    return [float(rows[-1][usage_key("val", i)]) for i in range(n)]
+        return {}
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    history: UsageHistory = {}
+    for split in ("train", "val"):
+        for row in rows:
+            if row.get(usage_key(split, 0)) and row.get("epoch"):
+                n = next(i for i in range(len(row) + 1) if not row.get(usage_key(split, i)))
+                history.setdefault(split, {})[int(float(row["epoch"]))] = [
+                    float(row[usage_key(split, i)]) for i in range(n)
+                ]
+    return history
 
 
 class NoFinishedRuns(UserError, FileNotFoundError):
@@ -119,7 +132,7 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
         labels[f] = (" ".join(varying) or s["head"]["name"]) if len(folders) > 1 else s["name"]
     labels = _unique(labels, summaries, root)
     runs = [
-        Run(f, labels[f], s, match(s["name"], s["data"], s["backbone"], s["head"]), _last_usage(f), read_curves(f))
+        Run(f, labels[f], s, match(s["name"], s["data"], s["backbone"], s["head"]), _usage_history(f), read_curves(f))
         for f, s in summaries.items()
     ]
     return runs, skipped
@@ -218,6 +231,52 @@ def plot_usage(runs: list[Run], out: Path) -> bool:
     return True
 
 
+USAGE_COLUMNS = [
+    "run",
+    "epochs",
+    "active components, train (first -> last epoch)",
+    "fewest active in an epoch, train",
+    "usage entropy, train (first -> last)",
+    "least-used component, train, last epoch (% of images)",
+    "active / entropy, val, last epoch",
+]
+
+
+def usage_rows(runs: list[Run]) -> list[list[str]]:
+    """Per gated run: how many components stay in use over training and how evenly (entropy of
+    the usage shares over ln N: 1 = even, 0 = one component takes all)."""
+    rows = []
+    for r in runs:
+        train, val = r.usage_history.get("train", {}), r.usage_history.get("val", {})
+        if not train:
+            continue
+        first, last = train[min(train)], train[max(train)]
+        active = {e: sum(u > 0 for u in usage) for e, usage in train.items()}
+        val_last = val[max(val)] if val else None
+        rows.append(
+            [
+                r.label,
+                str(len(train)),
+                f"{active[min(train)]} -> {active[max(train)]} of {len(last)}",
+                str(min(active.values())),
+                f"{usage_entropy(first):.3f} -> {usage_entropy(last):.3f}",
+                f"{100 * min(last):.2f}",
+                "" if val_last is None else f"{sum(u > 0 for u in val_last)} / {usage_entropy(val_last):.3f}",
+            ]
+        )
+    return rows
+
+
+def plot_usage_over_epochs(runs: list[Run], out: Path) -> bool:
+    from gmsop.plots import usage_over_epochs
+
+    gated = {r.label: r.usage_history for r in runs if r.usage_history.get("train")}
+    if not gated:
+        return False
+    usage_over_epochs(gated, out)
+    return True
+
+
 def plot_curves(runs: list[Run], out: Path) -> bool:
     from gmsop.plots import learning_curves
 
@@ -247,6 +306,22 @@ def report(root: Path, out: Optional[Path] = None) -> Path:
         md += "\n![loss and error per epoch](curves.png)\n"
     if has_usage:
         md += "\n![component usage (validation, last epoch)](component_usage.png)\n"
+    usage = usage_rows(runs)
+    if usage:
+        write_csv_atomic(out / "usage.csv", USAGE_COLUMNS, usage)
+        plot_usage_over_epochs(runs, out / "usage_over_epochs.png")
+        md += (
+            "\n## Component usage over training\n\nActive: components selected by at least one image in the "
+            "epoch. Usage entropy: entropy of the components' shares of all selections divided by ln N "
+            "(1 = all used equally, 0 = one takes all).\n\n"
+            + "| "
+            + " | ".join(USAGE_COLUMNS)
+            + " |\n|"
+            + "---|" * len(USAGE_COLUMNS)
+            + "\n"
+            + "".join("| " + " | ".join(row) + " |\n" for row in usage)
+            + "\n![component usage per epoch](usage_over_epochs.png)\n"
+        )
     if skipped:
         md += "\n## Not included\n\n" + "".join(f"- `{os.path.relpath(k.folder, root)}`: {k.why}\n" for k in skipped)
     write_text_atomic(out / "report.md", md)

@@ -3,6 +3,8 @@ counts are summed across DDP processes), and the names under which it is logged.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +27,18 @@ class UsageSummary:
         out.update({f"gate/{split}/c{i:02d}": float(g) for i, g in enumerate(self.mean_gate)})
         out[f"usage/{split}/active"] = float((self.usage > 0).sum())
         out[f"usage/{split}/max_share"] = float(self.usage.max() / self.usage.sum().clamp_min(1e-12))
+        out[f"usage/{split}/entropy"] = usage_entropy(self.usage.tolist())
         return out
+
+
+def usage_entropy(usage: Sequence[float]) -> float:
+    """Entropy of the components' shares of all selections, divided by ln N: 1.0 when every
+    component is selected equally often, 0.0 when one component takes every selection (N > 1)."""
+    total = sum(usage)
+    if len(usage) < 2 or total <= 0:
+        return 0.0
+    shares = [u / total for u in usage if u > 0]
+    return sum(p * math.log(1 / p) for p in shares) / math.log(len(usage))
 
 
 def usage_key(split: str, component: int) -> str:
