@@ -250,7 +250,8 @@ replace_atomically(Path({str(target)!r}), slow)
 @pytest.mark.slow
 def test_resume_into_a_new_folder_keeps_the_best_and_refuses_a_changed_config(tmp_path):
     common = ("head=gap", "optim.lr=0.02", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", *QUIET)
-    first, second, third = (tmp_path / n for n in ("first", "second", "third"))
+    experiment_runs = tmp_path / "runs" / "default"  # where trainer.resume=latest looks
+    first, second, third = (experiment_runs / n for n in ("first", "second", "third"))
     _ok(_train(tmp_path, *common, "trainer.max_epochs=2", f"hydra.run.dir={first}"))
     changed = _train(
         tmp_path,
@@ -264,9 +265,14 @@ def test_resume_into_a_new_folder_keeps_the_best_and_refuses_a_changed_config(tm
     assert changed.returncode == 2
     assert "head.name: 'gap' in the checkpoint, 'isqrt' now" in changed.stderr and "optim.lr: 0.02" in changed.stderr
     assert not (third / "wandb").exists() and not (third / "checkpoints").exists()  # refused before writing
-    _ok(_train(tmp_path, *common, "trainer.max_epochs=4", f"trainer.resume={first}", f"hydra.run.dir={second}"))
+    resumed = _train(tmp_path, *common, "trainer.max_epochs=4", f"trainer.resume={first}", f"hydra.run.dir={second}")
+    _ok(resumed)
+    assert "Restored all states" in resumed.stdout + resumed.stderr
     summary = _summary(second)
-    assert (summary["epochs"], summary["global_step"]) == (4, 12)
+    assert (summary["epochs"], summary["global_step"]) == (4, 12)  # two more epochs, not four
+    assert summary["resumed_from"].endswith("first/checkpoints/last.ckpt")
+    # the learning curves continue: epochs 0-1 as the first run recorded them, then 2-3
+    assert (first / "curves.csv").read_text().splitlines()[:3] == (second / "curves.csv").read_text().splitlines()[:3]
     val = [float(line.split(",")[5]) for line in (second / "curves.csv").read_text().splitlines()[1:]]
     header = (second / "curves.csv").read_text().splitlines()[0].split(",")
     assert header[5] == "val/top1_err" and len(val) == 4  # the whole run's epochs, 2 before the resume
@@ -279,7 +285,7 @@ def test_resume_into_a_new_folder_keeps_the_best_and_refuses_a_changed_config(tm
         *common,
         "optim.weight_decay=0.001",
         "trainer.max_epochs=5",
-        f"trainer.resume={second}",
+        "trainer.resume=latest",  # the newest run of the experiment with a last.ckpt: second (step 12)
         "trainer.resume_allow_changes=true",
         f"hydra.run.dir={third}",
     )

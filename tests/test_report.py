@@ -12,6 +12,7 @@ from gmsop.analysis.report import collect, report
 from gmsop.models.usage import usage_entropy
 from gmsop.run.curves import write_curves
 from tests.conftest import run_cli
+from tests.wandb_offline import history, logged_keys, records
 
 
 def _fake_run(folder, name, head, data="imagenet64", backbone="resnet18_64", top1=0.4, overrides=(), curves=True):
@@ -180,6 +181,14 @@ def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
     assert all(
         (run.parent / "curves.csv").is_file() and (run.parent / "plots" / "curves.png").is_file() for run in runs
     )
+    assert (sweep_dir / "report" / "usage_over_epochs.png").is_file() and "| head.num_components=8 | 1 | 8 -> " in md
+    # every run of the multirun has its own W&B run, named by what differs (not 0/1), with its plots as images
+    wandb_files = [f for run in runs for f in run.parent.glob("wandb/offline-run-*/run-*.wandb")]
+    assert len(wandb_files) == 2 and all("val/top1_err" in history(f) for f in wandb_files)
+    names = [next(r.run.display_name for r in records(f) if r.WhichOneof("record_type") == "run") for f in wandb_files]
+    assert [n.split(" head.k=")[0] for n in names] == ["abl head.num_components=4", "abl head.num_components=8"]
+    assert all("plots/curves/filenames" in logged_keys(f) for f in wandb_files)
+    assert all(list(f.parent.glob("files/media/images/plots/curves_*.png")) for f in wandb_files)
 
 
 def test_usage_entropy_against_hand_computed_values():
