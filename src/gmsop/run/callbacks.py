@@ -8,6 +8,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks.model_summary import log
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
 from gmsop.run.curves import TRAIN_METRICS, VAL_METRICS, Curves, read_curves, write_curves
 
@@ -166,3 +169,19 @@ class LearningCurves(L.Callback):
         for epoch, row in self.curves.items():
             known = {k: v for k, v in earlier.get(epoch, {}).items() if not math.isnan(v)}
             self.curves[epoch] = {**known, **row}  # the checkpoint's own values win
+
+
+class ModelSummaryWithoutFlops(ModelSummary):
+    """Lightning's model summary less its FLOPs column and "Total Flops" line, which read 0 for
+    every model here (Lightning counts FLOPs only for a model with an example_input_array;
+    `python -m gmsop.cost` gives a run's FLOPs)."""
+
+    @staticmethod
+    def summarize(
+        summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, **kwargs
+    ) -> None:
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
+        table = _format_summary_table(
+            total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, *columns
+        )
+        log.info("\n" + table.rsplit("\n", 1)[0])  # every line but the last, "Total Flops"

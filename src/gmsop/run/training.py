@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -69,6 +70,20 @@ def new_wandb_id() -> str:
     """A W&B run id (8 lowercase letters/digits, like W&B's own)."""
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
+
+class _QuietLightning(logging.Filter):
+    """Drops Lightning start-up lines that say nothing about the run: its advertisement
+    ("💡 Tip: ... litlogger") and the note that our model summary replaces its default one."""
+
+    NOISE = ("💡 Tip", "Trainer already configured with model summary callbacks")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOISE)
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_QuietLightning())
+# Lightning 2.6 with torch >= 2.10, once per run; not ours to fix
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 PLAN_ENV = "GMSOP_RESUME_PLAN"  # rank 0's resume decision, inherited by the DDP processes it launches
 
