@@ -95,6 +95,9 @@ def test_config_errors_stop_before_training(cli, tmp_path):
     assert {p.name for p in refused.iterdir()} <= {"train.log"}
     proc = cli("gmsop.train", "trainer.max_epoch=1")
     assert proc.returncode != 0 and "max_epoch" in proc.stderr
+    proc = cli("gmsop.train", "--help")  # lists experiments, not sweep files or the *_defaults bases
+    assert proc.returncode == 0 and "experiment/paper: imagenet64_resnet18_gap" in proc.stdout
+    assert "experiment/sweeps" not in proc.stdout and "_defaults" not in proc.stdout.split("== Config ==")[0]
 
 
 @pytest.mark.parametrize("head", ["gmsop"])  # GM-GAP is the same mixture class with other component heads

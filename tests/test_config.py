@@ -104,3 +104,28 @@ def test_loggers_combine_as_a_list():
     assert (cfg.logger.tensorboard, cfg.logger.wandb.enabled, cfg.logger.csv) == (True, False, True)
     cfg = compose_train("logger=tensorboard")
     assert (cfg.logger.tensorboard, cfg.logger.wandb.enabled) == (True, True)
+
+
+def test_help_lists_what_users_pick_and_leaves_config_values_alone():
+    from gmsop.run.compose import tidy_help
+
+    hydra_help = (
+        "== Configuration groups ==\n"
+        "data: cifar, cifar_defaults, digits, digits_defaults\n"
+        "experiment/paper: imagenet64_resnet18_gap\n"
+        "experiment/sweeps: fashion_lr, gmsop_digits\n"
+        "head/gate: noisy_top_k, noisy_top_k_defaults\n"
+        "\n== Config ==\n"
+        "name: my_defaults\n"
+        "experiment/sweeps: not a group here\n"
+    )
+    assert tidy_help(hydra_help).splitlines() == [
+        "== Configuration groups ==",
+        "data: cifar, digits",
+        "experiment/paper: imagenet64_resnet18_gap",
+        "head/gate: noisy_top_k",
+        "",
+        "== Config ==",
+        "name: my_defaults",
+        "experiment/sweeps: not a group here",
+    ]

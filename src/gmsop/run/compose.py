@@ -4,7 +4,10 @@ training config without running it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import io
+import sys
+from collections.abc import Callable, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -13,6 +16,39 @@ from gmsop.config import EvalConfig, TrainConfig, run_name
 from gmsop.data import DATA
 from gmsop.heads import HEADS
 from gmsop.heads.gating import GATES
+
+HIDDEN_GROUPS = ("experiment/sweeps",)  # sweep files (python -m gmsop.sweep FILE) live there; not experiments
+DEFAULTS_SUFFIX = "_defaults"  # the constructor defaults every option of a group starts from; not options
+
+
+def tidy_help(text: str) -> str:
+    """Hydra's --help less what no one picks: in its "Configuration groups" section, the groups in
+    HIDDEN_GROUPS and the *_defaults options."""
+    lines, in_groups = [], False
+    for line in text.splitlines():
+        if line.startswith("== "):
+            in_groups = line.startswith("== Configuration groups")
+        group, sep, options = line.partition(": ")
+        if in_groups and sep:
+            if group in HIDDEN_GROUPS:
+                continue
+            line = f"{group}: {', '.join(o for o in options.split(', ') if not o.endswith(DEFAULTS_SUFFIX))}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main_with_tidy_help(main: Callable[[], object]) -> None:
+    """Run a Hydra entry point; with --help, print its help through tidy_help."""
+    if not {"--help", "-h"} & set(sys.argv[1:]):
+        main()
+        return
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        try:
+            main()
+        except SystemExit:
+            pass
+    print(tidy_help(text.getvalue()))
 
 
 def register_resolvers() -> None:
