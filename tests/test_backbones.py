@@ -78,3 +78,29 @@ def test_a_map_of_one_position_is_refused_by_second_order_heads():
         with pytest.raises(ValueError, match=r"at least 2 positions, got 1: feed it a larger map"):
             build_head({"name": name}, 8)(torch.randn(2, 8, 1, 1))
     assert build_head({"name": "gap"}, 8)(torch.randn(2, 8, 1, 1)).features.shape == (2, 8)
+
+
+def test_pretrained_timm_weights_get_their_own_normalisation_not_the_data_sets(tmp_path):
+    """Through the run builder: a pretrained timm backbone sees inputs normalised with its weights'
+    data config (ImageNet's mean/std for resnet18, averaged over RGB for one-channel digits); the same
+    backbone from scratch, or one of this project's own backbones, uses the data set's statistics."""
+    import timm
+    from safetensors.torch import save_file
+
+    from gmsop.run.compose import compose_train
+    from gmsop.run.training import build_run
+
+    save_file(timm.create_model("resnet18", num_classes=0).state_dict(), str(tmp_path / "r18.safetensors"))
+    timm_model = ["model=timm", "model.backbone=resnet18", "head=gap", "data.image_size=32"]
+    pretrained = [f"model.pretrained_file={tmp_path / 'r18.safetensors'}", "model.pretrained=true"]
+    _, data, model = build_run(compose_train([*timm_model, *pretrained]))
+    data.setup()
+    imagenet_mean, imagenet_std = (0.485 + 0.456 + 0.406) / 3, (0.229 + 0.224 + 0.225) / 3
+    assert data.mean.flatten().tolist() == pytest.approx([imagenet_mean], abs=1e-6)
+    assert data.std.flatten().tolist() == pytest.approx([imagenet_std], abs=1e-6)
+    assert data.normalisation_source == "weights"
+    for overrides in (timm_model, ["head=gap"]):  # from scratch; this project's resnet18_64
+        _, data, model = build_run(compose_train(overrides))
+        data.setup()
+        assert model.weights_normalisation() is None and data.normalisation_source == "data"
+        assert data.mean.flatten().tolist() != pytest.approx([imagenet_mean], abs=1e-3)

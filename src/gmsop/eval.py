@@ -20,6 +20,7 @@ from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import CONFIG_DIR, write_text_atomic
 from gmsop.run.compose import main_with_tidy_help, register_configs
 from gmsop.run.resume import CheckpointError, read_checkpoint
+from gmsop.run.training import normalise_like_the_weights
 
 register_configs()
 
@@ -48,6 +49,7 @@ def evaluate(ckpt_path: Path, data_overrides: dict, accelerator: str = "auto", d
             )
     model = SecondOrderClassifier(**hparams)
     model.load_state_dict(ckpt["state_dict"])
+    normalise_like_the_weights(model, datamodule)  # as in training
     trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False)
     (metrics,) = trainer.validate(model, datamodule=datamodule)
     return {k: float(v) for k, v in metrics.items()}

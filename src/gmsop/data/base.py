@@ -63,6 +63,8 @@ class ImageDataModule(L.LightningDataModule, ABC):
         self._val: Optional[Dataset] = None
         self.mean = torch.zeros(1)
         self.std = torch.ones(1)
+        self.normalisation_source = "data"  # or "weights": see normalise_with
+        self._given_stats: Optional[tuple[Sequence[float], Sequence[float]]] = None
         # drawn from the (seeded) global generator, then carried by checkpoints
         self.shuffle_seed = int(torch.randint(0, 2**31 - 1, ()).item())
         self._resume_at: Optional[Position] = None
@@ -76,11 +78,16 @@ class ImageDataModule(L.LightningDataModule, ABC):
     def channel_stats(self) -> tuple[Sequence[float], Sequence[float]]:
         """Per-channel (mean, std) in [0, 1] units, known after datasets()."""
 
+    def normalise_with(self, mean: Sequence[float], std: Sequence[float], source: str) -> None:
+        """Normalise with these per-channel statistics instead of the data set's own (e.g. those
+        that pretrained weights were trained with); source names them in the run summary."""
+        self._given_stats, self.normalisation_source = (list(mean), list(std)), source
+
     # -- Lightning hooks ------------------------------------------------------------------
     def setup(self, stage: Optional[str] = None) -> None:
         if self._train is None:
             self._train, self._val = self.datasets()
-            mean, std = self.channel_stats()
+            mean, std = self._given_stats or self.channel_stats()
             self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
             self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 

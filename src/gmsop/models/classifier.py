@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from gmsop.config import ModelConfig, OptimConfig
 from gmsop.heads import HEADS, HeadOutput
 from gmsop.models.compiling import compile_in_place, compile_options
-from gmsop.models.factory import create_backbone
+from gmsop.models.factory import SMALL_IMAGE_BACKBONES, create_backbone
 from gmsop.models.usage import ComponentUsage, UsageSummary
 from gmsop.registry import ConfigError, complete
 
@@ -103,6 +103,15 @@ class SecondOrderClassifier(L.LightningModule):
                 for k, topk in (("top1", 1), ("top5", top_k))
             }
         )
+
+    def weights_normalisation(self) -> Optional[tuple[list[float], list[float]]]:
+        """The per-channel (mean, std) that the backbone's pretrained timm weights expect, or None:
+        trained from scratch, or one of this project's small-image backbones (their weights files
+        carry no data config; they were trained on the data's own statistics)."""
+        cfg = self.hparams["model"]
+        if not cfg["pretrained"] or cfg["backbone"] in SMALL_IMAGE_BACKBONES:
+            return None
+        return self.backbone.weights_normalisation(self.hparams["in_chans"])
 
     def forward_pooled(self, x: torch.Tensor) -> HeadOutput:
         if self.channels_last:

@@ -33,6 +33,19 @@ class FeatureMap(nn.Module):
         self.num_features = int(model.num_features)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
 
+    def weights_normalisation(self, channels: int) -> tuple[list[float], list[float]]:
+        """Per-channel (mean, std) in [0, 1] units that the wrapped timm model's weights were
+        trained with (timm's resolve_model_data_config); averaged over RGB for a one-channel input."""
+        from timm.data import resolve_model_data_config
+
+        config = resolve_model_data_config(self.model)
+        mean, std = list(config["mean"]), list(config["std"])
+        if len(mean) != channels:
+            if channels != 1:
+                raise ValueError(f"the weights were trained on {len(mean)} channels; the data has {channels}")
+            mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+        return mean, std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.model.forward_features(x)
         if f.dim() == 4:

@@ -145,7 +145,17 @@ def build_run(cfg: DictConfig) -> tuple[dict[str, Any], ImageDataModule, SecondO
         in_chans=datamodule.num_channels,
         data=container["data"],
     )
+    normalise_like_the_weights(model, datamodule)
     return container, datamodule, model
+
+
+def normalise_like_the_weights(model: SecondOrderClassifier, datamodule: ImageDataModule) -> None:
+    """Pretrained timm weights see inputs normalised as in their training (timm's data config),
+    not with the data set's own statistics; said once at the start of the run."""
+    stats = model.weights_normalisation()
+    if stats is not None:
+        datamodule.normalise_with(*stats, source="weights")
+        print(f"inputs normalised as the pretrained weights expect: mean {stats[0]}, std {stats[1]}")
 
 
 def _plan(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> ResumePlan:
@@ -269,6 +279,7 @@ def _write_summary(
         "data": container["data"]["name"],
         "params": sum(p.numel() for p in model.parameters()),
         "feature_dim": model.head.out_dim,
+        "input_normalisation": "weights" if model.weights_normalisation() else "data",  # whose mean/std
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "wall_s": wall_s,
