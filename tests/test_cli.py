@@ -35,7 +35,7 @@ def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
         "gmsop.train",
         "experiment=isqrt_digits",
         "trainer.max_epochs=2",
-        "logger=tensorboard",
+        "logger=[tensorboard,mlflow]",
         f"hydra.run.dir={run_dir}",
         *QUIET,
     )
@@ -61,6 +61,14 @@ def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
     # TensorBoard (logger=tensorboard), beside W&B and CSV: the same validation errors
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     assert [e.value for e in events.Scalars("val/top1_err")] == pytest.approx(logged["val/top1_err"], abs=1e-6)
+    # MLflow (logger=...,mlflow): one database for the runs folder, with this run, its settings and errors
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    mlflow_run = client.get_run((run_dir / "mlflow_run_id.txt").read_text().strip())
+    assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.params["head/name"] == "isqrt"
+    mlflow_errors = [m.value for m in client.get_metric_history(mlflow_run.info.run_id, "val/top1_err")]
+    assert mlflow_errors == pytest.approx(logged["val/top1_err"], abs=1e-6)
     # evaluating the best checkpoint reproduces the best validation error
     best_err = min(logged["val/top1_err"])
     best_epoch = logged["val/top1_err"].index(best_err)

@@ -250,6 +250,7 @@ replace_atomically(Path({str(target)!r}), slow)
 @pytest.mark.slow
 def test_resume_into_a_new_folder_keeps_the_best_and_refuses_a_changed_config(tmp_path):
     common = ("head=gap", "optim.lr=0.02", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", *QUIET)
+    common = (*common, "logger.mlflow.enabled=true")
     experiment_runs = tmp_path / "runs" / "default"  # where trainer.resume=latest looks
     first, second, third = (experiment_runs / n for n in ("first", "second", "third"))
     _ok(_train(tmp_path, *common, "trainer.max_epochs=2", f"hydra.run.dir={first}"))
@@ -291,6 +292,16 @@ def test_resume_into_a_new_folder_keeps_the_best_and_refuses_a_changed_config(tm
     )
     _ok(allowed)
     assert "optim.weight_decay" in allowed.stderr and _summary(third)["global_step"] == 15
+    # MLflow: each part of the training is its own MLflow run (MLflow refuses changed parameter
+    # values within one run), tagged with the run it continues
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    ids = [(f / "mlflow_run_id.txt").read_text().strip() for f in (first, second, third)]
+    assert len(set(ids)) == 3
+    tags = [client.get_run(i).data.tags.get("resumed_from_mlflow_run") for i in ids]
+    assert tags == [None, ids[0], ids[1]]
+    assert client.get_run(ids[2]).data.params["optim/weight_decay"] == "0.001"
 
 
 @pytest.mark.slow

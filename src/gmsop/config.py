@@ -115,10 +115,20 @@ class WandbConfig:
 
 
 @dataclass
+class MlflowConfig:
+    enabled: bool = False  # logger=mlflow
+    # default: one SQLite database for every run, RUNS_DIR/mlflow.db (no server; `mlflow ui
+    # --backend-store-uri sqlite:///runs/mlflow.db` shows them); or any MLflow tracking URI
+    tracking_uri: Optional[str] = None
+    experiment: Optional[str] = None  # defaults to the experiment name
+
+
+@dataclass
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     csv: bool = True
     tensorboard: bool = False  # RUN/tensorboard (logger=tensorboard; `tensorboard --logdir runs`)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 @dataclass

@@ -185,7 +185,7 @@ def _write_run_files(run_dir: Path, wandb_id: str, config_files: Optional[Mappin
 
 
 def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id: str, extra_callbacks) -> RunResult:
-    loggers = _loggers(cfg, run_dir, container, wandb_id)
+    loggers = _loggers(cfg, run_dir, container, wandb_id, plan.source)
     best, interrupt, checkpoints = checkpoint_callbacks(run_dir, cfg.trainer.checkpoint_every_n_steps)
     throughput = Throughput()
     curves = LearningCurves(run_dir, f"{cfg.name} ({run_dir.name})", plan.source)
@@ -311,7 +311,12 @@ def check_logger_config(logger: DictConfig) -> None:
         )
 
 
-def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id: str) -> list:
+MLFLOW_ID_FILE = "mlflow_run_id.txt"
+
+
+def _loggers(
+    cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id: str, resumed_from: Optional[Path]
+) -> list:
     loggers: list = []
     w = cfg.logger.wandb
     if w.enabled and w.mode != "disabled":
@@ -340,7 +345,34 @@ def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id
         loggers.append(
             TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
         )
+    if cfg.logger.mlflow.enabled:
+        loggers.append(_mlflow_logger(cfg, run_dir, resumed_from))
     return loggers
+
+
+def _mlflow_logger(cfg: DictConfig, run_dir: Path, resumed_from: Optional[Path]):
+    """An MLflow run for this training (Lightning logs the model's hyperparameters to it). A resumed
+    training gets a run of its own, tagged with the MLflow run it continues (MLflow refuses changed
+    parameter values in one run, and a resume may change some: trainer.resume_allow_changes)."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    m = cfg.logger.mlflow
+    uri = m.tracking_uri or f"sqlite:///{(Path(cfg.runs_dir) / 'mlflow.db').resolve()}"
+    tags = {"run_dir": str(run_dir)}
+    earlier = (resumed_from or run_dir) / MLFLOW_ID_FILE
+    if earlier.is_file():
+        tags["resumed_from_mlflow_run"] = earlier.read_text().strip()
+    if rank_zero_only.rank == 0:
+        Path(cfg.runs_dir).mkdir(parents=True, exist_ok=True)
+    logger = MLFlowLogger(
+        experiment_name=m.experiment or cfg.name,
+        run_name=wandb_run_name(cfg.name, run_dir),
+        tracking_uri=uri,
+        tags=tags,
+    )
+    if rank_zero_only.rank == 0:
+        write_text_atomic(run_dir / MLFLOW_ID_FILE, logger.run_id)
+    return logger
 
 
 # overrides that say how a run is launched, not what it trains: left out of W&B run names
