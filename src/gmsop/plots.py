@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -74,11 +74,13 @@ def usage_heatmap(labels: Sequence[str], usage: Sequence[Sequence[float]], out: 
     _save(fig, out)
 
 
-def usage_over_epochs(runs: Mapping[str, Mapping[str, Mapping[int, Sequence[float]]]], out: Path) -> None:
+def usage_over_epochs(
+    runs: Mapping[str, Mapping[str, Mapping[int, Sequence[float]]]],
+    usage_entropy: Callable[[Sequence[float]], float],
+    out: Path,
+) -> None:
     """Gated heads over training: active components and usage entropy per epoch (train solid,
     validation dashed; one colour per run), then each run's training usage per component and epoch."""
-    from gmsop.models.usage import usage_entropy
-
     n_runs = len(runs)
     cols = min(n_runs, 4)
     heat_rows = math.ceil(n_runs / cols)

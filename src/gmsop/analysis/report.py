@@ -273,7 +273,7 @@ def plot_usage_over_epochs(runs: list[Run], out: Path) -> bool:
     gated = {r.label: r.usage_history for r in runs if r.usage_history.get("train")}
     if not gated:
         return False
-    usage_over_epochs(gated, out)
+    usage_over_epochs(gated, usage_entropy, out)
     return True
 
 
