@@ -413,6 +413,19 @@ def test_sweep_killed_mid_trial_resumes_without_stale_or_repeated_trials(tmp_pat
     assert len(states) == 4 and len(set(lrs)) == len(lrs) == 4  # the resumed sampler drew new values
     folders = sorted(p.name for p in root.glob("trial_*"))
     assert len(folders) == 4 and len({f.split("_")[2] for f in folders}) == 1  # one study, one suffix
+    # the resumed sweep's records: each score is its run's best epoch, one W&B run per trial, the
+    # trials table and plots, and a report of the finished trials
+    assert "1 trials finished, running 2 more" in proc.stdout
+    summaries = {int(p.parent.name[6:10]): json.loads(p.read_text()) for p in root.glob("trial_*/summary.json")}
+    assert sorted(summaries) == [0, 2, 3] and all(s["epochs"] == 1 for s in summaries.values())
+    with sqlite3.connect(root / "optuna.db") as db:
+        values = dict(db.execute("select number, value from trials join trial_values using (trial_id)").fetchall())
+    assert values == pytest.approx({n: s["best"]["val/top1_err"] for n, s in summaries.items()})
+    assert all(len(list(root.glob(f"trial_{n:04d}_*/wandb/offline-run-*"))) == 1 for n in summaries)
+    assert (root / "trials.csv").read_text().splitlines()[0] == "trial,state,val/top1_err,optim.lr,run_dir"
+    assert (root / "sweep_history.png").is_file() and (root / "sweep_params.png").is_file()
+    rep = run_cli("gmsop.report", str(root), cwd=tmp_path)
+    assert rep.returncode == 0 and (root / "report" / "report.md").read_text().count("| gap |") == 3
     # A deleted study starts over in new folders; the old trial 0 is left as it was.
     old_trial0 = next(root.glob("trial_0000_*"))
     old_summary = (old_trial0 / "summary.json").read_text()

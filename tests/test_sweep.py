@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
-import sqlite3
 
 import optuna
 import pytest
 
 from gmsop.registry import ConfigError
 from gmsop.run.sweep import SweepSpec
-from tests.conftest import REPO, run_cli, tiny_lr_sweep
+from tests.conftest import REPO
 
 
 def _write(tmp_path, text: str):
@@ -97,32 +95,6 @@ def test_trial_config_errors_are_found_before_the_first_trial(tmp_path, override
     with pytest.raises(ConfigError, match=message):
         run_sweep(sweep, 1, None, tmp_path / "runs", [override])
     assert not (tmp_path / "runs").exists()  # nothing written, no trial started
-
-
-@pytest.mark.slow
-def test_two_trial_sweep_on_digits_resumes_and_reports(tmp_path):
-    sweep, common = tiny_lr_sweep(tmp_path, "tiny_sweep", "experiment=isqrt_digits", '"${args_no_hyphens}"')
-    proc = run_cli("gmsop.sweep", str(sweep), "--trials", "1", *common, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli("gmsop.sweep", str(sweep), "--trials", "2", *common, cwd=tmp_path)  # resumes: runs 1 more
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1 trials finished, running 1 more" in proc.stdout
-    root = tmp_path / "runs" / "tiny_sweep"
-    summaries = sorted(root.glob("trial_*/summary.json"))
-    assert [p.parent.name[:10] for p in summaries] == ["trial_0000", "trial_0001"]
-    assert all(json.loads(p.read_text())["epochs"] == 1 for p in summaries)
-    with sqlite3.connect(root / "optuna.db") as db:
-        assert db.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0] == 2
-        values = [v for (v,) in db.execute("select value from trial_values order by trial_id")]
-    # each trial's score is its run's best epoch (as validated at that epoch, not a step behind)
-    assert values == pytest.approx([json.loads(p.read_text())["best"]["val/top1_err"] for p in summaries])
-    wandb_runs = list(root.glob("trial_*/wandb/offline-run-*"))
-    assert len(wandb_runs) == 2  # one offline W&B run per trial
-    trials = (root / "trials.csv").read_text().splitlines()
-    assert trials[0] == "trial,state,val/top1_err,optim.lr,run_dir"  # searched keys only and len(trials) == 3
-    assert (root / "sweep_history.png").is_file() and (root / "sweep_params.png").is_file()
-    rep = run_cli("gmsop.report", str(root), cwd=tmp_path)
-    assert rep.returncode == 0 and (root / "report" / "report.md").read_text().count("| isqrt |") == 2
 
 
 class _FakeTrainer:
