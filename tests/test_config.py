@@ -129,3 +129,17 @@ def test_help_lists_what_users_pick_and_leaves_config_values_alone():
         "name: my_defaults",
         "experiment/sweeps: not a group here",
     ]
+
+
+def test_callbacks_compose_as_a_list_of_options():
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from gmsop.run.callbacks import ComponentUsagePlots, ModelSummaryWithoutFlops
+    from gmsop.run.compose import compose_train
+    from gmsop.run.training import configured_callbacks
+
+    cfg = compose_train(["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=3"])
+    built = configured_callbacks(OmegaConf.to_container(cfg.callbacks))
+    assert [type(c) for c in built] == [ComponentUsagePlots, ModelSummaryWithoutFlops, EarlyStopping]
+    assert (built[2].monitor, built[2].patience, built[2].mode) == ("val/top1_err", 3, "min")
+    assert configured_callbacks(OmegaConf.to_container(compose_train(["callbacks=none"]).callbacks)) == []
