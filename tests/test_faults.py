@@ -292,6 +292,18 @@ def test_resume_into_a_new_folder_keeps_the_best_and_refuses_a_changed_config(tm
     )
     _ok(allowed)
     assert "optim.weight_decay" in allowed.stderr and _summary(third)["global_step"] == 15
+    # resuming the finished run trains nothing and reports its last epoch (it printed "nan / nan")
+    again = _train(
+        tmp_path,
+        *common,
+        "optim.weight_decay=0.001",
+        "trainer.max_epochs=5",
+        f"trainer.resume={third}",
+        "hydra.run.dir=x",
+    )
+    _ok(again)
+    last_err = _summary(third)["metrics"]["val/top1_err"]
+    assert _summary(tmp_path / "x")["metrics"]["val/top1_err"] == pytest.approx(last_err) and "nan" not in again.stdout
     # MLflow: each part of the training is its own MLflow run (MLflow refuses changed parameter
     # values within one run), tagged with the run it continues
     from mlflow.tracking import MlflowClient

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -227,6 +228,9 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
             cfg.logger.wandb.images,
         )
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1} | throughput.summary()
+        if "val/top1_err" not in metrics and curves.curves:  # nothing ran (a finished run resumed): its record
+            last = curves.curves[max(curves.curves)]
+            metrics = {k: v for k, v in last.items() if k != "lr" and not math.isnan(v)} | metrics
         if trainer.is_global_zero:
             _write_summary(
                 cfg,
