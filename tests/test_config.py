@@ -143,3 +143,5 @@ def test_callbacks_compose_as_a_list_of_options():
     assert [type(c) for c in built] == [ComponentUsagePlots, ModelSummaryWithoutFlops, EarlyStopping]
     assert (built[2].monitor, built[2].patience, built[2].mode) == ("val/top1_err", 3, "min")
     assert configured_callbacks(OmegaConf.to_container(compose_train(["callbacks=none"]).callbacks)) == []
+    rich = configured_callbacks(OmegaConf.to_container(compose_train(["callbacks=[default,rich]"]).callbacks))
+    assert type(rich[-1]).__name__ == "RichProgressBar"
