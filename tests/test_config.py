@@ -145,3 +145,13 @@ def test_callbacks_compose_as_a_list_of_options():
     assert configured_callbacks(OmegaConf.to_container(compose_train(["callbacks=none"]).callbacks)) == []
     rich = configured_callbacks(OmegaConf.to_container(compose_train(["callbacks=[default,rich]"]).callbacks))
     assert type(rich[-1]).__name__ == "RichProgressBar"
+
+
+def test_trainer_slurm_outside_a_slurm_job_is_refused_by_name():
+    from gmsop.registry import ConfigError
+    from gmsop.run.compose import check_slurm_environment
+
+    with pytest.raises(ConfigError, match=r"trainer=slurm names the run folder after \$SLURM_JOB_ID, which is not set"):
+        check_slurm_environment(["experiment=x", "trainer=slurm"], {})
+    check_slurm_environment(["trainer=slurm"], {"SLURM_JOB_ID": "42"})  # inside a job: fine
+    check_slurm_environment(["trainer=ddp"], {})  # not asked for: fine

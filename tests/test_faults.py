@@ -5,6 +5,7 @@ are right, no file is half-written, one W&B run id per training, no temporary fi
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -378,6 +379,10 @@ def test_bad_names_and_values_fail_before_any_folder_is_made(tmp_path):
     assert proc.returncode != 0 and "name=''" in proc.stderr
     proc = _train(tmp_path, "optim.lr=-0.1", *QUIET)
     assert proc.returncode == 2 and "optim.lr=-0.1; allowed: >= 0" in proc.stderr
+    if "SLURM_JOB_ID" not in os.environ:  # trainer=slurm outside a SLURM job: a message, not a traceback
+        proc = _train(tmp_path, "trainer=slurm", *QUIET)
+        assert proc.returncode == 2 and "$SLURM_JOB_ID, which is not set" in proc.stderr
+        assert "Traceback" not in proc.stderr
     assert not any(p.is_dir() for p in (tmp_path / "runs").glob("*/*/checkpoints"))
     assert (
         not (tmp_path / "runs").exists()

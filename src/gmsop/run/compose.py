@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from gmsop.config import EvalConfig, TrainConfig, run_name
 from gmsop.data import DATA
+from gmsop.errors import exit_on_user_error
 from gmsop.heads import HEADS
 from gmsop.heads.gating import GATES
+from gmsop.registry import ConfigError
 
 HIDDEN_GROUPS = ("experiment/sweeps",)  # sweep files (python -m gmsop.sweep FILE) live there; not experiments
 DEFAULTS_SUFFIX = "_defaults"  # the constructor defaults every option of a group starts from; not options
@@ -37,8 +40,20 @@ def tidy_help(text: str) -> str:
     return "\n".join(lines)
 
 
+def check_slurm_environment(args: Sequence[str], environ: Mapping[str, str]) -> None:
+    """trainer=slurm names the run folder after $SLURM_JOB_ID: outside a SLURM job, say so before
+    Hydra fails on the missing variable with a traceback."""
+    if "trainer=slurm" in args and "SLURM_JOB_ID" not in environ:
+        raise ConfigError(
+            "trainer=slurm names the run folder after $SLURM_JOB_ID, which is not set: run the command "
+            "inside a SLURM job (sbatch/srun), or leave trainer=slurm out (trainer.resume=auto keeps any "
+            "run folder resumable)"
+        )
+
+
 def main_with_tidy_help(main: Callable[[], object]) -> None:
     """Run a Hydra entry point; with --help, print its help through tidy_help."""
+    exit_on_user_error(check_slurm_environment)(sys.argv[1:], os.environ)
     if not {"--help", "-h"} & set(sys.argv[1:]):
         main()
         return
