@@ -45,6 +45,7 @@ def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
     err = summary["metrics"]["val/top1_err"]
     assert err < FAR_BELOW_CHANCE, f"val top-1 error {err} after 2 epochs (chance is 0.9)"
     assert summary["epochs"] == 2 and summary["feature_dim"] == 2080
+    assert summary["input_normalisation"] == "data"  # no pretrained weights: the data set's own mean/std
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()  # the run config is saved with the run
     assert "val/top1_err" in (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0]

@@ -18,7 +18,7 @@ from gmsop.data import build_datamodule
 from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import CONFIG_DIR, write_text_atomic
-from gmsop.run.compose import main_with_tidy_help, register_configs
+from gmsop.run.compose import register_configs, run_entry_point
 from gmsop.run.resume import CheckpointError, read_checkpoint
 from gmsop.run.training import normalise_like_the_weights
 
@@ -65,4 +65,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main_with_tidy_help(main)
+    run_entry_point(main)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gmsop.errors import exit_on_user_error
 from gmsop.paths import CONFIG_DIR
-from gmsop.run.compose import main_with_tidy_help, register_configs
+from gmsop.run.compose import register_configs, run_entry_point
 from gmsop.run.training import RunInterrupted, own_wandb_service, run_training
 
 register_configs()
@@ -53,4 +53,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main_with_tidy_help(main)
+    run_entry_point(main)

@@ -63,8 +63,7 @@ class ImageDataModule(L.LightningDataModule, ABC):
         self._val: Optional[Dataset] = None
         self.mean = torch.zeros(1)
         self.std = torch.ones(1)
-        self.normalisation_source = "data"  # or "weights": see normalise_with
-        self._given_stats: Optional[tuple[Sequence[float], Sequence[float]]] = None
+        self._given_stats: Optional[tuple[Sequence[float], Sequence[float]]] = None  # see normalise_with
         # drawn from the (seeded) global generator, then carried by checkpoints
         self.shuffle_seed = int(torch.randint(0, 2**31 - 1, ()).item())
         self._resume_at: Optional[Position] = None
@@ -78,10 +77,15 @@ class ImageDataModule(L.LightningDataModule, ABC):
     def channel_stats(self) -> tuple[Sequence[float], Sequence[float]]:
         """Per-channel (mean, std) in [0, 1] units, known after datasets()."""
 
-    def normalise_with(self, mean: Sequence[float], std: Sequence[float], source: str) -> None:
-        """Normalise with these per-channel statistics instead of the data set's own (e.g. those
-        that pretrained weights were trained with); source names them in the run summary."""
-        self._given_stats, self.normalisation_source = (list(mean), list(std)), source
+    def normalise_with(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise with these per-channel statistics (those that pretrained weights were trained
+        with) instead of the data set's own."""
+        self._given_stats = (list(mean), list(std))
+
+    @property
+    def normalisation_source(self) -> str:
+        """Whose mean/std the inputs are normalised with: "weights" (normalise_with) or "data"."""
+        return "data" if self._given_stats is None else "weights"
 
     # -- Lightning hooks ------------------------------------------------------------------
     def setup(self, stage: Optional[str] = None) -> None:

@@ -51,8 +51,9 @@ def check_slurm_environment(args: Sequence[str], environ: Mapping[str, str]) -> 
         )
 
 
-def main_with_tidy_help(main: Callable[[], object]) -> None:
-    """Run a Hydra entry point; with --help, print its help through tidy_help."""
+def run_entry_point(main: Callable[[], object]) -> None:
+    """Run a Hydra entry point: first the checks Hydra would fail with a traceback
+    (check_slurm_environment); with --help, its help through tidy_help."""
     exit_on_user_error(check_slurm_environment)(sys.argv[1:], os.environ)
     if not {"--help", "-h"} & set(sys.argv[1:]):
         main()
@@ -91,7 +92,7 @@ def _store_constructor_defaults(cs: ConfigStore) -> None:
     what it changes, and every key exists for command-line overrides (`data.num_workers=8`)."""
     for group, registry in (("head", HEADS), ("head/gate", GATES), ("data", DATA)):
         for name in registry.names():
-            cs.store(group=group, name=f"{name}_defaults", node=registry.defaults(name))
+            cs.store(group=group, name=f"{name}{DEFAULTS_SUFFIX}", node=registry.defaults(name))
 
 
 def compose_train(overrides: Sequence[str]) -> DictConfig:

@@ -36,6 +36,7 @@ from gmsop.run.folder import is_locked, require_fresh
 
 LAST_CKPT = Path(CHECKPOINT_DIR) / f"{LAST}.ckpt"
 WANDB_ID_FILE = "wandb_run_id.txt"
+MLFLOW_ID_FILE = "mlflow_run_id.txt"
 RECORD_KEY = "gmsop"
 # Data keys that change how data is read, not what the model learns: free to differ on resume.
 DATA_KEYS_FREE_ON_RESUME = ("root", "num_workers", "eval_batch_size", "verify_images")
@@ -99,8 +100,13 @@ def _plan(ckpt: Path, in_place: bool) -> ResumePlan:
 
 
 def _wandb_id_in(run_dir: Path) -> Optional[str]:
-    id_file = run_dir / WANDB_ID_FILE
-    return (id_file.read_text().strip() or None) if id_file.is_file() else None
+    return logger_id_in(run_dir, WANDB_ID_FILE)
+
+
+def logger_id_in(run_dir: Path, id_file: str) -> Optional[str]:
+    """The logger run id a run folder keeps in id_file (WANDB_ID_FILE, MLFLOW_ID_FILE), or None."""
+    path = run_dir / id_file
+    return (path.read_text().strip() or None) if path.is_file() else None
 
 
 def newest_checkpoint(run_dir: Path) -> Optional[Path]:

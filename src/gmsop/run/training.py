@@ -34,12 +34,14 @@ from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
 from gmsop.run.curves import best_epoch
 from gmsop.run.folder import SUMMARY, RunLock
 from gmsop.run.resume import (
+    MLFLOW_ID_FILE,
     WANDB_ID_FILE,
     RandomState,
     ResumePlan,
     RunRecord,
     check_compatible,
     check_weights_fit,
+    logger_id_in,
     newest_checkpoint,
     plan_resume,
     run_folder_of,
@@ -155,7 +157,7 @@ def normalise_like_the_weights(model: SecondOrderClassifier, datamodule: ImageDa
     not with the data set's own statistics; said once at the start of the run."""
     stats = model.weights_normalisation()
     if stats is not None:
-        datamodule.normalise_with(*stats, source="weights")
+        datamodule.normalise_with(*stats)
         print(f"inputs normalised as the pretrained weights expect: mean {stats[0]}, std {stats[1]}")
 
 
@@ -236,6 +238,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
                 cfg,
                 container,
                 run_dir,
+                datamodule,
                 model,
                 trainer,
                 plan,
@@ -272,7 +275,7 @@ def configured_callbacks(specs: Mapping[str, Any]) -> list[L.Callback]:
 
 
 def _write_summary(
-    cfg, container, run_dir, model, trainer, plan, best, curves, metrics, status, error, wall_s, reason
+    cfg, container, run_dir, datamodule, model, trainer, plan, best, curves, metrics, status, error, wall_s, reason
 ) -> None:
     """summary.json: what ran, how it ended (finished / interrupted / failed), and its metrics."""
     summary = {
@@ -283,7 +286,7 @@ def _write_summary(
         "data": container["data"]["name"],
         "params": sum(p.numel() for p in model.parameters()),
         "feature_dim": model.head.out_dim,
-        "input_normalisation": "weights" if model.weights_normalisation() else "data",  # whose mean/std
+        "input_normalisation": datamodule.normalisation_source,  # whose mean/std: weights or data
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "wall_s": wall_s,
@@ -313,9 +316,6 @@ def check_logger_config(logger: DictConfig) -> None:
             f"logger.wandb.log_model={w.log_model} uploads checkpoints as W&B artifacts, which needs "
             "logger.wandb.mode=online (after `wandb login`); offline runs keep them in RUN/checkpoints"
         )
-
-
-MLFLOW_ID_FILE = "mlflow_run_id.txt"
 
 
 def _loggers(
@@ -363,9 +363,9 @@ def _mlflow_logger(cfg: DictConfig, run_dir: Path, resumed_from: Optional[Path])
     m = cfg.logger.mlflow
     uri = m.tracking_uri or f"sqlite:///{(Path(cfg.runs_dir) / 'mlflow.db').resolve()}"
     tags = {"run_dir": str(run_dir)}
-    earlier = (resumed_from or run_dir) / MLFLOW_ID_FILE
-    if earlier.is_file():
-        tags["resumed_from_mlflow_run"] = earlier.read_text().strip()
+    earlier = logger_id_in(resumed_from or run_dir, MLFLOW_ID_FILE)
+    if earlier:
+        tags["resumed_from_mlflow_run"] = earlier
     if rank_zero_only.rank == 0:
         Path(cfg.runs_dir).mkdir(parents=True, exist_ok=True)
     logger = MLFlowLogger(
