@@ -53,7 +53,7 @@ def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
     # start-up output: the model summary without Lightning's always-zero FLOPs, no advertisement
     out = proc.stdout + proc.stderr
     assert "Total params" in out and "Total Flops" not in out and "FLOPs" not in out
-    assert "Tip:" not in out and "LeafSpec" not in out and "ckpt_path=None" not in out
+    assert "Tip:" not in out and "LeafSpec" not in out and "ckpt_path=None" not in out and "anonymous" not in out
     # W&B offline run: exists locally and holds the metrics
     (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     logged = history(wandb_file)

@@ -144,7 +144,30 @@ def test_callbacks_compose_as_a_list_of_options():
     assert (built[2].monitor, built[2].patience, built[2].mode) == ("val/top1_err", 3, "min")
     assert configured_callbacks(OmegaConf.to_container(compose_train(["callbacks=none"]).callbacks)) == []
     rich = configured_callbacks(OmegaConf.to_container(compose_train(["callbacks=[default,rich]"]).callbacks))
-    assert type(rich[-1]).__name__ == "RichProgressBar"
+    names = [type(c).__name__ for c in rich]
+    assert names == ["ComponentUsagePlots", "RichModelSummaryWithoutFlops", "RichProgressBar"]
+
+
+def test_rich_model_summary_prints_the_table_without_flops(capsys):
+    from lightning.pytorch.utilities.model_summary import get_human_readable_count, summarize
+
+    from gmsop.models.classifier import SecondOrderClassifier
+    from gmsop.run.callbacks import RichModelSummaryWithoutFlops
+
+    model = SecondOrderClassifier({"backbone": "resnet18_64"}, {"name": "gap"}, {}, 10, 1)
+    summary = summarize(model, max_depth=1)
+    RichModelSummaryWithoutFlops.summarize(
+        summary._get_summary_data(),
+        summary.total_parameters,
+        summary.trainable_parameters,
+        summary.model_size,
+        summary.total_training_modes,
+        total_flops=0,
+    )
+    out = capsys.readouterr().out
+    assert "backbone" in out and "Params" in out and "Mode" in out
+    assert f"Total params: {get_human_readable_count(summary.total_parameters)}" in out
+    assert "FLOPs" not in out and "Flops" not in out
 
 
 def test_trainer_slurm_outside_a_slurm_job_is_refused_by_name():

@@ -94,7 +94,12 @@ def _train(folder: Path, interruptions, every_n_steps, *overrides: str) -> dict:
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     with open(run_dir / "curves.csv") as f:
         val = [(row["epoch"], row["val/loss"], row["val/top1_err"]) for row in csv.DictReader(f)]
+    with open(run_dir / "csv" / "metrics.csv") as f:  # Lightning's CSV log, less the timing column
+        logged = sorted(
+            (tuple(sorted((k, v) for k, v in row.items() if k != "train/images_per_s")) for row in csv.DictReader(f)),
+        )
     return {
+        "logged": logged,
         "step": ckpt["global_step"],
         "weights": ckpt["state_dict"],
         "val": val,
@@ -133,5 +138,6 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(tmp_path, unin
     assert resumed["step"] == uninterrupted["step"] == EPOCHS * STEPS_PER_EPOCH
     assert resumed["batches"] == uninterrupted["batches"]  # each step trained on the same batch, none twice
     assert resumed["val"] == uninterrupted["val"]  # every epoch validated, with the same results
+    assert resumed["logged"] == uninterrupted["logged"]  # the CSV log: every row once, none lost
     for name, value in uninterrupted["weights"].items():
         assert torch.equal(resumed["weights"][name], value), name

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.callbacks.model_summary import log
+from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
 from gmsop.run.curves import TRAIN_METRICS, VAL_METRICS, Curves, read_curves, write_curves
@@ -185,3 +186,36 @@ class ModelSummaryWithoutFlops(ModelSummary):
             total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, *columns
         )
         log.info("\n" + table.rsplit("\n", 1)[0])  # every line but the last, "Total Flops"
+
+
+class RichModelSummaryWithoutFlops(ModelSummary):
+    """Lightning's Rich model summary (a coloured table, `callbacks=[default,rich]`) less its
+    FLOPs column and "Total FLOPs" line, for the reason given in `ModelSummaryWithoutFlops`."""
+
+    @staticmethod
+    def summarize(
+        summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, **kwargs
+    ) -> None:
+        from rich import get_console
+        from rich.table import Table
+
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
+        table = Table(header_style=kwargs.get("header_style", "bold magenta"))
+        for name, _ in columns:
+            numeric = name not in (" ", "Name", "Type", "Mode")
+            table.add_column(name, justify="right" if numeric else "left", style="dim" if name == " " else None)
+        for row in zip(*(values for _, values in columns)):
+            table.add_row(*row)
+        totals = Table.grid()
+        for label, value in (
+            ("Trainable params", get_human_readable_count(int(trainable_parameters))),
+            ("Non-trainable params", get_human_readable_count(int(total_parameters - trainable_parameters))),
+            ("Total params", get_human_readable_count(int(total_parameters))),
+            ("Total estimated model params size (MB)", get_formatted_model_size(model_size)),
+            ("Modules in train mode", str(total_training_modes["train"])),
+            ("Modules in eval mode", str(total_training_modes["eval"])),
+        ):
+            totals.add_row(f"[bold]{label}[/]: {value}")
+        console = get_console()
+        console.print(table)
+        console.print(totals)

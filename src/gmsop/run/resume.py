@@ -60,6 +60,11 @@ class ResumePlan:
     in_place: bool = False  # continuing in the run's own folder (trainer.resume=auto)
     checkpoint: Optional[dict] = None  # the loaded checkpoint (for the compatibility check)
 
+    @property
+    def step(self) -> Optional[int]:
+        """The global step the checkpoint was saved at (None: a fresh run, or not loaded here)."""
+        return int(self.checkpoint["global_step"]) if self.checkpoint else None
+
 
 def plan_resume(resume: Optional[str], run_dir: Path, experiment_runs: Path) -> ResumePlan:
     """trainer.resume -> what to continue from (see the module docstring)."""

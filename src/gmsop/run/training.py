@@ -20,7 +20,7 @@ import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,7 +31,9 @@ from gmsop.paths import write_text_atomic
 from gmsop.registry import ConfigError
 from gmsop.run.callbacks import LearningCurves, Throughput, WandbBestSummary
 from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
+from gmsop.run.csv_log import ContinuedCSVLogger
 from gmsop.run.curves import best_epoch
+from gmsop.run.epoch_sums import EpochSums
 from gmsop.run.folder import SUMMARY, RunLock
 from gmsop.run.resume import (
     MLFLOW_ID_FILE,
@@ -87,6 +89,8 @@ class _QuietLightning(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_QuietLightning())
 # Lightning 2.6 with torch >= 2.10, once per run; not ours to fix
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+# A resume continues in its own checkpoints folder (fresh runs refuse a used folder, run/folder.py)
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 PLAN_ENV = "GMSOP_RESUME_PLAN"  # rank 0's resume decision, inherited by the DDP processes it launches
 
@@ -188,7 +192,7 @@ def _write_run_files(run_dir: Path, wandb_id: str, config_files: Optional[Mappin
 
 
 def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id: str, extra_callbacks) -> RunResult:
-    loggers = _loggers(cfg, run_dir, container, wandb_id, plan.source)
+    loggers = _loggers(cfg, run_dir, container, wandb_id, plan)
     best, interrupt, checkpoints = checkpoint_callbacks(run_dir, cfg.trainer.checkpoint_every_n_steps)
     throughput = Throughput()
     curves = LearningCurves(run_dir, f"{cfg.name} ({run_dir.name})", plan.source)
@@ -196,6 +200,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
         *checkpoints,
         RunRecord(run_dir, wandb_id, container),
         RandomState(),
+        EpochSums(),
         throughput,
         curves,
         WandbBestSummary(),
@@ -318,9 +323,7 @@ def check_logger_config(logger: DictConfig) -> None:
         )
 
 
-def _loggers(
-    cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id: str, resumed_from: Optional[Path]
-) -> list:
+def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id: str, plan: ResumePlan) -> list:
     loggers: list = []
     w = cfg.logger.wandb
     if w.enabled and w.mode != "disabled":
@@ -342,15 +345,17 @@ def _loggers(
             resume="allow",
             config=container,
         )
+        # Lightning 2.6 always passes anonymous=None, which W&B >= 0.22 warns about on every run
+        logger._wandb_init.pop("anonymous", None)
         loggers.append(logger)
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        loggers.append(ContinuedCSVLogger(run_dir, plan.source, plan.step))
     if cfg.logger.tensorboard:
         loggers.append(
             TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
         )
     if cfg.logger.mlflow.enabled:
-        loggers.append(_mlflow_logger(cfg, run_dir, resumed_from))
+        loggers.append(_mlflow_logger(cfg, run_dir, plan.source))
     return loggers
 
 

@@ -1,0 +1,107 @@
+"""Lightning's CSV logger, continued across resumes instead of restarted.
+
+Lightning's `CSVLogger` deletes an existing `metrics.csv` when it starts, so a run resumed in its
+own folder (SIGTERM and requeue, `trainer.resume=auto`) would lose every row logged before the
+interruption. `ContinuedCSVLogger` starts from the rows the resumed checkpoint had reached: those
+of the resumed run's `csv/metrics.csv` up to the checkpoint's step (a last line cut by kill -9 is
+dropped). Rows after that step were logged by the interrupted process after its checkpoint; the
+resumed run logs those steps again, so they are dropped too. A row at the checkpoint's step itself
+may have been logged before the checkpoint (validation) or after it (the next epoch's learning
+rate): it is kept, and replaced if the resumed run logs the same keys at that step again. So every
+row appears once, as in an uninterrupted run (`tests/test_exact_resume.py` compares them).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Optional
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+from gmsop.paths import write_csv_atomic
+
+CSV_FOLDER = "csv"
+
+
+def rows_up_to(path: Path, step: int) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the complete rows of a Lightning metrics.csv whose step is <= `step`."""
+    if not path.is_file():
+        return [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = []
+        for row in reader:
+            try:
+                complete = None not in row.values() and None not in row and int(row["step"]) <= step
+            except (KeyError, ValueError):
+                complete = False
+            if complete:
+                rows.append(row)
+    return header, rows
+
+
+class _ContinuedWriter(ExperimentWriter):
+    """Lightning's writer, started from the `earlier` rows up to `step` (none: an empty file)
+    instead of deleting the file it finds; rewrites of the file are atomic."""
+
+    def __init__(self, log_dir: str, header: list[str], earlier: list[dict[str, str]], step: Optional[int]) -> None:
+        super().__init__(log_dir)
+        path = Path(self.metrics_file_path)
+        self._step = step
+        self._at_step = [_keys(row) for row in earlier if int(row["step"]) == step]  # may be logged again
+        if header:
+            self.metrics_keys = sorted(header)  # the order Lightning writes
+            self._write(earlier)
+        else:
+            path.unlink(missing_ok=True)
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # the folder is this run's own (run folders are locked and never shared)
+
+    def log_metrics(self, metrics_dict: dict[str, float], step: Optional[int] = None) -> None:
+        keys = frozenset(metrics_dict)
+        if step == self._step and keys in self._at_step:  # logged again by the resumed run: replace it
+            self._at_step.remove(keys)
+            self._write([row for row in self._read() if not (int(row["step"]) == step and _keys(row) == keys)])
+        super().log_metrics(metrics_dict, step)
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        self._write(self._read(), fieldnames)
+
+    def _read(self) -> list[dict[str, str]]:
+        with open(self.metrics_file_path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _write(self, rows: list[dict[str, str]], fieldnames: Optional[list[str]] = None) -> None:
+        header = fieldnames or self.metrics_keys
+        write_csv_atomic(Path(self.metrics_file_path), header, ([row.get(k) or "" for k in header] for row in rows))
+
+
+def _keys(row: dict[str, str]) -> frozenset:
+    """The metric names a CSV row holds (its non-empty columns other than step)."""
+    return frozenset(k for k, v in row.items() if v not in ("", None) and k != "step")
+
+
+class ContinuedCSVLogger(CSVLogger):
+    """CSVLogger writing RUN/csv/metrics.csv; a resumed run first copies the rows of `resumed_from`
+    (a run folder: this one, or the one continued into a new folder) up to `step`."""
+
+    def __init__(self, run_dir: Path, resumed_from: Optional[Path] = None, step: Optional[int] = None) -> None:
+        super().__init__(save_dir=str(run_dir), name=CSV_FOLDER, version="")
+        self._earlier = Path(resumed_from) / CSV_FOLDER / ExperimentWriter.NAME_METRICS_FILE if resumed_from else None
+        self._step = step if resumed_from else None
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            header, rows = (
+                rows_up_to(self._earlier, self._step) if self._earlier and self._step is not None else ([], [])
+            )
+            Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+            self._experiment = _ContinuedWriter(self.log_dir, header, rows, self._step)
+        return self._experiment
