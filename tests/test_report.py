@@ -137,7 +137,9 @@ def test_report_names_corrupt_and_unfinished_runs_and_keeps_the_rest(tmp_path, c
     _fake_run(tmp_path / "ok", "abl", {"name": "gap"}, top1=0.5)
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "summary.json").write_text('{"name": "abl", "metr')  # cut off mid-write by another tool
-    (tmp_path / "killed" / "checkpoints").mkdir(parents=True)  # kill -9 before summary.json
+    (tmp_path / "killed" / "checkpoints").mkdir(parents=True)  # kill -9 after an epoch, before summary.json
+    (tmp_path / "killed" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (tmp_path / "killed_at_once" / "checkpoints").mkdir(parents=True)  # before any checkpoint: nothing to resume
     _fake_run(tmp_path / "stopped", "abl", {"name": "gap"}, top1=0.1)
     summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
     (tmp_path / "stopped" / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))

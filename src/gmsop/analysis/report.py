@@ -24,7 +24,7 @@ from gmsop.errors import UserError, exit_on_user_error
 from gmsop.models.usage import usage_entropy, usage_key
 from gmsop.paths import write_csv_atomic, write_text_atomic
 from gmsop.run.curves import Curves, best_epoch, read_curves
-from gmsop.run.folder import is_locked
+from gmsop.run.folder import checkpoint_files, is_locked, run_folder_of
 
 UsageHistory = dict[str, dict[int, list[float]]]  # split -> epoch -> usage per component
 IGNORED_OVERRIDE_PREFIXES = ("runs_dir=", "hydra.", "trainer.enable_progress_bar")
@@ -115,9 +115,8 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
             )
             continue
         summaries[path.parent] = s
-    for ckpt_dir in sorted(root.rglob("checkpoints")):
-        folder = ckpt_dir.parent
-        if folder not in summaries and not (folder / "summary.json").is_file():
+    for folder in sorted({run_folder_of(p) for p in root.rglob("*.ckpt")}):
+        if folder not in summaries and not (folder / "summary.json").is_file() and checkpoint_files(folder):
             state = "running now" if is_locked(folder) else "killed before it could write summary.json"
             skipped.append(Skipped(folder, f"no summary.json ({state}); resume with trainer.resume={folder}"))
     if not summaries:

@@ -1,11 +1,11 @@
 """Training-epoch means that survive a mid-epoch resume.
 
 A training epoch's logged values (`train/loss_epoch`, `train/top1_err`, component usage, ...) are
-running sums over its batches: Lightning's for `self.log(..., on_epoch=True)`, torchmetrics'
-for the model's `train_*` metrics. Neither is in a checkpoint, so an epoch resumed mid-way would
-report the mean of only the batches after the resume. `EpochSums` saves those sums with a
-mid-epoch checkpoint and adds them back after the resumed run's first batch, so the epoch
-reports the same values as an uninterrupted one.
+running sums over its batches: Lightning's for `self.log(..., on_epoch=True)`, torchmetrics' for
+the model's `train_*` metrics. Neither is in a checkpoint, so an epoch resumed mid-way would report
+the mean of only the batches after the resume. `EpochSums` saves those sums with a mid-epoch
+checkpoint (the metrics' summed over DDP processes) and adds them back after the resumed run's
+first batch (the metrics' on rank 0 only), so the epoch reports what an uninterrupted one would.
 
 Lightning keeps its sums in the training loop's result collection (`_results`, private in
 Lightning 2.6; `tests/test_exact_resume.py` compares every logged row with an uninterrupted run).
@@ -42,11 +42,11 @@ def _sums(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[st
         additive = result.meta.is_mean_reduction or result.meta.is_sum_reduction
         if result.is_tensor and result.meta.on_epoch and additive:
             logged[key] = {name: value.detach().cpu().clone() for name, value in result.metric_state.items()}
-    metrics = {
-        name: {state: value.detach().cpu().clone() for state, value in m.metric_state.items()}
-        for name, m in _training_metrics(pl_module).items()
-        if m.update_called
-    }
+    metrics = {}
+    for name, m in _training_metrics(pl_module).items():
+        if m.update_called:
+            with m.sync_context(should_sync=trainer.world_size > 1):  # every process's sums (DDP)
+                metrics[name] = {state: value.detach().cpu().clone() for state, value in m.metric_state.items()}
     return {"logged": logged, "metrics": metrics}
 
 
@@ -83,7 +83,7 @@ class EpochSums(L.Callback):
         for key, sums in self._pending["logged"].items():
             if key in results:
                 _add(results[key], sums)
-        metrics = _training_metrics(pl_module)
+        metrics = _training_metrics(pl_module) if trainer.is_global_zero else {}  # global sums: added once
         for name, sums in self._pending["metrics"].items():
             if name in metrics:
                 _add(metrics[name], sums)

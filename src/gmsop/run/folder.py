@@ -17,7 +17,7 @@ from typing import Optional
 
 from gmsop.errors import UserError
 from gmsop.paths import remove_stale_temporaries
-from gmsop.run.checkpointing import CHECKPOINT_DIR
+from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST
 
 LOCK_FILE = ".run.lock"
 SUMMARY = "summary.json"
@@ -78,15 +78,26 @@ def is_locked(folder: Path) -> bool:
         os.close(fd)
 
 
+SLURM_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's SIGUSR1 saves under SLURM, at the run folder's top
+
+
+def checkpoint_files(folder: Path, resumable_only: bool = False) -> list[Path]:
+    """The checkpoints a run folder holds: checkpoints/*.ckpt (last, best) and Lightning's SLURM
+    hpc_ckpt_N.ckpt; with resumable_only, last.ckpt and hpc_ckpt_N.ckpt (best.ckpt is a model to
+    evaluate, not where training stands)."""
+    folder = Path(folder)
+    ours = [folder / CHECKPOINT_DIR / f"{LAST}.ckpt"] if resumable_only else (folder / CHECKPOINT_DIR).glob("*.ckpt")
+    return [p for p in (*ours, *folder.glob(SLURM_CHECKPOINTS)) if p.is_file()]
+
+
+def run_folder_of(ckpt: Path) -> Path:
+    """The run folder a checkpoint was saved in (RUN/checkpoints/NAME.ckpt, or RUN/hpc_ckpt_N.ckpt)."""
+    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else ckpt.parent
+
+
 def holds_run(folder: Path) -> bool:
     """Whether folder already holds (part of) a training run: checkpoints or a summary."""
-    folder = Path(folder)
-    ckpts = folder / CHECKPOINT_DIR
-    return (
-        (folder / SUMMARY).is_file()
-        or (ckpts.is_dir() and any(ckpts.glob("*.ckpt")))
-        or any(folder.glob("hpc_ckpt_*.ckpt"))
-    )
+    return (Path(folder) / SUMMARY).is_file() or bool(checkpoint_files(folder))
 
 
 def require_fresh(folder: Path) -> None:

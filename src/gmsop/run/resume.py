@@ -32,7 +32,7 @@ from gmsop.errors import UserError
 from gmsop.heads import HEADS
 from gmsop.registry import ConfigError, Registry, complete
 from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST
-from gmsop.run.folder import is_locked, require_fresh
+from gmsop.run.folder import checkpoint_files, is_locked, require_fresh, run_folder_of
 
 LAST_CKPT = Path(CHECKPOINT_DIR) / f"{LAST}.ckpt"
 WANDB_ID_FILE = "wandb_run_id.txt"
@@ -116,13 +116,8 @@ def logger_id_in(run_dir: Path, id_file: str) -> Optional[str]:
 
 def newest_checkpoint(run_dir: Path) -> Optional[Path]:
     """The most recent of a run folder's last.ckpt and Lightning's SLURM hpc_ckpt_N.ckpt."""
-    candidates = [p for p in (run_dir / LAST_CKPT, *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    candidates = checkpoint_files(run_dir, resumable_only=True)
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
-
-
-def run_folder_of(ckpt: Path) -> Path:
-    """The run folder a checkpoint was saved in (RUN/checkpoints/NAME.ckpt, or RUN/hpc_ckpt_N.ckpt)."""
-    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else ckpt.parent
 
 
 def read_checkpoint(path: Path, for_resume: bool = False) -> dict:

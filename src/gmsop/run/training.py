@@ -34,7 +34,7 @@ from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
 from gmsop.run.csv_log import ContinuedCSVLogger
 from gmsop.run.curves import best_epoch
 from gmsop.run.epoch_sums import EpochSums
-from gmsop.run.folder import SUMMARY, RunLock
+from gmsop.run.folder import SUMMARY, RunLock, run_folder_of
 from gmsop.run.resume import (
     MLFLOW_ID_FILE,
     WANDB_ID_FILE,
@@ -46,7 +46,6 @@ from gmsop.run.resume import (
     logger_id_in,
     newest_checkpoint,
     plan_resume,
-    run_folder_of,
 )
 
 
