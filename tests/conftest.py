@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -20,6 +21,13 @@ def random_spd(batch: int, c: int, lo: float, hi: float, seed: int = 0, dtype=to
     q, _ = torch.linalg.qr(torch.randn(batch, c, c, generator=g, dtype=dtype))
     lam = lo + (hi - lo) * torch.rand(batch, c, generator=g, dtype=dtype)
     return (q * lam[:, None, :]) @ q.transpose(1, 2)
+
+
+def logged_rows(run_dir: Path) -> list[tuple]:
+    """The rows of a run's csv/metrics.csv, sorted, less the timing column (train/images_per_s)."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        rows = csv.DictReader(f)
+        return sorted(tuple(sorted((k, v) for k, v in row.items() if k != "train/images_per_s")) for row in rows)
 
 
 def tiny_lr_sweep(folder: Path, name: str, *train_args: str) -> tuple[Path, list[str]]:

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from gmsop.run.training import RunInterrupted, run_training
+from tests.conftest import logged_rows
 from tests.test_config import compose_train
 
 STEPS_PER_EPOCH, EPOCHS = 8, 3
@@ -94,12 +95,8 @@ def _train(folder: Path, interruptions, every_n_steps, *overrides: str) -> dict:
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     with open(run_dir / "curves.csv") as f:
         val = [(row["epoch"], row["val/loss"], row["val/top1_err"]) for row in csv.DictReader(f)]
-    with open(run_dir / "csv" / "metrics.csv") as f:  # Lightning's CSV log, less the timing column
-        logged = sorted(
-            (tuple(sorted((k, v) for k, v in row.items() if k != "train/images_per_s")) for row in csv.DictReader(f)),
-        )
     return {
-        "logged": logged,
+        "logged": logged_rows(run_dir),
         "step": ckpt["global_step"],
         "weights": ckpt["state_dict"],
         "val": val,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli, start_cli, tiny_lr_sweep
+from tests.conftest import logged_rows, run_cli, start_cli, tiny_lr_sweep
 
 QUIET = ("trainer.enable_progress_bar=false",)
 # A short run: digits, the paper's ResNet-18 with a GAP head, 8 steps per epoch.
@@ -213,6 +213,7 @@ def test_kill_9_at_random_points_then_resume_loses_no_finished_step(tmp_path):
     assert resumed["global_step"] == uninterrupted["global_step"] == 3 * STEPS_PER_EPOCH
     for name, value in uninterrupted["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], value), name
+    assert logged_rows(run_dir) == logged_rows(tmp_path / "uninterrupted")  # the CSV log: each row once, none lost
 
 
 def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_the_old_file(tmp_path):

@@ -87,11 +87,14 @@ def _keys(row: dict[str, str]) -> frozenset:
 
 
 class ContinuedCSVLogger(CSVLogger):
-    """CSVLogger writing RUN/csv/metrics.csv; a resumed run first copies the rows of `resumed_from`
-    (a run folder: this one, or the one continued into a new folder) up to `step`."""
+    """CSVLogger writing RUN/csv/metrics.csv, each row as it is logged; a resumed run first copies
+    the rows of `resumed_from` (a run folder: this one, or the one continued into a new folder) up
+    to `step`."""
 
     def __init__(self, run_dir: Path, resumed_from: Optional[Path] = None, step: Optional[int] = None) -> None:
-        super().__init__(save_dir=str(run_dir), name=CSV_FOLDER, version="")
+        # every row to disk when logged: a row still in memory at kill -9 would be lost for good if a
+        # checkpoint already covers its step (LearningRateMonitor's rows are not flushed by Lightning)
+        super().__init__(save_dir=str(run_dir), name=CSV_FOLDER, version="", flush_logs_every_n_steps=1)
         self._earlier = Path(resumed_from) / CSV_FOLDER / ExperimentWriter.NAME_METRICS_FILE if resumed_from else None
         self._step = step if resumed_from else None
 
