@@ -104,7 +104,8 @@ def test_last_checkpoint_every_epoch_and_a_used_folder_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_two_runs_with_one_name_started_together_get_their_own_folders(tmp_path):
-    procs = [_start(tmp_path, *SHORT, "name=twins", "trainer.max_epochs=1") for _ in range(2)]
+    # with MLflow: both create its database (runs/mlflow.db) at once, which used to kill one of them
+    procs = [_start(tmp_path, *SHORT, "name=twins", "trainer.max_epochs=1", "logger=mlflow") for _ in range(2)]
     for p in procs:
         assert p.wait(timeout=300) == 0, _output(p)
     folders = sorted((tmp_path / "runs" / "twins").iterdir())
@@ -114,6 +115,7 @@ def test_two_runs_with_one_name_started_together_get_their_own_folders(tmp_path)
         assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
         _assert_clean(folder)
     assert len({(f / "wandb_run_id.txt").read_text() for f in folders}) == 2
+    assert len({(f / "mlflow_run_id.txt").read_text() for f in folders}) == 2
     # Same seed, same config: the same model and result (seeding covers the initial weights).
     assert _summary(folders[0])["metrics"]["val/top1_err"] == _summary(folders[1])["metrics"]["val/top1_err"]
     assert torch.equal(

@@ -34,7 +34,7 @@ from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
 from gmsop.run.csv_log import ContinuedCSVLogger
 from gmsop.run.curves import best_epoch
 from gmsop.run.epoch_sums import EpochSums
-from gmsop.run.folder import SUMMARY, RunLock, run_folder_of
+from gmsop.run.folder import SUMMARY, RunLock, held_lock, run_folder_of
 from gmsop.run.resume import (
     MLFLOW_ID_FILE,
     WANDB_ID_FILE,
@@ -370,16 +370,20 @@ def _mlflow_logger(cfg: DictConfig, run_dir: Path, resumed_from: Optional[Path])
     earlier = logger_id_in(resumed_from or run_dir, MLFLOW_ID_FILE)
     if earlier:
         tags["resumed_from_mlflow_run"] = earlier
-    if rank_zero_only.rank == 0:
-        Path(cfg.runs_dir).mkdir(parents=True, exist_ok=True)
-    logger = MLFlowLogger(
-        experiment_name=m.experiment or cfg.name,
-        run_name=wandb_run_name(cfg.name, run_dir),
-        tracking_uri=uri,
-        tags=tags,
-    )
-    if rank_zero_only.rank == 0:
-        write_text_atomic(run_dir / MLFLOW_ID_FILE, logger.run_id)
+    Path(cfg.runs_dir).mkdir(parents=True, exist_ok=True)
+    # Creating the client and the first access create the database, its tables, the experiment
+    # and the run; runs started at once raced on that (all but one died with "duplicate column
+    # name"), so one process at a time.
+    with held_lock(Path(cfg.runs_dir) / ".mlflow.lock"):
+        logger = MLFlowLogger(
+            experiment_name=m.experiment or cfg.name,
+            run_name=wandb_run_name(cfg.name, run_dir),
+            tracking_uri=uri,
+            tags=tags,
+        )
+        run_id = logger.run_id if rank_zero_only.rank == 0 else None
+    if run_id:
+        write_text_atomic(run_dir / MLFLOW_ID_FILE, run_id)
     return logger
 
 
