@@ -160,3 +160,35 @@ def test_study_summary_lists_every_trial_and_plots_the_search(tmp_path):
     assert (tmp_path / "sweep_history.png").stat().st_size > 5000 and (
         tmp_path / "sweep_params.png"
     ).stat().st_size > 5000
+
+
+@pytest.mark.parametrize("method", ["random", "bayes"])
+def test_workers_sharing_a_study_never_draw_the_same_values_and_one_seed_repeats_them(tmp_path, method):
+    spec = SweepSpec(
+        _write(
+            tmp_path,
+            f"""
+method: {method}
+metric: {{name: val/top1_err, goal: minimize}}
+parameters:
+  optim.lr: {{distribution: log_uniform_values, min: 0.001, max: 0.1}}
+""",
+        )
+    )
+
+    def draws(storage: str, workers: int, trials: int) -> list[float]:
+        """`workers` processes' view of one study (same seed), asking in turn, as workers started together."""
+        studies = [
+            optuna.create_study(study_name="s", storage=storage, load_if_exists=True, sampler=spec.sampler(seed=0))
+            for _ in range(workers)
+        ]
+        values = {}
+        for i in range(trials):
+            trial = studies[i % workers].ask()
+            values[trial.number] = spec.suggest("optim.lr", spec.searched["optim.lr"], trial)
+            studies[i % workers].tell(trial, values[trial.number])
+        return [values[n] for n in sorted(values)]
+
+    together = draws(f"sqlite:///{tmp_path / 'two.db'}", workers=2, trials=6)
+    assert len(set(together)) == 6  # a sampler seeded once per worker drew each value twice
+    assert draws(f"sqlite:///{tmp_path / 'one.db'}", workers=1, trials=6) == together  # per trial number

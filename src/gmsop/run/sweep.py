@@ -128,11 +128,13 @@ class SweepSpec:
         return {k: list(p["values"]) for k, p in self.searched.items()}
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        """The method's Optuna sampler, seeded per trial (TrialSeeded)."""
         if self.method == "grid":
-            return optuna.samplers.GridSampler(self.grid(), seed=seed)
+            grid = self.grid()
+            return TrialSeeded(lambda s: optuna.samplers.GridSampler(grid, seed=s), seed)
         if self.method == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed)
+            return TrialSeeded(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
+        return TrialSeeded(lambda s: optuna.samplers.TPESampler(seed=s), seed)
 
     @staticmethod
     def suggest(key: str, p: dict, trial) -> Any:
@@ -262,6 +264,34 @@ def make_objective(
     return objective
 
 
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler seeded with seed + trial number before each trial (a fresh one from `make`).
+
+    Trial numbers are handed out by the study's storage, so a sweep re-run after a crash, and
+    several workers sharing one study (started at the same moment, with the same seed), never
+    draw the same values for two trials, while one seed still gives the same draws per trial."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._inner = make(seed)
+
+    def before_trial(self, study, trial) -> None:
+        self._inner = self._make(self._seed + trial.number)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+
 HEARTBEAT_S, GRACE_S = 30, 90  # a RUNNING trial silent for GRACE_S is failed by Optuna
 
 
@@ -274,7 +304,10 @@ def fail_abandoned_trials(study: optuna.Study, storage: optuna.storages.BaseStor
         run_dir = Path(t.user_attrs.get("run_dir", ""))
         if t.user_attrs.get("run_dir") and (run_dir / LOCK_FILE).is_file() and not is_locked(run_dir):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            try:
+                storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker of this study, started at the same time, marked it first
             failed.append(t.number)
     return failed
 
@@ -291,9 +324,10 @@ def run_sweep(
     """Run until the study holds `trials` finished (complete or pruned) trials, so a re-run
     resumes; return the study.
 
-    On a re-run, trials left RUNNING by a killed sweep are marked FAIL (and do not count), and
-    the sampler is seeded with `seed` plus the number of trials so far, so it does not repeat
-    the parameters it drew before.
+    On a re-run, trials left RUNNING by a killed sweep are marked FAIL (and do not count); the
+    sampler is seeded per trial number (TrialSeeded), so it does not repeat the parameters it
+    drew before. Several workers may share one study (the same command, or --storage): each
+    stops once the study holds `trials` finished trials (trials still running then finish too).
     """
     spec = SweepSpec(path)
     trial_pruner = _pruner(pruner)
@@ -308,7 +342,7 @@ def run_sweep(
     optuna.storages.fail_stale_trials(study)
     if abandoned:
         print(f"sweep {spec.name}: trial(s) {', '.join(map(str, abandoned))} were killed while running; marked FAIL")
-    study.sampler = spec.sampler(seed + len(study.trials))
+    study.sampler = spec.sampler(seed)
     study.pruner = trial_pruner
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len([t for t in study.trials if t.state in finished])
@@ -323,7 +357,11 @@ def run_sweep(
             objective,
             n_trials=remaining,
             catch=(FloatingPointError,),
-            callbacks=[lambda study, _trial: write_study_summary(study, spec.metric, runs_dir / spec.name)],
+            callbacks=[
+                lambda study, _trial: write_study_summary(study, spec.metric, runs_dir / spec.name),
+                # other workers on the same study count too: stop once it holds `trials` finished
+                optuna.study.MaxTrialsCallback(trials, states=finished),
+            ],
         )
     return study
 
