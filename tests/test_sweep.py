@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import optuna
 import pytest
@@ -192,3 +193,34 @@ parameters:
     together = draws(f"sqlite:///{tmp_path / 'two.db'}", workers=2, trials=6)
     assert len(set(together)) == 6  # a sampler seeded once per worker drew each value twice
     assert draws(f"sqlite:///{tmp_path / 'one.db'}", workers=1, trials=6) == together  # per trial number
+
+
+def _open_together(spec_path: str, runs_dir: str, barrier, errors) -> None:
+    from gmsop.run.sweep import open_study
+
+    barrier.wait()
+    try:
+        open_study(SweepSpec(Path(spec_path)), None, Path(runs_dir))
+    except Exception as e:  # reported to the test
+        errors.put(f"{type(e).__name__}: {e}"[:200])
+
+
+def test_workers_started_together_all_open_the_new_study(tmp_path):
+    """Sweep workers started at the same moment on a new study all create or open it (they raced
+    on creating the database's tables: all but one died)."""
+    import multiprocessing as mp
+
+    path = _write(tmp_path, "name: twin\nmetric: {name: val/top1_err}\nparameters: {optim.lr: {values: [0.1]}}\n")
+    ctx = mp.get_context("fork")
+    barrier, errors = ctx.Barrier(6), ctx.Queue()
+    workers = [
+        ctx.Process(target=_open_together, args=(str(path), str(tmp_path / "runs"), barrier, errors)) for _ in range(6)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    found = [errors.get() for _ in range(errors.qsize())]
+    assert not found and [w.exitcode for w in workers] == [0] * 6
+    study = optuna.load_study(study_name="twin", storage=f"sqlite:///{tmp_path / 'runs' / 'twin' / 'optuna.db'}")
+    assert len(study.user_attrs["uid"]) == 6

@@ -33,7 +33,7 @@ from gmsop.models.classifier import EPOCH_METRIC_PREFIXES, EPOCH_METRICS
 from gmsop.paths import run_uid, write_csv_atomic
 from gmsop.registry import ConfigError
 from gmsop.run.compose import compose_train
-from gmsop.run.folder import LOCK_FILE, is_locked
+from gmsop.run.folder import LOCK_FILE, held_lock, is_locked
 from gmsop.run.training import RunInterrupted
 
 METHODS = {"grid", "random", "bayes"}
@@ -312,6 +312,22 @@ def fail_abandoned_trials(study: optuna.Study, storage: optuna.storages.BaseStor
     return failed
 
 
+def open_study(spec: SweepSpec, storage: str | None, runs_dir: Path) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
+    """The sweep's study (created on first use) in `storage` or runs/<sweep>/optuna.db.
+
+    Workers started together raced to create the database's tables ("table studies already
+    exists" killed all but one), so this runs one process at a time, and the study's uid (in
+    its trial folders' names) is set once."""
+    (runs_dir / spec.name).mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(runs_dir / spec.name / 'optuna.db').resolve()}"
+    with held_lock(runs_dir / spec.name / ".optuna.lock"):
+        rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        study = optuna.create_study(study_name=spec.name, storage=rdb, direction=spec.direction, load_if_exists=True)
+        if "uid" not in study.user_attrs:
+            study.set_user_attr("uid", run_uid())
+    return study, rdb
+
+
 def run_sweep(
     path: Path,
     trials: int,
@@ -332,12 +348,7 @@ def run_sweep(
     spec = SweepSpec(path)
     trial_pruner = _pruner(pruner)
     check_trial_config(spec, extra)
-    (runs_dir / spec.name).mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{(runs_dir / spec.name / 'optuna.db').resolve()}"
-    rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-    study = optuna.create_study(study_name=spec.name, storage=rdb, direction=spec.direction, load_if_exists=True)
-    if "uid" not in study.user_attrs:
-        study.set_user_attr("uid", run_uid())
+    study, rdb = open_study(spec, storage, runs_dir)
     abandoned = fail_abandoned_trials(study, rdb)
     optuna.storages.fail_stale_trials(study)
     if abandoned:
