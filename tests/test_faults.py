@@ -415,14 +415,18 @@ def test_corrupt_checkpoints_are_named_by_resume_and_eval(tmp_path):
 def test_sweep_killed_mid_trial_resumes_without_stale_or_repeated_trials(tmp_path):
     import sqlite3
 
-    from gmsop.run.folder import is_locked
 
     sweep, common = tiny_lr_sweep(tmp_path, "tiny", "head=gap")
+    common = [*(a for a in common if not a.startswith("trainer.limit_train_batches")), "trainer.limit_train_batches=8"]
     root = tmp_path / "runs" / "tiny"
-    sweeper = start_cli("gmsop.sweep", str(sweep), "--trials", "3", *common, cwd=tmp_path)
-    _wait_for(lambda: any(is_locked(p) for p in root.glob("trial_0001_*")), what="trial 1 to run")
-    sweeper.kill()  # kill -9 in the middle of trial 1
+    sweeper = start_cli(
+        "gmsop.sweep", str(sweep), "--trials", "3", *common, "trainer.checkpoint_every_n_steps=1", cwd=tmp_path
+    )
+    _wait_for(lambda: any(root.glob("trial_0001_*/checkpoints/last.ckpt")), what="trial 1's first checkpoint")
+    sweeper.kill()  # kill -9 in the middle of trial 1, after it saved a step
     sweeper.wait()
+    killed_at = _step(next(root.glob("trial_0001_*/checkpoints/last.ckpt")))
+    assert 0 < killed_at < 8
     # resumed by two workers at once (same command and seed, as a job array would start them)
     workers = [start_cli("gmsop.sweep", str(sweep), "--trials", "3", *common, cwd=tmp_path) for _ in range(2)]
     outputs = []
@@ -430,13 +434,17 @@ def test_sweep_killed_mid_trial_resumes_without_stale_or_repeated_trials(tmp_pat
         assert worker.wait(timeout=300) == 0, _output(worker)
         outputs.append(_output(worker))
     assert sum("trial(s) 1 were killed while running; marked FAIL" in out for out in outputs) == 1
+    assert sum("trial(s) 1 will continue from their checkpoints" in out for out in outputs) == 1
     with sqlite3.connect(root / "optuna.db") as db:
         states = dict(db.execute("select number, state from trials").fetchall())
-        lrs = [v for (v,) in db.execute("select param_value from trial_params")]
+        lrs = dict(db.execute("select number, param_value from trials join trial_params using (trial_id)").fetchall())
     finished = sorted(n for n, state in states.items() if state in ("COMPLETE", "PRUNED"))
     # each worker stops once the study holds 3 finished trials; one still running then finishes
     assert states[1] == "FAIL" and finished in ([0, 2, 3], [0, 2, 3, 4]) and len(states) == len(finished) + 1
-    assert len(set(lrs)) == len(lrs) == len(states)  # no parameter set drawn twice, by either worker
+    # trial 2 is trial 1 continued: its parameters, from its checkpoint (no step trained twice)
+    continued = json.loads(next(root.glob("trial_0002_*/summary.json")).read_text())
+    assert lrs[2] == lrs[1] and Path(continued["resumed_from"]).parts[-3].startswith("trial_0001_")
+    assert len(set(lrs.values())) == len(lrs) - 1  # otherwise no parameter set drawn twice, by either worker
     folders = sorted(p.name for p in root.glob("trial_*"))
     assert len(folders) == len(states) and len({f.split("_")[2] for f in folders}) == 1  # one study, one suffix
     # the resumed sweep's records: each score is its run's best epoch, one W&B run per trial, the

@@ -15,6 +15,7 @@ each trial) and plots of the search: sweep_history.png and sweep_params.png.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Callable
@@ -33,7 +34,8 @@ from gmsop.models.classifier import EPOCH_METRIC_PREFIXES, EPOCH_METRICS
 from gmsop.paths import run_uid, write_csv_atomic
 from gmsop.registry import ConfigError
 from gmsop.run.compose import compose_train
-from gmsop.run.folder import LOCK_FILE, held_lock, is_locked
+from gmsop.run.curves import Curves, read_curves
+from gmsop.run.folder import LOCK_FILE, SUMMARY, checkpoint_files, held_lock, is_locked
 from gmsop.run.training import RunInterrupted
 
 METHODS = {"grid", "random", "bayes"}
@@ -187,9 +189,14 @@ class PruneTrial(L.Callback):
     (What hydra-optuna-sweeper cannot do: it never sees a trial object.)
     """
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, earlier: Curves | None = None) -> None:
+        """`earlier`: the curves of the run this trial continues; its epochs count toward the score."""
         self.trial, self.metric = trial, metric
         self.values: dict[int, float] = {}  # epoch -> the metric
+        for epoch, row in sorted((earlier or {}).items()):
+            if not math.isnan(row.get(metric, math.nan)):
+                self.values[epoch] = row[metric]
+                trial.report(row[metric], step=epoch)
 
     def score(self, objective: str, direction: str) -> float:
         """The trial's value: its best epoch's (min or max by direction) or its last epoch's."""
@@ -251,14 +258,17 @@ def make_objective(
             f"logger.wandb.group={spec.name}",
             *extra,
         ]
+        resume_from = trial.user_attrs.get("resume_from")  # an interrupted trial's run folder
+        if resume_from:
+            overrides.append(f"trainer.resume={resume_from}")
         cfg = compose_train(overrides)
         run_dir = runs_dir / spec.name / f"trial_{trial.number:04d}_{study_uid}"  # unique to this study
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", overrides)
-        pruning = PruneTrial(trial, spec.metric)
-        result = run_training(cfg, run_dir, [pruning])
+        pruning = PruneTrial(trial, spec.metric, read_curves(Path(resume_from)) if resume_from else {})
+        run_training(cfg, run_dir, [pruning])
         if not pruning.values:
-            raise KeyError(f"metric {spec.metric!r} was not logged; logged: {', '.join(sorted(result.metrics))}")
+            raise KeyError(f"metric {spec.metric!r} was not logged at any validation")
         return pruning.score(spec.objective, spec.direction)
 
     return objective
@@ -312,6 +322,30 @@ def fail_abandoned_trials(study: optuna.Study, storage: optuna.storages.BaseStor
     return failed
 
 
+def requeue_interrupted_trials(study: optuna.Study) -> list[int]:
+    """Queue a continuation of every FAIL trial that was interrupted (SIGTERM, Ctrl-C, kill -9)
+    after saving a checkpoint: the same parameters, resumed from its run folder (the trial's
+    user attr `resume_from`), so a preempted sweep loses no finished step. Trials that crashed
+    (status "failed", e.g. a non-finite loss) and trials already continued are left alone."""
+    continued = {t.user_attrs.get("resume_from") for t in study.get_trials(deepcopy=False)}
+    requeued = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        run_dir = t.user_attrs.get("run_dir")
+        if not run_dir or run_dir in continued or _run_status(Path(run_dir)) == "failed":
+            continue
+        if checkpoint_files(Path(run_dir), resumable_only=True):
+            study.enqueue_trial(t.params, user_attrs={"resume_from": run_dir}, skip_if_exists=False)
+            requeued.append(t.number)
+    return requeued
+
+
+def _run_status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / SUMMARY).read_text()).get("status")
+    except (OSError, ValueError):
+        return None  # killed before its summary, or an unreadable one
+
+
 def open_study(spec: SweepSpec, storage: str | None, runs_dir: Path) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
     """The sweep's study (created on first use) in `storage` or runs/<sweep>/optuna.db.
 
@@ -349,10 +383,14 @@ def run_sweep(
     trial_pruner = _pruner(pruner)
     check_trial_config(spec, extra)
     study, rdb = open_study(spec, storage, runs_dir)
-    abandoned = fail_abandoned_trials(study, rdb)
-    optuna.storages.fail_stale_trials(study)
+    with held_lock(runs_dir / spec.name / ".optuna.lock"):  # workers started together requeue once
+        abandoned = fail_abandoned_trials(study, rdb)
+        optuna.storages.fail_stale_trials(study)
+        requeued = requeue_interrupted_trials(study)
     if abandoned:
         print(f"sweep {spec.name}: trial(s) {', '.join(map(str, abandoned))} were killed while running; marked FAIL")
+    if requeued:
+        print(f"sweep {spec.name}: trial(s) {', '.join(map(str, requeued))} will continue from their checkpoints")
     study.sampler = spec.sampler(seed)
     study.pruner = trial_pruner
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
