@@ -415,7 +415,6 @@ def test_corrupt_checkpoints_are_named_by_resume_and_eval(tmp_path):
 def test_sweep_killed_mid_trial_resumes_without_stale_or_repeated_trials(tmp_path):
     import sqlite3
 
-
     sweep, common = tiny_lr_sweep(tmp_path, "tiny", "head=gap")
     common = [*(a for a in common if not a.startswith("trainer.limit_train_batches")), "trainer.limit_train_batches=8"]
     root = tmp_path / "runs" / "tiny"
