@@ -458,8 +458,8 @@ def main() -> None:
         p.error(f"sweep file {args.file} does not exist")
     try:
         study = run_sweep(args.file, args.trials, args.storage, args.runs_dir, args.overrides, args.seed, args.pruner)
-    except RunInterrupted as e:  # the trial is marked FAIL; re-running the command resumes the sweep
-        print(f"\n{e}; re-run the sweep command to continue the sweep", file=sys.stderr)
+    except RunInterrupted as e:  # the trial is marked FAIL; re-running the command continues it
+        print(f"\n{e}; re-run the sweep command to continue the sweep (and this trial)", file=sys.stderr)
         sys.exit(e.exit_code)
     best = study.best_trial
     print(f"best trial #{best.number}: {best.value:.4f} with {best.params}; run folder {best.user_attrs['run_dir']}")
