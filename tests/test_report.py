@@ -156,8 +156,7 @@ def test_report_names_corrupt_and_unfinished_runs_and_keeps_the_rest(tmp_path, c
 
 @pytest.mark.slow
 def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
-    proc = cli(
-        "gmsop.train",
+    multirun = (
         "-m",
         "experiment=default",
         "name=abl",
@@ -170,6 +169,7 @@ def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
         "trainer.limit_val_batches=2",
         "trainer.enable_progress_bar=false",
     )
+    proc = cli("gmsop.train", *multirun)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "runs" / "abl").glob("multirun_*/*/summary.json"))
     assert len(runs) == 2
@@ -191,6 +191,16 @@ def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
     assert [n.split(" head.k=")[0] for n in names] == ["abl head.num_components=4", "abl head.num_components=8"]
     assert all("plots/curves/filenames" in logged_keys(f) for f in wandb_files)
     assert all(list(f.parent.glob("files/media/images/plots/curves_*.png")) for f in wandb_files)
+    # A multirun killed before its second job: the same command in the same folder with
+    # trainer.resume=auto (README) leaves the finished job as it was and runs the missing one.
+    import shutil
+
+    shutil.rmtree(runs[1].parent)
+    first = runs[0].read_text()
+    again = cli("gmsop.train", *multirun, f"hydra.sweep.dir={sweep_dir}", "trainer.resume=auto")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(runs[0].read_text())["global_step"] == json.loads(first)["global_step"]
+    assert json.loads(runs[1].read_text())["status"] == "finished"
 
 
 def test_usage_entropy_against_hand_computed_values():
