@@ -9,11 +9,14 @@ checkpoint fits the config it is resumed with.
   requeued job with a fixed hydra.run.dir, e.g. trainer=slurm), else start fresh.
 
 Every checkpoint records the run's config, folder and W&B id (key `gmsop`), so a resume
-knows which W&B run to continue and refuses a config that does not fit the checkpoint.
+knows which W&B run to continue and refuses a config that does not fit the checkpoint. A run
+folder continued into another one records that (`continued_in.json`); continuing it a second
+time is a fork and gets a W&B run of its own, so two diverging histories never share one.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import zipfile
@@ -37,6 +40,7 @@ from gmsop.run.folder import checkpoint_files, is_locked, require_fresh, run_fol
 LAST_CKPT = Path(CHECKPOINT_DIR) / f"{LAST}.ckpt"
 WANDB_ID_FILE = "wandb_run_id.txt"
 MLFLOW_ID_FILE = "mlflow_run_id.txt"
+CONTINUED_FILE = "continued_in.json"  # in a run folder another folder continued: {run_dir, wandb_id}
 RECORD_KEY = "gmsop"
 # Data keys that change how data is read, not what the model learns: free to differ on resume.
 DATA_KEYS_FREE_ON_RESUME = ("root", "num_workers", "eval_batch_size", "verify_images")
@@ -59,6 +63,7 @@ class ResumePlan:
     wandb_id: Optional[str] = None
     in_place: bool = False  # continuing in the run's own folder (trainer.resume=auto)
     checkpoint: Optional[dict] = None  # the loaded checkpoint (for the compatibility check)
+    continued_in: Optional[str] = None  # another run already continued this one: this is a fork
 
     @property
     def step(self) -> Optional[int]:
@@ -98,10 +103,24 @@ def plan_resume(resume: Optional[str], run_dir: Path, experiment_runs: Path) -> 
 
 
 def _plan(ckpt: Path, in_place: bool) -> ResumePlan:
+    """Continue from ckpt, as the same W&B run, unless another run already continued its folder:
+    then this is a fork, and a new W&B run keeps the two histories apart."""
     checkpoint = read_checkpoint(ckpt, for_resume=True)
     record = checkpoint.get(RECORD_KEY) or {}
     source = run_folder_of(ckpt)
-    return ResumePlan(ckpt, source, record.get("wandb_id") or _wandb_id_in(source), in_place, checkpoint)
+    wandb_id = record.get("wandb_id") or _wandb_id_in(source)
+    continued = continuation_of(source)
+    if continued and continued.get("wandb_id") == wandb_id:  # that W&B run went on elsewhere
+        return ResumePlan(ckpt, source, None, in_place, checkpoint, continued.get("run_dir"))
+    return ResumePlan(ckpt, source, wandb_id, in_place, checkpoint)
+
+
+def continuation_of(run_dir: Path) -> Optional[dict]:
+    """Where a run folder's training was continued into another folder ({run_dir, wandb_id}), or None."""
+    try:
+        return json.loads((run_dir / CONTINUED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _wandb_id_in(run_dir: Path) -> Optional[str]:

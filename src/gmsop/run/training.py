@@ -36,6 +36,7 @@ from gmsop.run.curves import best_epoch
 from gmsop.run.epoch_sums import EpochSums
 from gmsop.run.folder import SUMMARY, RunLock, held_lock, run_folder_of
 from gmsop.run.resume import (
+    CONTINUED_FILE,
     MLFLOW_ID_FILE,
     WANDB_ID_FILE,
     RandomState,
@@ -121,6 +122,12 @@ def run_training(
         check_weights_fit(plan, model)
         if changed:
             warnings.warn(f"resuming {plan.ckpt} with changed settings: " + "; ".join(changed), stacklevel=2)
+        if plan.continued_in:
+            warnings.warn(
+                f"{plan.source} was already continued in {plan.continued_in}; this run is a fork of it, "
+                "logged as a new W&B run so that the two histories do not mix",
+                stacklevel=2,
+            )
         wandb_id = plan.wandb_id or new_wandb_id()
         if rank_zero:
             _write_run_files(run_dir, wandb_id, config_files, plan)
@@ -183,6 +190,8 @@ def _write_run_files(run_dir: Path, wandb_id: str, config_files: Optional[Mappin
     """The W&B run id from the first second (so a crash at any point resumes the same W&B run),
     and the run config (kept as first written when a run continues in place)."""
     write_text_atomic(run_dir / WANDB_ID_FILE, wandb_id)
+    if plan.source is not None and not plan.in_place and not plan.continued_in:  # we hold its lock
+        write_text_atomic(plan.source / CONTINUED_FILE, json.dumps({"run_dir": str(run_dir), "wandb_id": wandb_id}))
     for name, text in (config_files or {}).items():
         path = run_dir / ".hydra" / name
         if not (plan.in_place and path.is_file()):
