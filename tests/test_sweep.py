@@ -224,3 +224,33 @@ def test_workers_started_together_all_open_the_new_study(tmp_path):
     assert not found and [w.exitcode for w in workers] == [0] * 6
     study = optuna.load_study(study_name="twin", storage=f"sqlite:///{tmp_path / 'runs' / 'twin' / 'optuna.db'}")
     assert len(study.user_attrs["uid"]) == 6
+
+
+def test_only_interrupted_trials_with_a_checkpoint_are_continued_and_only_once(tmp_path):
+    import json
+
+    from gmsop.run.sweep import requeue_interrupted_trials
+
+    study = optuna.create_study()
+    cases = {  # trial run folder -> (summary status or None: killed before writing one, has last.ckpt)
+        "interrupted": ("interrupted", True),
+        "killed": (None, True),
+        "killed_before_a_checkpoint": (None, False),
+        "crashed": ("failed", True),
+        "finished_but_objective_failed": ("finished", True),
+    }
+    for i, (name, (status, ckpt)) in enumerate(cases.items()):
+        folder = tmp_path / name
+        (folder / "checkpoints").mkdir(parents=True)
+        if status:
+            (folder / "summary.json").write_text(json.dumps({"status": status}))
+        if ckpt:
+            (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(0.001, 0.1)})
+        trial.set_user_attr("run_dir", str(folder))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert requeue_interrupted_trials(study) == [0, 1]
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs["resume_from"] for t in waiting] == [str(tmp_path / "interrupted"), str(tmp_path / "killed")]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [study.trials[0].params, study.trials[1].params]
+    assert requeue_interrupted_trials(study) == []  # already continued (by a worker started with this one)

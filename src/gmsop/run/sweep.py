@@ -325,13 +325,14 @@ def fail_abandoned_trials(study: optuna.Study, storage: optuna.storages.BaseStor
 def requeue_interrupted_trials(study: optuna.Study) -> list[int]:
     """Queue a continuation of every FAIL trial that was interrupted (SIGTERM, Ctrl-C, kill -9)
     after saving a checkpoint: the same parameters, resumed from its run folder (the trial's
-    user attr `resume_from`), so a preempted sweep loses no finished step. Trials that crashed
-    (status "failed", e.g. a non-finite loss) and trials already continued are left alone."""
+    user attr `resume_from`), so a preempted sweep loses no finished step. Only interrupted
+    runs (summary status "interrupted", or none: killed) are continued; trials whose training
+    crashed ("failed", e.g. a non-finite loss) or finished, and trials already continued, are not."""
     continued = {t.user_attrs.get("resume_from") for t in study.get_trials(deepcopy=False)}
     requeued = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         run_dir = t.user_attrs.get("run_dir")
-        if not run_dir or run_dir in continued or _run_status(Path(run_dir)) == "failed":
+        if not run_dir or run_dir in continued or _run_status(Path(run_dir)) not in (None, "interrupted"):
             continue
         if checkpoint_files(Path(run_dir), resumable_only=True):
             study.enqueue_trial(t.params, user_attrs={"resume_from": run_dir}, skip_if_exists=False)
