@@ -239,7 +239,7 @@ def test_only_interrupted_trials_with_a_checkpoint_are_continued_and_only_once(t
         "crashed": ("failed", True),
         "finished_but_objective_failed": ("finished", True),
     }
-    for i, (name, (status, ckpt)) in enumerate(cases.items()):
+    for name, (status, ckpt) in cases.items():
         folder = tmp_path / name
         (folder / "checkpoints").mkdir(parents=True)
         if status:
