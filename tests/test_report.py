@@ -143,10 +143,13 @@ def test_report_names_corrupt_and_unfinished_runs_and_keeps_the_rest(tmp_path, c
     _fake_run(tmp_path / "stopped", "abl", {"name": "gap"}, top1=0.1)
     summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
     (tmp_path / "stopped" / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    _fake_run(tmp_path / "extended", "abl", {"name": "gap"}, top1=0.3)  # finished, then continued elsewhere
+    (tmp_path / "extended" / "continued_in.json").write_text(json.dumps({"run_dir": str(tmp_path / "ok")}))
     runs, skipped = collect(tmp_path)
     assert [r.folder.name for r in runs] == ["ok"]
     why = {k.folder.name: k.why for k in skipped}
-    assert set(why) == {"corrupt", "killed", "stopped"}
+    assert set(why) == {"corrupt", "killed", "stopped", "extended"}
+    assert why["extended"] == f"continued in {tmp_path / 'ok'} (finished here)"  # one training, one row
     assert "unreadable summary.json (JSONDecodeError" in why["corrupt"] and why["stopped"].startswith("interrupted")
     assert "killed before it could write summary.json" in why["killed"]
     md = (report(tmp_path) / "report.md").read_text()

@@ -25,6 +25,7 @@ from gmsop.models.usage import usage_entropy, usage_key
 from gmsop.paths import write_csv_atomic, write_text_atomic
 from gmsop.run.curves import Curves, best_epoch, read_curves
 from gmsop.run.folder import checkpoint_files, is_locked, run_folder_of
+from gmsop.run.resume import continuation_of
 
 UsageHistory = dict[str, dict[int, list[float]]]  # split -> epoch -> usage per component
 IGNORED_OVERRIDE_PREFIXES = ("runs_dir=", "hydra.", "trainer.enable_progress_bar")
@@ -93,7 +94,8 @@ class Skipped:
 
 def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
     """Every finished run (summary.json with status finished) under root, labelled by what differs;
-    and the run folders left out (interrupted, failed, killed or unreadable), with the reason."""
+    and the run folders left out (interrupted, failed, killed, continued in another folder, or
+    unreadable), with the reason."""
     summaries, skipped = {}, []
     for path in sorted(p for p in root.rglob("summary.json") if "report" not in p.relative_to(root).parts):
         try:
@@ -104,6 +106,10 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
             skipped.append(Skipped(path.parent, f"unreadable {path.name} ({type(e).__name__}: {e})"))
             continue
         status = s.get("status", "finished")  # runs made before status existed only wrote it when finished
+        continued = continuation_of(path.parent)
+        if continued:  # its epochs are part of that run's record: one training, one row
+            skipped.append(Skipped(path.parent, f"continued in {continued.get('run_dir')} ({status} here)"))
+            continue
         if status != "finished":
             skipped.append(
                 Skipped(
