@@ -378,6 +378,7 @@ def test_sigusr1_under_slurm_requeues_and_the_requeued_job_continues(tmp_path):
     summary = _summary(run_dir)
     assert (summary["epochs"], summary["global_step"]) == (3, 3 * STEPS_PER_EPOCH)
     assert [p.name for p in (tmp_path / "runs" / "cluster").iterdir()] == ["slurm_4242"]
+    assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))  # superseded by later last.ckpt saves: deleted
     _assert_clean(run_dir)
 
 

@@ -5,7 +5,9 @@ of the whole run kept across resumes, and a resumable checkpoint when a run is i
   is written to a temporary file in the same folder, flushed to disk and renamed over the
   target, so a kill at any moment leaves either the old file or the new one, never half.
 - `LastCheckpoint`: `checkpoints/last.ckpt` after every epoch's validation, whether or not
-  the monitored metric improved (Lightning's `save_last` rides on the top-k save).
+  the monitored metric improved (Lightning's `save_last` rides on the top-k save). Lightning's
+  SLURM `hpc_ckpt_N.ckpt` files older than it are then deleted (Lightning keeps one per
+  requeue, so a long run requeued often would fill the disk with full checkpoints).
 - `BestCheckpoint`: `checkpoints/best.ckpt`; resumed into a new run folder it copies the
   earlier folder's best file and score, so "best" means best of the run, not of the resume.
 - `SaveOnInterrupt`: SIGTERM (cluster preemption) or Ctrl-C writes the current state to
@@ -33,6 +35,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from gmsop.paths import replace_atomically
 
 CHECKPOINT_DIR = "checkpoints"
+SLURM_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's SIGUSR1 saves under SLURM, at the run folder's top
 LAST = "last"
 BEST = "best"
 MONITOR = "val/top1_err"
@@ -76,6 +79,14 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            newest = Path(filepath).stat().st_mtime
+            for hpc in Path(self.dirpath).parent.glob(SLURM_CHECKPOINTS):
+                if hpc.stat().st_mtime < newest:  # superseded: resume=auto takes the newest
+                    hpc.unlink(missing_ok=True)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Nothing to carry: the file name is fixed (and avoids Lightning's 'dirpath changed' warning)."""

@@ -19,7 +19,7 @@ from typing import Optional
 
 from gmsop.errors import UserError
 from gmsop.paths import remove_stale_temporaries
-from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST
+from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST, SLURM_CHECKPOINTS
 
 LOCK_FILE = ".run.lock"
 SUMMARY = "summary.json"
@@ -90,9 +90,6 @@ def is_locked(folder: Path) -> bool:
         return True
     finally:
         os.close(fd)
-
-
-SLURM_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's SIGUSR1 saves under SLURM, at the run folder's top
 
 
 def checkpoint_files(folder: Path, resumable_only: bool = False) -> list[Path]:
