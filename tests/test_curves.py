@@ -1,4 +1,5 @@
-"""Learning curves: curves.csv round trip, values against the CSV logger's record, resume keeps history."""
+"""Learning curves: read from the CSV log (a hand-written log, and a real run's against the
+logger's own rows), kept across a resume, and the best epoch."""
 
 from __future__ import annotations
 
@@ -9,33 +10,56 @@ from dataclasses import asdict
 
 import lightning as L
 import pytest
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from gmsop.config import OptimConfig
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
-from gmsop.run.callbacks import LearningCurves
-from gmsop.run.curves import COLUMNS, read_curves, write_curves
+from gmsop.run.csv_log import ContinuedCSVLogger, metrics_file
+from gmsop.run.curves import CurvesPlot, best_epoch, read_curves
 
 SGD = asdict(OptimConfig(milestones=[1]))  # the schema's defaults, but milestones=[1]
 
 
-def test_curves_file_round_trip_with_missing_values(tmp_path):
-    curves = {1: {"lr": 0.01, "val/top1_err": 0.25}, 0: {"lr": 0.1, "train/loss": 2.5, "val/top1_err": 0.5}}
-    path = write_curves(tmp_path, curves)
-    assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
-    assert [row.split(",")[0] for row in path.read_text().splitlines()[1:]] == ["0", "1"]  # sorted by epoch
-    back = read_curves(tmp_path)
-    assert back[0]["train/loss"] == 2.5 and back[1]["val/top1_err"] == 0.25
-    assert math.isnan(back[1]["train/loss"]) and math.isnan(back[0]["val/top5_err"])
-    assert [p.name for p in tmp_path.iterdir()] == ["curves.csv"]  # no temporary file left
+# Lightning's layout: the learning rate on its own row without an epoch (the next epoch's), step
+# rows, then the epoch's validation and training rows
+HAND_WRITTEN = """\
+epoch,lr-SGD/backbone,lr-SGD/classifier,step,train/loss_epoch,train/loss_step,train/top1_err,val/loss,val/top1_err,val/top5_err
+,0.1,0.2,0,,,,,,
+0,,,1,,2.5,,,,
+0,,,2,,,,1.5,0.5,0.25
+0,,,2,2.25,,0.75,,,
+,0.01,0.02,2,,,,,,
+1,,,3,,1.0,,,,
+1,,,4,,,,0.9,0.25,0.125
+"""
+
+
+@pytest.fixture
+def hand_written(tmp_path):
+    metrics_file(tmp_path).parent.mkdir()
+    metrics_file(tmp_path).write_text(HAND_WRITTEN)
+    return tmp_path
+
+
+def test_hand_written_log_gives_one_row_per_epoch(hand_written, tmp_path):
+    curves = read_curves(hand_written)
+    assert sorted(curves) == [0, 1]
+    assert curves[0] == {
+        "lr": 0.1,
+        "train/loss": 2.25,
+        "train/top1_err": 0.75,
+        "val/loss": 1.5,
+        "val/top1_err": 0.5,
+        "val/top5_err": 0.25,
+    }
+    assert curves[1]["lr"] == 0.01 and curves[1]["val/top5_err"] == 0.125
+    assert math.isnan(curves[1]["train/loss"]) and math.isnan(curves[1]["train/top1_err"])  # epoch 1 unfinished
     assert read_curves(tmp_path / "missing") == {}
 
 
-def _fit(root, max_epochs, ckpt_path=None, earlier_run=None):
+def _fit(root, max_epochs, ckpt_path=None, resumed_from=None, step=None):
     model = SecondOrderClassifier({"backbone": "resnet18_64"}, {"name": "gap"}, SGD, 10, 1)
-    curves = LearningCurves(root, title="test", earlier_run=earlier_run)
     trainer = L.Trainer(
         max_epochs=max_epochs,
         limit_train_batches=3,
@@ -43,16 +67,19 @@ def _fit(root, max_epochs, ckpt_path=None, earlier_run=None):
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=root,
-        logger=CSVLogger(save_dir=root, name="csv", version=""),
-        callbacks=[curves, ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)],
+        logger=ContinuedCSVLogger(root, resumed_from, step),
+        callbacks=[
+            CurvesPlot(root, "test"),
+            LearningRateMonitor(logging_interval="epoch"),
+            ModelCheckpoint(dirpath=root / "checkpoints", save_last=True),
+        ],
     )
     trainer.fit(model, datamodule=build_datamodule({"name": "digits", "batch_size": 16}), ckpt_path=ckpt_path)
-    return curves
 
 
 def _logged_per_epoch(root, key):
     """The CSV logger's own record of an epoch-level metric: {epoch: value}."""
-    with (root / "csv" / "metrics.csv").open(newline="") as f:
+    with metrics_file(root).open(newline="") as f:
         return {int(r["epoch"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
 
 
@@ -74,30 +101,25 @@ def test_curves_match_the_logged_metrics_and_the_schedule(tmp_path):
 
 
 def test_resumed_run_keeps_the_earlier_epochs(tmp_path):
-    first, second, moved = tmp_path / "first", tmp_path / "second", tmp_path / "moved"
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
     _fit(first, max_epochs=2)
     ckpt = first / "checkpoints" / "last.ckpt"
-    _fit(second, max_epochs=3, ckpt_path=ckpt, earlier_run=first)
+    _fit(second, max_epochs=3, ckpt_path=ckpt, resumed_from=first, step=6)
     before, after = read_curves(first), read_curves(second)
     assert sorted(after) == [0, 1, 2]
-    assert after[0] == pytest.approx(before[0])  # restored from the checkpoint, not re-measured
-    # Epoch 1's training values were final only after its checkpoint was written: taken from first/curves.csv.
-    assert after[1] == pytest.approx(before[1])
-    assert all(math.isfinite(after[2][c]) for c in COLUMNS[1:])
+    assert after[0] == before[0] and after[1] == before[1]  # the earlier log's rows, as written
+    assert all(math.isfinite(v) for v in after[2].values())
 
-    # A checkpoint without its run folder's curves.csv: the history still starts at epoch 0,
-    # but the epoch resumed from has no training values.
+    # A checkpoint moved away from its run folder: no earlier log to continue, so the curves
+    # start at the resumed epoch (the weights and the schedule are the checkpoint's all the same).
+    moved = tmp_path / "moved"
     moved.mkdir()
     shutil.copy(ckpt, moved / "last.ckpt")
-    _fit(tmp_path / "third", max_epochs=3, ckpt_path=moved / "last.ckpt", earlier_run=tmp_path)
-    third = read_curves(tmp_path / "third")
-    assert third[0] == pytest.approx(before[0]) and third[1]["val/top1_err"] == pytest.approx(before[1]["val/top1_err"])
-    assert math.isnan(third[1]["train/loss"])
+    _fit(third, max_epochs=3, ckpt_path=moved / "last.ckpt")
+    assert sorted(read_curves(third)) == [2] and read_curves(third)[2]["lr"] == pytest.approx(0.01)
 
 
 def test_best_epoch_is_the_lowest_validation_error_earliest_on_ties():
-    from gmsop.run.curves import best_epoch
-
     nan = math.nan
     curves = {
         0: {"lr": 0.1, "val/top1_err": 0.5, "val/top5_err": 0.2, "train/loss": 2.0},

@@ -10,7 +10,6 @@ into a save at the next batch boundary. `tests/test_faults.py` kills real CLI pr
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ import lightning as L
 import pytest
 import torch
 
+from gmsop.run.curves import read_curves
 from gmsop.run.training import RunInterrupted, run_training
 from tests.conftest import logged_rows
 from tests.test_config import compose_train
@@ -93,8 +93,7 @@ def _train(folder: Path, interruptions, every_n_steps, *overrides: str) -> dict:
             run_training(cfg, run_dir, [batches, InterruptAt(step, where, how)])
     run_training(cfg, run_dir, [batches])
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    with open(run_dir / "curves.csv") as f:
-        val = [(row["epoch"], row["val/loss"], row["val/top1_err"]) for row in csv.DictReader(f)]
+    val = [(e, c["val/loss"], c["val/top1_err"]) for e, c in sorted(read_curves(run_dir).items())]
     return {
         "logged": logged_rows(run_dir),
         "step": ckpt["global_step"],

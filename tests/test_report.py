@@ -10,7 +10,6 @@ import pytest
 from gmsop.analysis.published import PUBLISHED, match
 from gmsop.analysis.report import collect, report
 from gmsop.models.usage import usage_entropy
-from gmsop.run.curves import write_curves
 from tests.conftest import run_cli
 from tests.wandb_offline import history, logged_keys, records
 
@@ -33,22 +32,18 @@ def _fake_run(folder, name, head, data="imagenet64", backbone="resnet18_64", top
         )
     )
     (folder / "csv").mkdir()
-    (folder / "csv" / "metrics.csv").write_text("epoch,usage/val/c00,usage/val/c01\n0,0.5,0.5\n1,0.9,0.1\n")
-    if curves:
-        write_curves(
-            folder,
-            {
-                e: {
-                    "lr": 0.1,
-                    "train/loss": 3 - e,
-                    "train/top1_err": 0.6 - 0.1 * e,
-                    "val/loss": 3.2 - e,
-                    "val/top1_err": top1 + 0.1 * (1 - e),
-                    "val/top5_err": top1 / 2,
-                }
-                for e in (0, 1)
-            },
-        )
+    if not curves:  # an old run's log: component usage only
+        (folder / "csv" / "metrics.csv").write_text("epoch,usage/val/c00,usage/val/c01\n0,0.5,0.5\n1,0.9,0.1\n")
+        return
+    lines = [
+        "epoch,lr-SGD/backbone,step,train/loss_epoch,train/top1_err,usage/val/c00,usage/val/c01,val/loss,val/top1_err,val/top5_err"
+    ]
+    for e, usage in ((0, "0.5,0.5"), (1, "0.9,0.1")):
+        lines += [
+            f",0.1,{e},,,,,,,",  # LearningRateMonitor's row, at the epoch's start
+            f"{e},,{e + 1},{3 - e},{0.6 - 0.1 * e},{usage},{3.2 - e},{top1 + 0.1 * (1 - e)},{top1 / 2}",
+        ]
+    (folder / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 
 def test_published_rows_match_by_name_or_model():
@@ -80,7 +75,7 @@ def test_report_table_csv_and_plots(tmp_path):
         top1=0.45,
         overrides=["head=sop", "experiment=x"],
         curves=False,
-    )  # a run made before curves.csv existed
+    )  # a run whose log has no epoch values
     runs, skipped = collect(tmp_path)
     assert skipped == []
     assert [r.label for r in runs] == ["head=gap", "head=gmsop", "head=sop"]
@@ -182,10 +177,8 @@ def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
     md = (sweep_dir / "report" / "report.md").read_text()
     assert "| head.num_components=4 | gmsop |" in md and "| head.num_components=8 | gmsop |" in md
     assert (sweep_dir / "report" / "errors.png").is_file() and (sweep_dir / "report" / "component_usage.png").is_file()
-    assert (sweep_dir / "report" / "curves.png").is_file()  # from each run's curves.csv
-    assert all(
-        (run.parent / "curves.csv").is_file() and (run.parent / "plots" / "curves.png").is_file() for run in runs
-    )
+    assert (sweep_dir / "report" / "curves.png").is_file()  # from each run's csv/metrics.csv
+    assert all((run.parent / "plots" / "curves.png").is_file() for run in runs)
     assert (sweep_dir / "report" / "usage_over_epochs.png").is_file() and "| head.num_components=8 | 1 | 8 -> " in md
     # every run of the multirun has its own W&B run, named by what differs (not 0/1), with its plots as images
     wandb_files = [f for run in runs for f in run.parent.glob("wandb/offline-run-*/run-*.wandb")]

@@ -126,7 +126,8 @@ class MlflowConfig:
 @dataclass
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    csv: bool = True
+    # (the CSV log, RUN/csv/metrics.csv, is always written: it is the run's own record, which
+    # its learning curves, summary.json's best epoch and the report are read from)
     tensorboard: bool = False  # RUN/tensorboard (logger=tensorboard; `tensorboard --logdir runs`)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 

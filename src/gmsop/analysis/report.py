@@ -1,9 +1,9 @@
 """Collect finished runs into a table and plots: `python -m gmsop.report FOLDER [--out DIR]`.
 
-Reads every run folder under FOLDER (summary.json, .hydra/overrides.yaml, curves.csv,
-csv/metrics.csv); no W&B server is needed. Writes report.md, report.csv, errors.png,
-curves.png (loss and error per epoch) and, for gated mixtures, component_usage.png, to
-DIR (default FOLDER/report).
+Reads every run folder under FOLDER (summary.json, .hydra/overrides.yaml, and the CSV log
+csv/metrics.csv for learning curves and component usage); no W&B server is needed. Writes
+report.md, report.csv, errors.png, curves.png (loss and error per epoch) and, for gated
+mixtures, component_usage.png, to DIR (default FOLDER/report).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from gmsop.analysis.published import Published, match
 from gmsop.errors import UserError, exit_on_user_error
 from gmsop.models.usage import usage_entropy, usage_key
 from gmsop.paths import write_csv_atomic, write_text_atomic
+from gmsop.run.csv_log import metrics_file
 from gmsop.run.curves import Curves, best_epoch, read_curves
 from gmsop.run.folder import checkpoint_files, is_locked, run_folder_of
 from gmsop.run.resume import continuation_of
@@ -38,7 +39,7 @@ class Run:
     summary: dict
     published: Optional[Published]
     usage_history: UsageHistory  # a gated head's usage per split and epoch ({} for other heads)
-    curves: Curves  # per-epoch loss and error ({} for runs made before curves.csv existed)
+    curves: Curves  # per-epoch loss and error ({} for a run without a CSV log)
 
     @property
     def usage(self) -> Optional[list[float]]:
@@ -66,7 +67,7 @@ def _overrides(folder: Path) -> list[str]:
 
 def _usage_history(folder: Path) -> UsageHistory:
     """A gated head's usage per component, per split and epoch, from the run's CSV log ({} otherwise)."""
-    path = folder / "csv" / "metrics.csv"
+    path = metrics_file(folder)
     if not path.is_file():
         return {}
     with path.open(newline="") as f:

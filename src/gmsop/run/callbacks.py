@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from lightning.pytorch.callbacks.model_summary import log
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
-from gmsop.run.curves import TRAIN_METRICS, VAL_METRICS, Curves, read_curves, write_curves
+from gmsop.run.curves import VAL_METRICS
 
 
 class Throughput(L.Callback):
@@ -104,72 +103,6 @@ class ComponentUsagePlots(L.Callback):
                         "trainer/global_step": trainer.global_step,
                     }
                 )
-
-
-# curves.csv column -> its key in trainer.callback_metrics (the loss is logged per step and per epoch)
-_LOGGED_AS = {"train/loss": "train/loss_epoch"}
-
-
-class LearningCurves(L.Callback):
-    """Per-epoch learning rate, loss and error to curves.csv and plots/curves.png, after every epoch.
-
-    The history travels in the checkpoint (callback state), so a resumed run's curves
-    start at epoch 0. Validation values are taken when validation ends; training values
-    once the epoch's metrics are final (the next epoch's start, or the end of training),
-    which is after the checkpoint of that epoch was written: on resume they are filled in
-    from `earlier_run`'s curves.csv (the folder the checkpoint came from), for the epochs
-    the checkpoint holds. Without that file the resumed-from epoch has no training values.
-    """
-
-    def __init__(self, run_dir: Path, title: str, earlier_run: Path | None = None) -> None:
-        self.run_dir = Path(run_dir)
-        self.title = title
-        self.earlier_run = earlier_run
-        self.curves: Curves = {}
-        self._pending_train_epoch: int | None = None
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._flush_train(trainer)
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
-        if lr is not None:
-            self.curves.setdefault(trainer.current_epoch, {})["lr"] = float(lr)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._pending_train_epoch = trainer.current_epoch  # its metrics are logged after this hook
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            self._record(trainer, trainer.current_epoch, VAL_METRICS)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._flush_train(trainer)
-
-    def _flush_train(self, trainer) -> None:
-        if self._pending_train_epoch is not None:
-            self._record(trainer, self._pending_train_epoch, TRAIN_METRICS)
-            self._pending_train_epoch = None
-
-    def _record(self, trainer, epoch: int, columns: tuple[str, ...]) -> None:
-        logged = trainer.callback_metrics
-        found = {c: float(logged[_LOGGED_AS.get(c, c)]) for c in columns if _LOGGED_AS.get(c, c) in logged}
-        if not found:
-            return
-        self.curves.setdefault(epoch, {}).update(found)
-        if trainer.is_global_zero:
-            from gmsop.plots import learning_curves
-
-            write_curves(self.run_dir, self.curves)
-            learning_curves({self.title: self.curves}, self.run_dir / "plots" / "curves.png")
-
-    def state_dict(self) -> dict:
-        return {"curves": self.curves}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.curves = {int(e): dict(v) for e, v in state_dict["curves"].items()}
-        earlier = read_curves(self.earlier_run) if self.earlier_run else {}
-        for epoch, row in self.curves.items():
-            known = {k: v for k, v in earlier.get(epoch, {}).items() if not math.isnan(v)}
-            self.curves[epoch] = {**known, **row}  # the checkpoint's own values win
 
 
 class ModelSummaryWithoutFlops(ModelSummary):

@@ -26,6 +26,11 @@ from gmsop.paths import write_csv_atomic
 CSV_FOLDER = "csv"
 
 
+def metrics_file(run_dir: Path) -> Path:
+    """Where a run folder's CSV log is: RUN/csv/metrics.csv."""
+    return Path(run_dir) / CSV_FOLDER / ExperimentWriter.NAME_METRICS_FILE
+
+
 def rows_up_to(path: Path, step: int) -> tuple[list[str], list[dict[str, str]]]:
     """The header and the complete rows of a Lightning metrics.csv whose step is <= `step`."""
     if not path.is_file():
@@ -95,7 +100,7 @@ class ContinuedCSVLogger(CSVLogger):
         # every row to disk when logged: a row still in memory at kill -9 would be lost for good if a
         # checkpoint already covers its step (LearningRateMonitor's rows are not flushed by Lightning)
         super().__init__(save_dir=str(run_dir), name=CSV_FOLDER, version="", flush_logs_every_n_steps=1)
-        self._earlier = Path(resumed_from) / CSV_FOLDER / ExperimentWriter.NAME_METRICS_FILE if resumed_from else None
+        self._earlier = metrics_file(resumed_from) if resumed_from else None
         self._step = step if resumed_from else None
 
     @property

@@ -1,7 +1,11 @@
-"""Learning curves: one row per epoch in a run folder's curves.csv.
+"""Learning curves: one row per epoch, read from the run's CSV log (csv/metrics.csv).
 
-The file is the record that the run's plot (plots/curves.png) and `gmsop.report` read.
-Columns: epoch, lr, then the per-epoch metrics below; a value not (yet) known is empty.
+Lightning's CSV logger writes one row per logged step; the per-epoch values are its epoch-level
+rows (train/loss_epoch, train/top1_err, val/...), and the learning rate is the row
+`LearningRateMonitor` writes as each epoch starts (it has no epoch column: it belongs to the
+next epoch logged). The log is continued across resumes (`gmsop.run.csv_log`), so the curves of
+a resumed run start at epoch 0. The run's plot (plots/curves.png), summary.json's best epoch,
+a continued sweep trial's earlier scores and `gmsop.report` all read them from here.
 """
 
 from __future__ import annotations
@@ -12,34 +16,41 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
-from gmsop.paths import write_csv_atomic
+import lightning as L
 
-CURVES_FILE = "curves.csv"
+from gmsop.run.csv_log import metrics_file
+
 TRAIN_METRICS = ("train/loss", "train/top1_err")
 VAL_METRICS = ("val/loss", "val/top1_err", "val/top5_err")
-COLUMNS = ("epoch", "lr", *TRAIN_METRICS, *VAL_METRICS)
+COLUMNS = ("lr", *TRAIN_METRICS, *VAL_METRICS)
+LOGGED_AS = {"train/loss": "train/loss_epoch"}  # column -> its name in the log (the loss is logged per step too)
+LR_PREFIX = "lr-"  # LearningRateMonitor's columns, one per parameter group; the first (backbone) is plotted
 
-Curves = dict[int, dict[str, float]]  # epoch -> column -> value
-
-
-def write_curves(run_dir: Path, curves: Mapping[int, Mapping[str, float]]) -> Path:
-    """Write curves.csv (rows sorted by epoch) atomically; return its path."""
-    path = run_dir / CURVES_FILE
-    rows = ([epoch, *(curves[epoch].get(c, "") for c in COLUMNS[1:])] for epoch in sorted(curves))
-    write_csv_atomic(path, COLUMNS, rows)
-    return path
+Curves = dict[int, dict[str, float]]  # epoch -> column -> value (NaN where not logged)
 
 
 def read_curves(run_dir: Path) -> Curves:
-    """curves.csv of a run folder -> {epoch: {column: value}} (missing values are NaN); {} if absent."""
-    path = run_dir / CURVES_FILE
+    """{epoch: {column: value}} from RUN/csv/metrics.csv, for the epochs with any of the columns
+    logged; {} if the run has no CSV log."""
+    path = metrics_file(run_dir)
     if not path.is_file():
         return {}
     curves: Curves = {}
+    lr: Optional[float] = None  # logged at an epoch's start, before any row of that epoch
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
-            curves[int(row["epoch"])] = {k: float(v) if v else math.nan for k, v in row.items() if k in COLUMNS[1:]}
-    return curves
+            lrs = [v for k, v in row.items() if k and k.startswith(LR_PREFIX) and v]
+            if lrs and not row.get("epoch"):
+                lr = float(lrs[0])
+            if not row.get("epoch"):
+                continue
+            epoch = curves.setdefault(int(float(row["epoch"])), dict.fromkeys(COLUMNS, math.nan))
+            if lr is not None:
+                epoch["lr"], lr = lr, None
+            for column in COLUMNS[1:]:
+                if row.get(LOGGED_AS.get(column, column)):
+                    epoch[column] = float(row[LOGGED_AS.get(column, column)])
+    return {e: row for e, row in curves.items() if not all(math.isnan(v) for v in row.values())}
 
 
 def best_epoch(curves: Mapping[int, Mapping[str, float]], metric: str = "val/top1_err") -> Optional[dict]:
@@ -51,3 +62,25 @@ def best_epoch(curves: Mapping[int, Mapping[str, float]], metric: str = "val/top
     _, epoch = min(scored)
     values = {k: v for k, v in curves[epoch].items() if k in VAL_METRICS and not math.isnan(v)}
     return {"epoch": epoch, **values}
+
+
+class CurvesPlot(L.Callback):
+    """plots/curves.png (loss, error and learning rate per epoch) from the run's CSV log, redrawn
+    as each epoch starts (the previous epoch's values are logged by then) and when training ends."""
+
+    def __init__(self, run_dir: Path, title: str) -> None:
+        self.run_dir, self.title = Path(run_dir), title
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch > 0:
+            self.draw(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.draw(trainer)
+
+    def draw(self, trainer) -> None:
+        curves = read_curves(self.run_dir)
+        if curves and trainer.is_global_zero:
+            from gmsop.plots import learning_curves
+
+            learning_curves({self.title: curves}, self.run_dir / "plots" / "curves.png")

@@ -29,10 +29,10 @@ from gmsop.data import ImageDataModule, build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import write_text_atomic
 from gmsop.registry import ConfigError
-from gmsop.run.callbacks import LearningCurves, Throughput, WandbBestSummary
+from gmsop.run.callbacks import Throughput, WandbBestSummary
 from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
 from gmsop.run.csv_log import ContinuedCSVLogger
-from gmsop.run.curves import best_epoch
+from gmsop.run.curves import CurvesPlot, best_epoch, read_curves
 from gmsop.run.epoch_sums import EpochSums
 from gmsop.run.folder import SUMMARY, RunLock, held_lock, run_folder_of
 from gmsop.run.resume import (
@@ -203,23 +203,21 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
     loggers = _loggers(cfg, run_dir, container, wandb_id, plan)
     best, interrupt, checkpoints = checkpoint_callbacks(run_dir, cfg.trainer.checkpoint_every_n_steps)
     throughput = Throughput()
-    curves = LearningCurves(run_dir, f"{cfg.name} ({run_dir.name})", plan.source)
     callbacks = [
         *checkpoints,
         RunRecord(run_dir, wandb_id, container),
         RandomState(),
         EpochSums(),
         throughput,
-        curves,
+        CurvesPlot(run_dir, f"{cfg.name} ({run_dir.name})"),
         WandbBestSummary(),
+        LearningRateMonitor(logging_interval="epoch"),
     ]
-    if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     callbacks += configured_callbacks(container["callbacks"]) + list(extra_callbacks)
     trainer_args = {k: v for k, v in container["trainer"].items() if k not in RUN_CONTROL_KEYS}
     trainer = L.Trainer(
         default_root_dir=run_dir,
-        logger=loggers or False,
+        logger=loggers,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         **trainer_args,
@@ -243,8 +241,9 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
             cfg.logger.wandb.images,
         )
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1} | throughput.summary()
-        if "val/top1_err" not in metrics and curves.curves:  # nothing ran (a finished run resumed): its record
-            last = curves.curves[max(curves.curves)]
+        curves = read_curves(run_dir)
+        if "val/top1_err" not in metrics and curves:  # nothing ran (a finished run resumed): its record
+            last = curves[max(curves)]
             metrics = {k: v for k, v in last.items() if k != "lr" and not math.isnan(v)} | metrics
         if trainer.is_global_zero:
             _write_summary(
@@ -256,7 +255,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
                 trainer,
                 plan,
                 best,
-                curves.curves,
+                curves,
                 metrics,
                 status,
                 error,
@@ -266,7 +265,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
     if status == "interrupted":
         raise RunInterrupted(interrupt.reason, run_dir, newest_checkpoint(run_dir))
     best_path = Path(best.best_model_path) if best.best_model_path else None
-    return RunResult(run_dir, metrics, best_path, wandb_dir, best_epoch(curves.curves))
+    return RunResult(run_dir, metrics, best_path, wandb_dir, best_epoch(curves))
 
 
 def configured_callbacks(specs: Mapping[str, Any]) -> list[L.Callback]:
@@ -356,8 +355,7 @@ def _loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], wandb_id
         # Lightning 2.6 always passes anonymous=None, which W&B >= 0.22 warns about on every run
         logger._wandb_init.pop("anonymous", None)
         loggers.append(logger)
-    if cfg.logger.csv:
-        loggers.append(ContinuedCSVLogger(run_dir, plan.source, plan.step))
+    loggers.append(ContinuedCSVLogger(run_dir, plan.source, plan.step))
     if cfg.logger.tensorboard:
         loggers.append(
             TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
