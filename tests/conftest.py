@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,11 +24,16 @@ def random_spd(batch: int, c: int, lo: float, hi: float, seed: int = 0, dtype=to
     return (q * lam[:, None, :]) @ q.transpose(1, 2)
 
 
+# ThroughputMonitor's columns: timings, and counts that restart with each process
+THROUGHPUT = re.compile(r"train/(time|batches|samples|(device/)?\w+_per_sec)")
+
+
 def logged_rows(run_dir: Path) -> list[tuple]:
-    """The rows of a run's csv/metrics.csv, sorted, less the timing column (train/images_per_s)."""
+    """The rows of a run's csv/metrics.csv, sorted, less the throughput columns (and the rows that
+    hold nothing else)."""
     with open(run_dir / "csv" / "metrics.csv", newline="") as f:
-        rows = csv.DictReader(f)
-        return sorted(tuple(sorted((k, v) for k, v in row.items() if k != "train/images_per_s")) for row in rows)
+        rows = [{k: v for k, v in row.items() if v and not THROUGHPUT.fullmatch(k)} for row in csv.DictReader(f)]
+    return sorted(tuple(sorted(row.items())) for row in rows if set(row) - {"epoch", "step"})
 
 
 def tiny_lr_sweep(folder: Path, name: str, *train_args: str) -> tuple[Path, list[str]]:

@@ -45,6 +45,7 @@ def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
     err = summary["metrics"]["val/top1_err"]
     assert err < FAR_BELOW_CHANCE, f"val top-1 error {err} after 2 epochs (chance is 0.9)"
     assert summary["epochs"] == 2 and summary["feature_dim"] == 2080
+    assert summary["metrics"]["train_images_per_s"] > 0  # ThroughputMonitor, over the whole run
     assert summary["input_normalisation"] == "data"  # no pretrained weights: the data set's own mean/std
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()  # the run config is saved with the run
@@ -54,12 +55,13 @@ def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
     out = proc.stdout + proc.stderr
     assert "Total params" in out and "Total Flops" not in out and "FLOPs" not in out
     assert "Tip:" not in out and "LeafSpec" not in out and "ckpt_path=None" not in out and "anonymous" not in out
+    assert "flops_per_batch" not in out
     # W&B offline run: exists locally and holds the metrics
     (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     logged = history(wandb_file)
     assert len(logged["val/top1_err"]) == 2
     assert logged["val/top1_err"][-1] == pytest.approx(err, abs=1e-6)
-    assert "train/loss_step" in logged and "train/images_per_s" in logged
+    assert "train/loss_step" in logged and "train/device/samples_per_sec" in logged
     # TensorBoard (logger=tensorboard), beside W&B and CSV: the same validation errors
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     assert [e.value for e in events.Scalars("val/top1_err")] == pytest.approx(logged["val/top1_err"], abs=1e-6)

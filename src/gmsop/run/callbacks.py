@@ -2,44 +2,48 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks import ModelSummary, ThroughputMonitor
 from lightning.pytorch.callbacks.model_summary import log
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
 from gmsop.run.curves import VAL_METRICS
 
 
-class Throughput(L.Callback):
-    """Training images per second, per epoch (logged as train/images_per_s)."""
+def _images(batch) -> int:
+    return len(batch[1])
 
-    def __init__(self) -> None:
-        self.images = 0
-        self.seconds = 0.0
-        self._t0 = 0.0
-        self._epoch_images = 0
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_images = 0
-        self._t0 = time.perf_counter()
+class TrainingThroughput(ThroughputMonitor):
+    """Lightning's ThroughputMonitor for training: every log_every_n_steps, the images and seconds
+    of training so far in this process (train/samples, train/time) and, once `window` batches
+    have passed, images/s over the last `window` (train/device/samples_per_sec; with several
+    processes also train/samples_per_sec); and the whole run's images/s for summary.json.
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._epoch_images += len(batch[1])
+    Validation is timed (Lightning takes its time out of training time) but not logged: Lightning
+    logs it with validation batch numbers as steps, which would interleave with the training
+    steps of the CSV log.
+    """
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        dt = time.perf_counter() - self._t0
-        self.images += self._epoch_images
-        self.seconds += dt
-        if dt > 0:
-            pl_module.log("train/images_per_s", self._epoch_images / dt)
+    def __init__(self, window: int = 10) -> None:
+        super().__init__(batch_size_fn=_images, window_size=window)
+
+    def _compute(self, trainer, iter_num: int | None = None) -> None:
+        if trainer.state.stage == RunningStage.TRAINING:
+            super()._compute(trainer, iter_num)
 
     def summary(self) -> dict[str, float]:
-        return {"train_images_per_s": self.images / self.seconds} if self.seconds > 0 else {}
+        """{"train_images_per_s": images/s over all training steps of this process} ({} before any)."""
+        throughput = self._throughputs.get(RunningStage.TRAINING)
+        if throughput is None or not throughput._time or throughput._time[-1] <= 0:
+            return {}
+        so_far = throughput.compute()
+        return {"train_images_per_s": so_far["samples"] * throughput.world_size / so_far["time"]}
 
 
 class WandbBestSummary(L.Callback):

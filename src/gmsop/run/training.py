@@ -29,7 +29,7 @@ from gmsop.data import ImageDataModule, build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import write_text_atomic
 from gmsop.registry import ConfigError
-from gmsop.run.callbacks import Throughput, WandbBestSummary
+from gmsop.run.callbacks import TrainingThroughput, WandbBestSummary
 from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
 from gmsop.run.csv_log import ContinuedCSVLogger
 from gmsop.run.curves import CurvesPlot, best_epoch, read_curves
@@ -91,6 +91,8 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_QuietLight
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 # A resume continues in its own checkpoints folder (fresh runs refuse a used folder, run/folder.py)
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+# ThroughputMonitor would also log FLOPs/s given a model's flops_per_batch (`gmsop.cost` counts them)
+warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`")
 
 PLAN_ENV = "GMSOP_RESUME_PLAN"  # rank 0's resume decision, inherited by the DDP processes it launches
 
@@ -202,7 +204,7 @@ def _write_run_files(run_dir: Path, wandb_id: str, config_files: Optional[Mappin
 def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id: str, extra_callbacks) -> RunResult:
     loggers = _loggers(cfg, run_dir, container, wandb_id, plan)
     best, interrupt, checkpoints = checkpoint_callbacks(run_dir, cfg.trainer.checkpoint_every_n_steps)
-    throughput = Throughput()
+    throughput = TrainingThroughput()
     callbacks = [
         *checkpoints,
         RunRecord(run_dir, wandb_id, container),
