@@ -15,6 +15,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# `make test` runs the suite in one process per core (pytest-xdist): each, and every CLI it
+# starts, then gets its share of the cores instead of all of them (oversubscribed, they were slower)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
 
 def random_spd(batch: int, c: int, lo: float, hi: float, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
     """B x C x C symmetric matrices with eigenvalues drawn uniformly from [lo, hi]."""
