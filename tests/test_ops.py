@@ -112,6 +112,29 @@ def test_newton_schulz_rejects_zero_iterations():
 def test_isqrt_gradcheck_float64(iterations):
     s = random_spd(2, 4, 0.5, 2.0, seed=2).requires_grad_(True)
     assert gradcheck(lambda m: ops.isqrt(m, iterations), (s,), eps=1e-6, atol=1e-7)
+    # a non-symmetric input too (gradcheck perturbs one entry at a time anyway)
+    g = torch.randn(s.shape, generator=torch.Generator().manual_seed(iterations), dtype=s.dtype)
+    assert gradcheck(
+        lambda m: ops.isqrt(m, iterations), ((s + 0.05 * g).detach().requires_grad_(),), eps=1e-6, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3, 5])
+def test_isqrt_closed_form_equals_autograd_through_every_step(iterations):
+    """The one-Function closed form (trace normalisation, Newton-Schulz, sqrt(trace)) against
+    autograd through each step, in float64, with a floored trace in the batch (sample 2: tr < eps,
+    where the trace gets no gradient)."""
+    noisy = random_spd(2, 5, 0.5, 2.0, seed=iterations)
+    noisy = noisy + 0.01 * torch.randn(noisy.shape, generator=torch.Generator().manual_seed(1), dtype=noisy.dtype)
+    s = torch.cat([noisy, 1e-14 * random_spd(1, 5, 0.5, 2.0, seed=9)]).requires_grad_()  # trace 5e-14 at most
+    w = torch.randn(3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    outs, grads = [], []
+    for backward in ("closed_form", "autograd"):
+        out = ops.isqrt(s, iterations, eps=1e-12, backward=backward)
+        outs.append(out)
+        grads.append(torch.autograd.grad((out * w).sum(), s)[0])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-13)
 
 
 # ---- exact matrix power (MPN-COV) -----------------------------------------------------------

@@ -35,6 +35,13 @@ def trace_normalise(s: torch.Tensor, eps: float = TRACE_EPS) -> tuple[torch.Tens
     return s / tr[:, None, None], tr
 
 
+def _t(p: torch.Tensor) -> torch.Tensor:
+    """T = 1.5 I - 0.5 P, in one pass over P."""
+    t = p.mul(-0.5)
+    t.diagonal(dim1=-2, dim2=-1).add_(1.5)
+    return t
+
+
 def _half_eye(a: torch.Tensor, scale: float) -> torch.Tensor:
     return scale * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
 
@@ -53,64 +60,108 @@ def _newton_schulz_autograd(a: torch.Tensor, iterations: int, factor: bool) -> t
     raise AssertionError("unreachable")
 
 
+def _ns_forward(a: torch.Tensor, iterations: int, factor: bool) -> tuple[torch.Tensor, tuple]:
+    """Newton-Schulz forward for the closed form: the output and what its backward needs."""
+    ys, zs, ps = [a], [None], []
+    for i in range(iterations):
+        y, z = ys[-1], zs[-1]
+        p = y if z is None else torch.bmm(z, y)
+        ps.append(p)
+        last = i == iterations - 1
+        # 1.5 Y - 0.5 Y P rather than Y T: forming T first costs float32 accuracy (the output
+        # drifts 2-5x further from float64; tests/test_fast_isqrt.py)
+        if not last or not factor:
+            ys.append(torch.baddbmm(y, y, p, beta=1.5, alpha=-0.5))
+        if not last or factor:
+            zs.append(_t(p) if z is None else torch.baddbmm(z, p, z, beta=1.5, alpha=-0.5))
+    return (zs[-1] if factor else ys[-1]), (*ys[:iterations], *zs[1:iterations], *ps)
+
+
+def _ns_backward(saved: tuple, grad: torch.Tensor, iterations: int, factor: bool) -> torch.Tensor:
+    """The closed-form backward (see _NewtonSchulzClosedForm): dL/dA from dL/d(output)."""
+    n = iterations
+    ys, zs, ps = saved[:n], (None, *saved[n : 2 * n - 1]), saved[2 * n - 1 :]
+    d_y, d_z = (None, grad) if factor else (grad, None)  # (grad itself is never written to)
+    for j in range(n, 0, -1):
+        y, z, p = ys[j - 1], zs[j - 1], ps[j - 1]
+        if d_y is None:
+            d_t = d_z if z is None else torch.bmm(d_z, z.mT)
+        elif d_z is None:
+            d_t = torch.bmm(y.mT, d_y)
+        else:  # (only for j < n, where d_z is this backward's own buffer)
+            d_t = (d_z if z is None else torch.bmm(d_z, z.mT)).baddbmm_(y.mT, d_y)
+        if z is None:  # j = 1: Z_0 = I, so Z^T dT = dT and there is no dZ_0
+            return -0.5 * d_t if d_y is None else torch.bmm(d_y, _t(p).mT).add_(d_t, alpha=-0.5)
+        t = _t(p)
+        new_dy = (
+            torch.bmm(z.mT, d_t).mul_(-0.5) if d_y is None else torch.bmm(d_y, t.mT).baddbmm_(z.mT, d_t, alpha=-0.5)
+        )
+        new_dz = (
+            torch.bmm(d_t, y.mT).mul_(-0.5) if d_z is None else torch.bmm(t.mT, d_z).baddbmm_(d_t, y.mT, alpha=-0.5)
+        )
+        d_y, d_z = new_dy, new_dz
+    raise AssertionError("unreachable")
+
+
 class _NewtonSchulzClosedForm(torch.autograd.Function):
     """Coupled Newton-Schulz with the closed-form backward (supplementary Eqs. 10-11).
 
     Iteration j: P = Z Y, T = (3I - P)/2, Y <- Y T = 1.5 Y - 0.5 Y P, Z <- T Z =
-    1.5 Z - 0.5 P Z, from Y0 = A, Z0 = I. Backward, for any upstream gradient:
+    1.5 Z - 0.5 P Z, from Y0 = A, Z0 = I. Backward, for any upstream gradient (no symmetry
+    assumed):
         dT = Y^T dY + dZ Z^T
-        dY_{j-1} = 1.5 dY - 0.5 dY P^T - 0.5 Z^T dT
-        dZ_{j-1} = 1.5 dZ - 0.5 P^T dZ - 0.5 dT Y^T
-    with Z_0 = I constant. T is never formed: every scale-and-add is fused into a
-    baddbmm, so the pass is matmuls only. Output: Y_J (~A^(1/2)) or, with factor=True,
+        dY_{j-1} = dY T^T - 0.5 Z^T dT
+        dZ_{j-1} = T^T dZ - 0.5 dT Y^T
+    with Z_0 = I constant. Each backward step is one matmul plus one accumulated in place
+    (baddbmm_), so no B x C x C buffer is copied: on a CPU such copies and fresh buffers cost
+    about as much as the matmuls at C = 128. Output: Y_J (~A^(1/2)) or, with factor=True,
     Z_J (~A^(-1/2), the polynomial with Y_J = A Z_J, used by the small-side path).
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, iterations: int, factor: bool) -> torch.Tensor:
-        ys, zs, ps = [a], [None], []
-        for i in range(iterations):
-            y, z = ys[-1], zs[-1]
-            p = y if z is None else torch.bmm(z, y)
-            ps.append(p)
-            last = i == iterations - 1
-            if not last or not factor:
-                ys.append(torch.baddbmm(y, y, p, beta=1.5, alpha=-0.5))
-            if not last or factor:
-                zs.append(_half_eye(a, 1.5) - 0.5 * p if z is None else torch.baddbmm(z, p, z, beta=1.5, alpha=-0.5))
+        out, saved = _ns_forward(a, iterations, factor)
         ctx.factor, ctx.iterations = factor, iterations
-        ctx.save_for_backward(*ys[:iterations], *zs[1:iterations], *ps)
-        return zs[-1] if factor else ys[-1]
+        ctx.save_for_backward(*saved)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        n = ctx.iterations
-        saved = ctx.saved_tensors
-        ys, zs, ps = saved[:n], (None, *saved[n : 2 * n - 1]), saved[2 * n - 1 :]
-        d_y, d_z = (None, grad) if ctx.factor else (grad, None)
-        for j in range(n, 0, -1):
-            y, z, p = ys[j - 1], zs[j - 1], ps[j - 1]
-            if d_y is None:
-                d_t = d_z if z is None else torch.bmm(d_z, z.mT)
-            elif d_z is None:
-                d_t = torch.bmm(y.mT, d_y)
-            else:
-                d_t = torch.baddbmm(d_z if z is None else torch.bmm(d_z, z.mT), y.mT, d_y)
-            if z is None:  # j = 1: Z_0 = I, so Z^T dT = dT and there is no dZ_0
-                new_dy = -0.5 * d_t if d_y is None else torch.baddbmm(d_y, d_y, p.mT, beta=1.5, alpha=-0.5) - 0.5 * d_t
-                return new_dy, None, None
-            new_dy = (
-                torch.bmm(z.mT, d_t).mul_(-0.5)
-                if d_y is None
-                else torch.baddbmm(torch.baddbmm(d_y, d_y, p.mT, beta=1.5, alpha=-0.5), z.mT, d_t, alpha=-0.5)
-            )
-            new_dz = (
-                torch.bmm(d_t, y.mT).mul_(-0.5)
-                if d_z is None
-                else torch.baddbmm(torch.baddbmm(d_z, p.mT, d_z, beta=1.5, alpha=-0.5), d_t, y.mT, alpha=-0.5)
-            )
-            d_y, d_z = new_dy, new_dz
-        raise AssertionError("unreachable")
+        return _ns_backward(ctx.saved_tensors, grad, ctx.iterations, ctx.factor), None, None
+
+
+class _ISqrtClosedForm(torch.autograd.Function):
+    """iSQRT in one Function: A = S / t (t = tr S, floored at eps), Y = NS(A), out = sqrt(t) Y.
+
+    Backward (Eqs. 9 and 12 with the Newton-Schulz closed form), g = dL/d(out):
+        dA = NS'(sqrt(t) g),  dt = <g, Y> / (2 sqrt(t)) - <dA, A> / t  (0 where t was floored),
+        dS = dA / t + dt I.
+    As autograd would do it, the same takes about twice as many passes over B x C x C buffers.
+    """
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, iterations: int, eps: float) -> torch.Tensor:
+        raw = trace(s)
+        tr = raw.clamp_min(eps)[:, None, None]
+        a = s / tr
+        y, saved = _ns_forward(a, iterations, False)
+        root = tr.sqrt()
+        out = y.mul_(root)
+        ctx.iterations = iterations
+        ctx.save_for_backward(out, tr, (raw >= eps)[:, None, None], *saved)  # saved[0] is A
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out, tr, live, *saved = ctx.saved_tensors
+        root = tr.sqrt()
+        d_a = _ns_backward(tuple(saved), grad * root, ctx.iterations, False)
+        g_y = torch.linalg.vecdot(grad.flatten(1), out.flatten(1))[:, None, None] / root  # <g, Y>
+        g_a = torch.linalg.vecdot(d_a.flatten(1), saved[0].flatten(1))[:, None, None]  # <dA, A>
+        d_t = (g_y / (2 * root) - g_a / tr) * live
+        d_s = d_a.div_(tr)
+        d_s.diagonal(dim1=-2, dim2=-1).add_(d_t[:, :, 0])
+        return d_s, None, None
 
 
 def newton_schulz(
@@ -134,9 +185,13 @@ def newton_schulz(
 def isqrt(s: torch.Tensor, iterations: int = 3, eps: float = TRACE_EPS, backward: str = "closed_form") -> torch.Tensor:
     """iSQRT-COV: pre-normalise by the trace, Newton-Schulz, post-compensate by sqrt(tr S).
 
-    Pre-normalisation and post-compensation (Eqs. 9 and 12) are differentiated by
-    autograd: they are elementwise and cost nothing beside the matmuls.
+    With backward="closed_form" all three are one Function (_ISqrtClosedForm); with "autograd"
+    autograd differentiates each step.
     """
+    if backward == "closed_form":
+        if iterations < 1:
+            raise ValueError(f"Newton-Schulz needs at least 1 iteration, got {iterations}")
+        return _ISqrtClosedForm.apply(s, iterations, eps)
     a, tr = trace_normalise(s, eps)
     y = newton_schulz(a, iterations, backward)
     return y * tr.sqrt()[:, None, None]

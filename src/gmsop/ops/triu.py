@@ -28,4 +28,6 @@ def triu_vectorise(s: torch.Tensor) -> torch.Tensor:
     c = s.shape[-1]
     # torch.compile traces the index computation into the graph (it ignores lru_cache and warns)
     index = _triu_flat_index.__wrapped__ if torch.compiler.is_compiling() else _triu_flat_index
-    return s.flatten(1)[:, index(c, s.device)]
+    # index_select, not s.flatten(1)[:, index]: the same values, and with its backward about 5x
+    # faster on a CPU (advanced indexing back-propagates by a slow accumulating index_put)
+    return s.flatten(1).index_select(1, index(c, s.device))
