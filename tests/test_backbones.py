@@ -99,6 +99,27 @@ def test_pretrained_timm_weights_get_their_own_normalisation_not_the_data_sets(t
     assert data.mean.flatten().tolist() == pytest.approx([imagenet_mean], abs=1e-6)
     assert data.std.flatten().tolist() == pytest.approx([imagenet_std], abs=1e-6)
     assert data.normalisation_source == "weights"
+    # Its checkpoint still loads, and evaluates with the same normalisation, once the weights file
+    # is gone (the checkpoint holds every weight; gmsop.eval used to need the file)
+    import lightning
+
+    from gmsop.eval import evaluate
+    from gmsop.models.classifier import SecondOrderClassifier
+
+    ckpt = tmp_path / "run.ckpt"
+    torch.save(
+        {
+            "hyper_parameters": dict(model.hparams),
+            "state_dict": model.state_dict(),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        ckpt,
+    )
+    (tmp_path / "r18.safetensors").unlink()
+    loaded = SecondOrderClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert loaded.weights_normalisation() == model.weights_normalisation()
+    assert 0.0 <= evaluate(ckpt, {"eval_batch_size": 256}, accelerator="cpu")["val/top1_err"] <= 1.0
     for overrides in (timm_model, ["head=gap"]):  # from scratch; this project's resnet18_64
         _, data, model = build_run(compose_train(overrides))
         data.setup()

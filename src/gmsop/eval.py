@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from gmsop.data import build_datamodule
 from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import SecondOrderClassifier
+from gmsop.models.factory import weights_from_checkpoint
 from gmsop.paths import CONFIG_DIR, write_text_atomic
 from gmsop.run.compose import register_configs, run_entry_point
 from gmsop.run.resume import CheckpointError, read_checkpoint
@@ -47,7 +48,8 @@ def evaluate(ckpt_path: Path, data_overrides: dict, accelerator: str = "auto", d
                 f"{ckpt_path} was trained for {model_has} {what}, but data "
                 f"{data_cfg['name']!r} has {data_has}; evaluate it on data like its training data"
             )
-    model = SecondOrderClassifier(**hparams)
+    with weights_from_checkpoint():
+        model = SecondOrderClassifier(**hparams)
     model.load_state_dict(ckpt["state_dict"])
     normalise_like_the_weights(model, datamodule)  # as in training
     trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False)

@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from gmsop.config import ModelConfig, OptimConfig
 from gmsop.heads import HEADS, HeadOutput
 from gmsop.models.compiling import compile_in_place, compile_options
-from gmsop.models.factory import SMALL_IMAGE_BACKBONES, create_backbone
+from gmsop.models.factory import SMALL_IMAGE_BACKBONES, create_backbone, weights_from_checkpoint
 from gmsop.models.usage import ComponentUsage, UsageSummary
 from gmsop.registry import ConfigError, complete
 
@@ -103,6 +103,13 @@ class SecondOrderClassifier(L.LightningModule):
                 for k, topk in (("top1", 1), ("top5", top_k))
             }
         )
+
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> SecondOrderClassifier:
+        """Lightning's, with the backbone built without reading model.pretrained_file: the
+        checkpoint holds every weight, and the file may have moved since training."""
+        with weights_from_checkpoint():
+            return super().load_from_checkpoint(*args, **kwargs)
 
     def weights_normalisation(self) -> Optional[tuple[list[float], list[float]]]:
         """The per-channel (mean, std) that the backbone's pretrained timm weights expect, or None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,19 @@ from gmsop.models import backbones  # noqa: F401  (registers the 64x64 paper bac
 from gmsop.registry import ConfigError, complete
 
 SMALL_IMAGE_BACKBONES = ("resnet18_64", "wrn36_2_64")
+_WEIGHTS_FROM_CHECKPOINT: ContextVar[bool] = ContextVar("weights_from_checkpoint", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Within it, backbones are built without reading model.pretrained_file: a checkpoint's state
+    dict replaces those weights, and the file may have moved since the run (timm's data config,
+    which sets the input normalisation, does not need it)."""
+    token = _WEIGHTS_FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_FROM_CHECKPOINT.reset(token)
 
 
 class FeatureMap(nn.Module):
@@ -81,7 +96,7 @@ def create_backbone(cfg: Mapping[str, Any], in_chans: int, second_order: bool) -
         )
     if cfg["output_stride"] is not None:
         kwargs["output_stride"] = cfg["output_stride"]
-    pretrained = cfg["pretrained"]
+    pretrained = cfg["pretrained"] and not _WEIGHTS_FROM_CHECKPOINT.get()
     if pretrained:
         if not cfg["pretrained_file"]:
             raise ConfigError(
