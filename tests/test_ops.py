@@ -106,6 +106,9 @@ def test_isqrt_accuracy_against_eigendecomposition():
 def test_newton_schulz_rejects_zero_iterations():
     with pytest.raises(ValueError, match="at least 1"):
         ops.newton_schulz(torch.eye(2)[None], 0)
+    for backward in ("closed_form", "autograd"):
+        with pytest.raises(ValueError, match="at least 1"):
+            ops.isqrt(torch.eye(2)[None], 0, backward=backward)
 
 
 @pytest.mark.parametrize("iterations", [1, 3, 5])

@@ -35,6 +35,11 @@ def trace_normalise(s: torch.Tensor, eps: float = TRACE_EPS) -> tuple[torch.Tens
     return s / tr[:, None, None], tr
 
 
+def _check_iterations(iterations: int) -> None:
+    if iterations < 1:
+        raise ValueError(f"Newton-Schulz needs at least 1 iteration, got {iterations}")
+
+
 def _t(p: torch.Tensor) -> torch.Tensor:
     """T = 1.5 I - 0.5 P, in one pass over P."""
     t = p.mul(-0.5)
@@ -173,8 +178,7 @@ def newton_schulz(
     Y0 = A, Z0 = I; T = (3I - Z Y)/2; Y <- Y T; Z <- T Z (supplementary Eq. 8); the last
     iteration updates only the output.
     """
-    if iterations < 1:
-        raise ValueError(f"Newton-Schulz needs at least 1 iteration, got {iterations}")
+    _check_iterations(iterations)
     if backward == "autograd":
         return _newton_schulz_autograd(a, iterations, factor)
     if backward == "closed_form":
@@ -189,8 +193,7 @@ def isqrt(s: torch.Tensor, iterations: int = 3, eps: float = TRACE_EPS, backward
     autograd differentiates each step.
     """
     if backward == "closed_form":
-        if iterations < 1:
-            raise ValueError(f"Newton-Schulz needs at least 1 iteration, got {iterations}")
+        _check_iterations(iterations)
         return _ISqrtClosedForm.apply(s, iterations, eps)
     a, tr = trace_normalise(s, eps)
     y = newton_schulz(a, iterations, backward)
