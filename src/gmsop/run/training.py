@@ -91,6 +91,9 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_QuietLight
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 # A resume continues in its own checkpoints folder (fresh runs refuse a used folder, run/folder.py)
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+# The data module restores the data position itself (data/sampling.py; tests/test_exact_resume.py),
+# which Lightning cannot see: its warning that a mid-epoch resume is unreliable would be false
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 # Checkpoints made before the curves were read from the CSV log hold a removed callback's state
 warnings.filterwarnings("ignore", message=r".*Please add the following callbacks: \['LearningCurves'\]")
 # ThroughputMonitor would also log FLOPs/s given a model's flops_per_batch (`gmsop.cost` counts them)
