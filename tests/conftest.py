@@ -82,9 +82,10 @@ def run_cli(
     )
 
 
-def start_cli(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+def start_cli(module: str, *args: str, cwd: Path, env: dict | None = None, session: bool = False) -> subprocess.Popen:
     """Start `python -m MODULE args...` in the background (to signal or kill it); output goes to
-    cwd/MODULE-RANDOM.log (proc.log)."""
+    cwd/MODULE-RANDOM.log (proc.log). `session`: in a process group of its own, with the processes
+    it starts (DDP ranks), to signal them all at once as a cluster scheduler does."""
     log = open(cwd / f"{module}-{os.urandom(3).hex()}.log", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", module, *args],
@@ -94,8 +95,10 @@ def start_cli(module: str, *args: str, cwd: Path, env: dict | None = None) -> su
         stderr=subprocess.STDOUT,
         text=True,
         preexec_fn=_default_sigint,
+        start_new_session=session,
     )
     proc.log = log  # read it back with proc.log.seek(0); proc.log.read()
+    proc.group = session
     _STARTED.append(proc)
     return proc
 
@@ -113,9 +116,14 @@ def _no_process_outlives_its_test():
     yield
     while _STARTED:
         proc = _STARTED.pop()
+        if proc.group:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # with what it started
+            except ProcessLookupError:
+                pass
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.wait()
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ def _train(tmp_path, *args, env=None):
     return run_cli("gmsop.train", *args, f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path, env=env)
 
 
-def _start(tmp_path, *args, env=None):
-    return start_cli("gmsop.train", *args, f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path, env=env)
+def _start(tmp_path, *args, env=None, session=False):
+    return start_cli("gmsop.train", *args, f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path, env=env, session=session)
 
 
 def wandb_service_version() -> str:
@@ -173,6 +173,41 @@ def test_ctrl_c_and_sigusr1_save_and_exit_nonzero(tmp_path, sig, code):
     assert summary["status"] == "interrupted" and summary["interrupted_by"] == {130: "SIGINT", 143: "SIGTERM"}[code]
     assert _step(run_dir / "checkpoints" / "last.ckpt") == summary["global_step"]
     _assert_clean(run_dir)
+
+
+@pytest.mark.slow
+def test_ddp_sigterm_to_every_process_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """Two DDP processes on the CPU, both sent SIGTERM (as a cluster scheduler does) in epoch 1
+    after a step checkpoint, then resumed: the same CSV log, epoch means included (EpochSums sums
+    them over the processes), and the same weights as the run that was not interrupted."""
+    common = (
+        "head=gap",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=10",
+        "trainer.limit_val_batches=2",
+        "trainer.checkpoint_every_n_steps=2",
+        "trainer.enable_model_summary=false",
+        "trainer.resume=auto",
+        "logger=no_wandb",
+        *QUIET,
+    )
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    _ok(_train(tmp_path, *common, f"hydra.run.dir={full}"))
+    job = _start(tmp_path, *common, f"hydra.run.dir={cut}", session=True)
+    last = cut / "checkpoints" / "last.ckpt"
+    _wait_for(lambda: last.is_file() and _step(last) >= 12, what="a step checkpoint in epoch 1")
+    os.killpg(job.pid, signal.SIGTERM)
+    assert job.wait(timeout=120) == 143, _output(job)
+    stopped = _summary(cut)
+    assert stopped["status"] == "interrupted" and 12 <= stopped["global_step"] < 20, stopped
+    _ok(_train(tmp_path, *common, f"hydra.run.dir={cut}"))
+    assert _summary(cut)["status"] == "finished" and _summary(cut)["global_step"] == 20
+    assert logged_rows(cut) == logged_rows(full)
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for d in (full, cut)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 @pytest.mark.slow

@@ -147,6 +147,25 @@ class SaveOnInterrupt(L.Callback):
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
             self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._ctrl_c_as_sigterm)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """With several processes, SIGTERM only sets Lightning's flag. Lightning 2.6's own handler
+        also broadcasts from inside the signal handler, a collective that the ranks run a different
+        number of times (rank 0 forwards the signal to the others, which may have their own, as
+        under SLURM), so the job hangs (Lightning issue #20806; seen here with two CPU processes).
+        Lightning broadcasts rank 0's flag at every batch start anyway, so all ranks stop at the
+        same batch. (Registered here: Lightning sets its handlers after on_fit_start.)"""
+        if trainer.world_size > 1:
+            self._previous.setdefault(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
+            signal.signal(signal.SIGTERM, lambda signum, frame: self._flag_sigterm(trainer, signum))
+
+    @staticmethod
+    def _flag_sigterm(trainer: L.Trainer, signum: int) -> None:
+        connector = trainer._signal_connector  # Lightning 2.6 keeps the flag there
+        launcher = trainer.strategy.launcher
+        if not connector.received_sigterm and launcher is not None:
+            launcher.kill(signum)  # the processes this one started, as Lightning does
+        connector.received_sigterm = True
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         while self._previous:
             signum, handler = self._previous.popitem()
