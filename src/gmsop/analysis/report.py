@@ -9,7 +9,6 @@ mixtures, component_usage.png, to DIR (default FOLDER/report).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -23,8 +22,8 @@ from gmsop.analysis.published import Published, match
 from gmsop.errors import UserError, exit_on_user_error
 from gmsop.models.usage import usage_entropy, usage_key
 from gmsop.paths import write_csv_atomic, write_text_atomic
-from gmsop.run.csv_log import metrics_file
-from gmsop.run.curves import Curves, best_epoch, read_curves
+from gmsop.run.csv_log import read_log
+from gmsop.run.curves import Curves, best_epoch, curves_from_log
 from gmsop.run.folder import checkpoint_files, is_locked, run_folder_of
 from gmsop.run.resume import continuation_of
 
@@ -65,13 +64,9 @@ def _overrides(folder: Path) -> list[str]:
     return [o for o in items or [] if not o.startswith(IGNORED_OVERRIDE_PREFIXES)]
 
 
-def _usage_history(folder: Path) -> UsageHistory:
-    """A gated head's usage per component, per split and epoch, from the run's CSV log ({} otherwise)."""
-    path = metrics_file(folder)
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+def _usage_history(rows: list[dict[str, str]]) -> UsageHistory:
+    """A gated head's usage per component, per split and epoch, from the rows of the run's CSV log
+    ({} for other heads)."""
     history: UsageHistory = {}
     for split in ("train", "val"):
         for row in rows:
@@ -137,10 +132,11 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
         varying = [o for o in overrides[f] if o not in common and not o.startswith("experiment=")]
         labels[f] = (" ".join(varying) or s["head"]["name"]) if len(folders) > 1 else s["name"]
     labels = _unique(labels, summaries, root)
-    runs = [
-        Run(f, labels[f], s, match(s["name"], s["data"], s["backbone"], s["head"]), _usage_history(f), read_curves(f))
-        for f, s in summaries.items()
-    ]
+    runs = []
+    for f, s in summaries.items():
+        log = read_log(f)  # read once: usage and curves both come from it
+        published = match(s["name"], s["data"], s["backbone"], s["head"])
+        runs.append(Run(f, labels[f], s, published, _usage_history(log), curves_from_log(log)))
     return runs, skipped
 
 

@@ -47,16 +47,11 @@ def _t(p: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _half_eye(a: torch.Tensor, scale: float) -> torch.Tensor:
-    return scale * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
-
-
 def _newton_schulz_autograd(a: torch.Tensor, iterations: int, factor: bool) -> torch.Tensor:
-    eye15 = _half_eye(a, 1.5)
     y, z = a, None
     for i in range(iterations):
         zy = y if z is None else torch.bmm(z, y)
-        t = eye15 - 0.5 * zy
+        t = _t(zy)
         if i == iterations - 1:
             if factor:
                 return t if z is None else torch.bmm(t, z)

@@ -31,6 +31,15 @@ def metrics_file(run_dir: Path) -> Path:
     return Path(run_dir) / CSV_FOLDER / ExperimentWriter.NAME_METRICS_FILE
 
 
+def read_log(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run folder's CSV log, as written ([] if it has none)."""
+    path = metrics_file(run_dir)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def rows_up_to(path: Path, step: int) -> tuple[list[str], list[dict[str, str]]]:
     """The header and the complete rows of a Lightning metrics.csv whose step is <= `step`."""
     if not path.is_file():

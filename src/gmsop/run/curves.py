@@ -10,15 +10,14 @@ a continued sweep trial's earlier scores and `gmsop.report` all read them from h
 
 from __future__ import annotations
 
-import csv
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Optional
 
 import lightning as L
 
-from gmsop.run.csv_log import metrics_file
+from gmsop.run.csv_log import read_log
 
 TRAIN_METRICS = ("train/loss", "train/top1_err")
 VAL_METRICS = ("val/loss", "val/top1_err", "val/top5_err")
@@ -30,26 +29,27 @@ Curves = dict[int, dict[str, float]]  # epoch -> column -> value (NaN where not 
 
 
 def read_curves(run_dir: Path) -> Curves:
-    """{epoch: {column: value}} from RUN/csv/metrics.csv, for the epochs with any of the columns
-    logged; {} if the run has no CSV log."""
-    path = metrics_file(run_dir)
-    if not path.is_file():
-        return {}
+    """{epoch: {column: value}} from RUN/csv/metrics.csv; {} if the run has no CSV log."""
+    return curves_from_log(read_log(run_dir))
+
+
+def curves_from_log(rows: Iterable[Mapping[str, str]]) -> Curves:
+    """{epoch: {column: value}} from the rows of a CSV log, for the epochs with any of the columns
+    logged."""
     curves: Curves = {}
     lr: Optional[float] = None  # logged at an epoch's start, before any row of that epoch
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            lrs = [v for k, v in row.items() if k and k.startswith(LR_PREFIX) and v]
-            if lrs and not row.get("epoch"):
-                lr = float(lrs[0])
-            if not row.get("epoch"):
-                continue
-            epoch = curves.setdefault(int(float(row["epoch"])), dict.fromkeys(COLUMNS, math.nan))
-            if lr is not None:
-                epoch["lr"], lr = lr, None
-            for column in COLUMNS[1:]:
-                if row.get(LOGGED_AS.get(column, column)):
-                    epoch[column] = float(row[LOGGED_AS.get(column, column)])
+    for row in rows:
+        lrs = [v for k, v in row.items() if k and k.startswith(LR_PREFIX) and v]
+        if lrs and not row.get("epoch"):
+            lr = float(lrs[0])
+        if not row.get("epoch"):
+            continue
+        epoch = curves.setdefault(int(float(row["epoch"])), dict.fromkeys(COLUMNS, math.nan))
+        if lr is not None:
+            epoch["lr"], lr = lr, None
+        for column in COLUMNS[1:]:
+            if row.get(LOGGED_AS.get(column, column)):
+                epoch[column] = float(row[LOGGED_AS.get(column, column)])
     return {e: row for e, row in curves.items() if not all(math.isnan(v) for v in row.values())}
 
 
@@ -79,8 +79,10 @@ class CurvesPlot(L.Callback):
         self.draw(trainer)
 
     def draw(self, trainer) -> None:
+        if not trainer.is_global_zero:  # (the CSV log is rank 0's)
+            return
         curves = read_curves(self.run_dir)
-        if curves and trainer.is_global_zero:
+        if curves:
             from gmsop.plots import learning_curves
 
             learning_curves({self.title: curves}, self.run_dir / "plots" / "curves.png")

@@ -249,6 +249,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
         )
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1} | throughput.summary()
         curves = read_curves(run_dir)
+        best_of_run = best_epoch(curves)
         if "val/top1_err" not in metrics and curves:  # nothing ran (a finished run resumed): its record
             last = curves[max(curves)]
             metrics = {k: v for k, v in last.items() if k != "lr" and not math.isnan(v)} | metrics
@@ -262,7 +263,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
                 trainer,
                 plan,
                 best,
-                curves,
+                best_of_run,
                 metrics,
                 status,
                 error,
@@ -272,7 +273,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
     if status == "interrupted":
         raise RunInterrupted(interrupt.reason, run_dir, newest_checkpoint(run_dir))
     best_path = Path(best.best_model_path) if best.best_model_path else None
-    return RunResult(run_dir, metrics, best_path, wandb_dir, best_epoch(curves))
+    return RunResult(run_dir, metrics, best_path, wandb_dir, best_of_run)
 
 
 def configured_callbacks(specs: Mapping[str, Any]) -> list[L.Callback]:
@@ -294,7 +295,7 @@ def configured_callbacks(specs: Mapping[str, Any]) -> list[L.Callback]:
 
 
 def _write_summary(
-    cfg, container, run_dir, datamodule, model, trainer, plan, best, curves, metrics, status, error, wall_s, reason
+    cfg, container, run_dir, datamodule, model, trainer, plan, best, best_of_run, metrics, status, error, wall_s, reason
 ) -> None:
     """summary.json: what ran, how it ended (finished / interrupted / failed), and its metrics."""
     summary = {
@@ -312,7 +313,7 @@ def _write_summary(
         "resumed_from": str(plan.ckpt) if plan.ckpt else None,
         "best_checkpoint": best.best_model_path or None,
         "best_score": None if best.best_model_score is None else float(best.best_model_score),
-        "best": best_epoch(curves),  # the epoch of the lowest val/top1_err, with its validation values
+        "best": best_of_run,  # the epoch of the lowest val/top1_err, with its validation values
         "metrics": metrics,  # the last epoch's
     }
     if status == "interrupted":
