@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import pickle
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -108,3 +112,60 @@ def test_imagenet64_errors(tmp_path, tiny_imagenet64):
     _pickle(tiny_imagenet64 / "val_data", {"data": _rows(2, 32, 1), "labels": [1, 3]})
     with pytest.raises(ValueError, match="expected N x 12288"):
         dm.setup()
+
+
+# Builds the cache of the folder argv[1] with every batch file read slowly (so that a second
+# process, or a kill, lands in the middle of the build); prints "ready" once the data is set up.
+SLOW_BUILD = """
+import sys, time
+import gmsop.data.imagenet64 as m
+read = m.load_batch
+m.load_batch = lambda path: (time.sleep(0.1), read(path))[1]
+dm = m.DATA.build({"name": "imagenet64", "root": sys.argv[1], "num_workers": 0})
+dm.setup()
+print("ready", len(dm._train), len(dm._val), flush=True)
+"""
+
+
+def _slow_build(root, log):
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_BUILD, str(root)], stdout=log, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def test_imagenet64_cache_built_once_by_two_processes_at_once(tiny_imagenet64, tmp_path):
+    """Two runs starting on the same data (sweep workers, a job array) build the cache once: the
+    second waits for the first and reads what it built, and neither fails or reads it half-written."""
+    logs = [open(tmp_path / f"build{i}.log", "w+") for i in range(2)]
+    procs = [_slow_build(tiny_imagenet64, log) for log in logs]
+    outputs = []
+    for proc, log in zip(procs, logs):
+        assert proc.wait(timeout=120) == 0, log.seek(0) or log.read()
+        log.seek(0)
+        outputs.append(log.read())
+    assert all("ready 30 4" in out for out in outputs), outputs
+    assert sum("train: converting" in out for out in outputs) == 1, outputs  # built by one of them
+    cache = tiny_imagenet64 / ".gmsop_cache"
+    assert not list(cache.glob(".*tmp*"))
+    every = np.concatenate([_rows(3, 64, i) for i in range(10)])
+    np.testing.assert_array_equal(np.load(cache / "train_images.npy"), every)
+
+
+def test_imagenet64_cache_build_killed_midway_is_rebuilt(tiny_imagenet64, tmp_path):
+    """kill -9 during the build leaves no cache that looks finished; the next run builds it whole."""
+    log = open(tmp_path / "killed.log", "w+")
+    proc = _slow_build(tiny_imagenet64, log)
+    cache = tiny_imagenet64 / ".gmsop_cache"
+    deadline = time.monotonic() + 60
+    while not list(cache.glob(".train_images*")) and time.monotonic() < deadline:  # converting now
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(cache.glob(".train_images*")), "the build was not under way when it was killed"
+    assert not (cache / "stats.json").exists()
+    dm = build_datamodule({"name": "imagenet64", "root": str(tiny_imagenet64), "num_workers": 0})
+    dm.setup()
+    assert (len(dm._train), len(dm._val)) == (30, 4)
+    assert not list(cache.glob(".*tmp*"))  # the killed build's temporary files are gone
+    every = np.concatenate([_rows(3, 64, i) for i in range(10)])
+    np.testing.assert_array_equal(np.load(cache / "train_images.npy"), every)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import functools
 import io
 import os
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,16 @@ def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *rows])
     write_text_atomic(path, buf.getvalue())
+
+
+@contextmanager
+def held_lock(path: Path) -> Iterator[None]:
+    """Wait for an exclusive lock on `path` (created if missing) and hold it inside the block: for
+    files several runs share and may create at once, such as the MLflow database or a data cache
+    (released by the kernel even after kill -9)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock

@@ -11,7 +11,6 @@ Augmentation as in the paper: per-channel mean subtraction and a random horizont
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from gmsop.data.base import DATA, ImageDataModule
 from gmsop.data.batch_files import chw_images, load_batch
 from gmsop.data.errors import MissingDataError
+from gmsop.paths import held_lock, remove_stale_temporaries, replace_atomically, write_text_atomic
 
 SIZE = 64
 ROW = 3 * SIZE * SIZE
@@ -72,17 +72,16 @@ class MemmapImages(Dataset):
 def build_cache(files: Sequence[Path], out_images: Path, out_labels: Path, desc: str) -> dict:
     """Concatenate batch files into N x 12288 uint8 .npy (memmap) + int64 labels (0-based).
 
-    Two passes (count, then copy) keep one batch in memory at a time; files appear under
-    their final names only when complete. Returns the per-channel mean of the images.
+    Two passes (count, then copy) keep one batch in memory at a time; each file appears under
+    its final name only when complete. Returns the per-channel mean of the images.
     """
     counts = [len(load_batch(f)["labels"]) for f in tqdm(files, desc=f"{desc}: counting")]
     total = sum(counts)
-    tmp_images = out_images.with_name(f".{out_images.name}.tmp")
-    tmp_labels = out_labels.with_name(f".{out_labels.name}.tmp.npy")
-    try:
-        images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(total, ROW))
-        labels = np.empty(total, dtype=np.int64)
-        channel_sum = np.zeros(3, dtype=np.float64)
+    labels = np.empty(total, dtype=np.int64)
+    channel_sum = np.zeros(3, dtype=np.float64)
+
+    def convert(tmp: Path) -> None:
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, ROW))
         start = 0
         for f, n in zip(tqdm(files, desc=f"{desc}: converting"), counts):
             batch = load_batch(f)
@@ -92,16 +91,16 @@ def build_cache(files: Sequence[Path], out_images: Path, out_labels: Path, desc:
                 raise ValueError(f"{f}: labels must be 1..1000, found {lab.min()}..{lab.max()}")
             images[start : start + n] = data
             labels[start : start + n] = lab - 1
-            channel_sum += data.reshape(n, 3, -1).sum(axis=(0, 2), dtype=np.float64)
+            channel_sum[:] += data.reshape(n, 3, -1).sum(axis=(0, 2), dtype=np.float64)
             start += n
         images.flush()
-        del images
-        np.save(tmp_labels, labels)
-        os.replace(tmp_labels, out_labels)
-        os.replace(tmp_images, out_images)
-    finally:
-        for tmp in (tmp_images, tmp_labels):
-            tmp.unlink(missing_ok=True)
+
+    def save_labels(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # (np.save given a name would add .npy to it)
+            np.save(f, labels)
+
+    replace_atomically(out_images, convert)
+    replace_atomically(out_labels, save_labels)
     return {"mean": (channel_sum / (total * SIZE * SIZE) / 255.0).tolist(), "count": total}
 
 
@@ -135,19 +134,24 @@ class ImageNet64DataModule(ImageDataModule):
         self.cache = Path(cache_dir).expanduser() if cache_dir else self.root / ".gmsop_cache"
 
     def prepare_data(self) -> None:
-        """Build the memory-mapped cache once (rank 0 only under DDP)."""
-        self.cache.mkdir(parents=True, exist_ok=True)
+        """Build the memory-mapped cache once (rank 0 only under DDP). Under a lock on the cache
+        folder: runs started at once on the same data (sweep workers, a job array) build it once,
+        the others wait for it; stats.json, written last, marks a finished cache, and a build
+        killed midway leaves only temporary files, which the next build removes."""
         stats_file = self.cache / "stats.json"
         if stats_file.is_file():
             return
-        stats = {}
-        for split, files in (("train", self.train_files), ("val", self.val_files)):
-            stats[split] = build_cache(
-                files, self.cache / f"{split}_images.npy", self.cache / f"{split}_labels.npy", split
-            )
-        tmp = stats_file.with_name(".stats.json.tmp")
-        tmp.write_text(json.dumps(stats))
-        os.replace(tmp, stats_file)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        with held_lock(self.cache / ".build.lock"):
+            if stats_file.is_file():  # another process built it while this one waited
+                return
+            remove_stale_temporaries(self.cache)  # we hold the lock: no live build owns them
+            stats = {}
+            for split, files in (("train", self.train_files), ("val", self.val_files)):
+                stats[split] = build_cache(
+                    files, self.cache / f"{split}_images.npy", self.cache / f"{split}_labels.npy", split
+                )
+            write_text_atomic(stats_file, json.dumps(stats))
 
     def datasets(self):
         self.prepare_data()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -27,18 +25,6 @@ SUMMARY = "summary.json"
 
 class RunFolderError(UserError, RuntimeError):
     """A run folder is in use by another process, or already holds another run."""
-
-
-@contextmanager
-def held_lock(path: Path) -> Iterator[None]:
-    """Wait for an exclusive lock on `path` (created if missing) and hold it inside the block: for
-    files several runs share, such as the MLflow database that two runs may create at once."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # drops the lock
 
 
 class RunLock:

@@ -31,11 +31,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import EPOCH_METRIC_PREFIXES, EPOCH_METRICS
-from gmsop.paths import run_uid, write_csv_atomic
+from gmsop.paths import held_lock, run_uid, write_csv_atomic
 from gmsop.registry import ConfigError
 from gmsop.run.compose import compose_train
 from gmsop.run.curves import Curves, read_curves
-from gmsop.run.folder import LOCK_FILE, SUMMARY, checkpoint_files, held_lock, is_locked
+from gmsop.run.folder import LOCK_FILE, SUMMARY, checkpoint_files, is_locked
 from gmsop.run.training import RunInterrupted
 
 METHODS = {"grid", "random", "bayes"}

@@ -27,14 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 from gmsop.config import RUN_CONTROL_KEYS
 from gmsop.data import ImageDataModule, build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
-from gmsop.paths import write_text_atomic
+from gmsop.paths import held_lock, write_text_atomic
 from gmsop.registry import ConfigError
 from gmsop.run.callbacks import TrainingThroughput, WandbBestSummary
 from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
 from gmsop.run.csv_log import ContinuedCSVLogger
 from gmsop.run.curves import CurvesPlot, best_epoch, read_curves
 from gmsop.run.epoch_sums import EpochSums
-from gmsop.run.folder import SUMMARY, RunLock, held_lock, run_folder_of
+from gmsop.run.folder import SUMMARY, RunLock, run_folder_of
 from gmsop.run.resume import (
     CONTINUED_FILE,
     MLFLOW_ID_FILE,
