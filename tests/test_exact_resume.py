@@ -69,15 +69,15 @@ class BatchLog(L.Callback):
         self.path.write_text(json.dumps(log))
 
 
-def _train(folder: Path, interruptions, every_n_steps, *overrides: str) -> dict:
+GMSOP = ("head=gmsop", "head.num_components=4", "head.k=2", "head.component_dims=[32,16]", "head.gate_dims=[32,16]")
+
+
+def _train(folder: Path, interruptions, every_n_steps, *overrides: str, model: tuple[str, ...] = GMSOP) -> dict:
     """Train with the interruptions (resuming after each), then to the end; what the run left."""
     cfg = compose_train(
-        "head=gmsop",
-        "head.num_components=4",
-        "head.k=2",
-        "head.component_dims=[32,16]",
-        "head.gate_dims=[32,16]",
+        *model,
         "data.image_size=16",
+        "data.flip=true",  # random flips, drawn in the training process
         f"trainer.limit_train_batches={STEPS_PER_EPOCH}",
         "trainer.limit_val_batches=2",
         f"trainer.max_epochs={EPOCHS}",
@@ -118,11 +118,8 @@ CASES = {
     ),
     "SIGTERM mid-epoch and at an epoch's start": ([(3, "train", "term"), (8, "train", "term")], "null"),
     "SIGTERM during validation, then kills": ([(8, "val", "term"), (9, "train", "kill"), (20, "train", "kill")], 1),
-    "kills mid-epoch with 2 loader processes": (
-        [(5, "train", "kill"), (11, "train", "kill")],
-        1,
-        "data.num_workers=2",
-    ),
+    "kill mid-epoch with 2 loader processes": ([(5, "train", "kill")], 1, "data.num_workers=2"),
+    "kills mid-epoch with 2 loader processes": ([(5, "train", "kill"), (11, "train", "kill")], 1, "data.num_workers=2"),
 }
 
 
@@ -134,5 +131,41 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(tmp_path, unin
     assert resumed["batches"] == uninterrupted["batches"]  # each step trained on the same batch, none twice
     assert resumed["val"] == uninterrupted["val"]  # every epoch validated, with the same results
     assert resumed["logged"] == uninterrupted["logged"]  # the CSV log: every row once, none lost
+    for name, value in uninterrupted["weights"].items():
+        assert torch.equal(resumed["weights"][name], value), name
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """40 small JPEG-free PNG images in 2 class folders, of random sizes (so random resized crops differ)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = torch.Generator().manual_seed(0)
+    for i in range(40):
+        h, w = (int(v) for v in torch.randint(20, 40, (2,), generator=rng))
+        pixels = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=rng).numpy()
+        (root / f"class{i % 2}").mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(root / f"class{i % 2}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_random_crops_decoded_in_loader_processes_resume_exactly(tmp_path, image_folder):
+    """Fine-grained data: random resized crops are drawn in the data loader's processes, per image;
+    a run killed mid-epoch and resumed still sees the same crops, and ends with the same weights."""
+    data = (
+        "data=imagefolder",
+        f"data.root={image_folder}",
+        "data.crop=fine_grained",
+        "data.batch_size=4",
+        "data.num_workers=2",
+        "data.verify_images=false",
+    )
+    model = ("head=gap", "model.bn=false")
+    uninterrupted = _train(tmp_path / "whole", [], "null", *data, model=model)
+    resumed = _train(tmp_path / "resumed", [(5, "train", "kill"), (11, "train", "kill")], 1, *data, model=model)
+    assert resumed["batches"] == uninterrupted["batches"]
+    assert resumed["logged"] == uninterrupted["logged"]
     for name, value in uninterrupted["weights"].items():
         assert torch.equal(resumed["weights"][name], value), name

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from gmsop.data import MissingDataError, build_datamodule
-from gmsop.data.image_files import Crop, decode_pipeline
+from gmsop.data.image_files import Crop, ImageFiles, decode_pipeline
+from gmsop.data.sampling import ResumableSampler
 
 
 def _cub(root, classes=(3, 7, 9), per_class=4, size=(40, 30)):
@@ -85,6 +86,26 @@ def test_fine_grained_training_crops_are_random_and_resize_is_not():
     assert any(not torch.equal(crops[0], c) for c in crops[1:])
     resize = decode_pipeline(24, Crop.resize, training=True)
     assert torch.equal(resize(img), resize(img))
+
+
+def test_a_training_crop_depends_only_on_the_seed_the_epoch_and_the_image(tmp_path):
+    """What makes a resumed run see the same crops (tests/test_exact_resume.py does it end to end)."""
+    path = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(path)
+    ds = ImageFiles([(str(path), 0)] * 3, decode_pipeline(24, Crop.fine_grained, training=True), "RGB")
+    ds.seed = 7
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    first = ds[1]
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is left as it was
+    torch.manual_seed(123)
+    assert torch.equal(ds[1][0], first[0])  # whatever the process drew before
+    assert not torch.equal(ds[1 + 3][0], first[0])  # the same image in epoch 1: another crop
+    ds.seed = 8
+    assert not torch.equal(ds[1][0], first[0])
+    sampler = ResumableSampler(ds, batch_size=1, seed=0)
+    sampler.set_epoch(2)
+    assert sorted(sampler) == [6, 7, 8]  # keys name the epoch: 2 * len + index
 
 
 def test_imagefolder_takes_the_fine_grained_crops(tmp_path):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from gmsop.data.sampling import Position, ResumableSampler
+from gmsop.data.sampling import Position, ResumableSampler, SeededPerSample
 from gmsop.registry import Registry
 
 DATA: Registry[ImageDataModule] = Registry("data")
@@ -97,6 +97,8 @@ class ImageDataModule(L.LightningDataModule, ABC):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._dataset(self._train)
+        if isinstance(ds, SeededPerSample):
+            ds.seed = self.shuffle_seed
         trainer = self.trainer
         sampler = ResumableSampler(
             ds,
@@ -123,12 +125,18 @@ class ImageDataModule(L.LightningDataModule, ABC):
         )  # no size-1 BN batches in training
 
     def val_dataloader(self) -> DataLoader:
+        # A loader's own generator here too: every iterator a loader starts draws a seed for its
+        # processes, from the global generator if the loader has none. With persistent processes a
+        # fresh run starts the validation iterator in the sanity check, a run resumed mid-epoch (no
+        # sanity check) at its first validation: the global draws, and so the random flips after
+        # it, would differ from the uninterrupted run's.
         return DataLoader(
             self._dataset(self._val),
             batch_size=self.eval_batch_size,
             shuffle=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
     @staticmethod

@@ -19,12 +19,12 @@ from typing import Optional
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from gmsop.data.base import ImageDataModule, uint8_channel_stats
 from gmsop.data.errors import MissingDataError
+from gmsop.data.sampling import SeededPerSample
 
 Sample = tuple[str, int]
 EVAL_CROP_FRACTION = 0.875  # centre crop of the resized image (e.g. 512 -> 448)
@@ -47,8 +47,9 @@ def decode_pipeline(size: int, crop: Crop, training: bool) -> v2.Compose:
     return v2.Compose(steps)
 
 
-class ImageFiles(Dataset):
-    """(path, label) samples -> (uint8 C x S x S tensor, label), decoded and cropped per read."""
+class ImageFiles(SeededPerSample):
+    """(path, label) samples -> (uint8 C x S x S tensor, label), decoded and cropped per read
+    (random crops seeded per sample and epoch: see SeededPerSample)."""
 
     def __init__(self, samples: list[Sample], pipeline: v2.Compose, mode: str) -> None:
         self.samples, self.pipeline, self.mode = samples, pipeline, mode
@@ -56,7 +57,10 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int):
+        return self.seeded(key, self._read)
+
+    def _read(self, i: int):
         path, label = self.samples[i]
         try:
             with Image.open(path) as img:

@@ -1,17 +1,23 @@
-"""Training order that a resumed run can continue exactly.
+"""Training order, and random augmentations, that a resumed run can continue exactly.
 
 The shuffle of epoch e depends only on (shuffle seed, e), not on how many times the process
 started, and a run resumed after b finished batches of epoch e skips exactly those b batches.
 `ResumableSampler` is a `DistributedSampler` (so Lightning keeps it under DDP instead of
-wrapping it) that one process uses as a plain shuffling sampler.
+wrapping it) that one process uses as a plain shuffling sampler. A dataset that draws random
+augmentations itself (`SeededPerSample`) gets keys from it that name the epoch too, and draws
+each sample's randomness from (seed, epoch, index) alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple, Optional
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, Optional, TypeVar
 
+import numpy as np
+import torch
 from torch.utils.data import Dataset, DistributedSampler
+
+T = TypeVar("T")
 
 
 class Position(NamedTuple):
@@ -19,6 +25,27 @@ class Position(NamedTuple):
 
     epoch: int
     batches: int
+
+
+class SeededPerSample(Dataset):
+    """Base of datasets that draw random augmentations per sample (e.g. random resized crops,
+    decoded in the data loader's processes). `ResumableSampler` passes such a dataset keys
+    `epoch * len(dataset) + index`; `seeded(key, draw)` runs `draw(index)` with torch's generator
+    seeded from (seed, epoch, index) and restored afterwards. A sample's augmentation then depends
+    neither on the loader process that decodes it nor on what that process drew before, so a run
+    resumed mid-epoch draws exactly the augmentations of an uninterrupted one. Plain indices
+    (validation, statistics) are keys of epoch 0."""
+
+    seed: int = 0  # the data module's shuffle seed (carried by checkpoints), set with each training loader
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def seeded(self, key: int, draw: Callable[[int], T]) -> T:
+        epoch, index = divmod(int(key), len(self))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]))
+            return draw(index)
 
 
 class ResumableSampler(DistributedSampler):
@@ -45,4 +72,6 @@ class ResumableSampler(DistributedSampler):
         if self._skip is not None and self._skip.epoch == self.epoch:
             indices = indices[self._skip.batches * self.batch_size :]
         self._skip = None  # one resume only; the next epochs are whole
+        if isinstance(self.dataset, SeededPerSample):  # keys that name the epoch (see SeededPerSample)
+            indices = [self.epoch * len(self.dataset) + i for i in indices]
         return iter(indices)
