@@ -431,6 +431,17 @@ def test_bad_names_and_values_fail_before_any_folder_is_made(tmp_path):
 
 @pytest.mark.slow
 def test_corrupt_checkpoints_are_named_by_resume_and_eval(tmp_path):
+    run = tmp_path / "run"
+    _ok(_train(tmp_path, *SHORT, "trainer.max_epochs=2", f"hydra.run.dir={run}"))
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # damaged on disk after the run
+    resumed = _train(tmp_path, *SHORT, "trainer.max_epochs=3", "trainer.resume=auto", f"hydra.run.dir={run}")
+    _ok(resumed)  # continues from best.ckpt (a full checkpoint of its epoch), saying what it skipped
+    assert f"{last} is not a readable PyTorch checkpoint" in resumed.stderr and "Continuing from" in resumed.stderr
+    summary = _summary(run)
+    assert summary["resumed_from"] == str(run / "checkpoints" / "best.ckpt") and summary["global_step"] == 24
+    assert sorted(read_curves(run)) == [0, 1, 2]
+    _step(last)  # whole again
     bad = tmp_path / "bad"
     (bad / "checkpoints").mkdir(parents=True)
     (bad / "checkpoints" / "last.ckpt").write_text("this is not a checkpoint")

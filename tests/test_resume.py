@@ -161,3 +161,31 @@ def test_eval_refuses_data_the_model_was_not_trained_for(tmp_path):
     _image_tree(tmp_path / "pets", classes=("cat", "dog", "owl"), per_class=4)
     with pytest.raises(CheckpointError, match=r"trained for 10 classes, but data 'imagefolder' has 3"):
         evaluate(ckpt, {"name": "imagefolder", "root": str(tmp_path / "pets"), "num_workers": 0})
+
+
+def test_an_unreadable_last_checkpoint_falls_back_to_the_newest_one_that_loads(tmp_path):
+    """A damaged last.ckpt costs the epochs since the next readable checkpoint, not the run."""
+    import os
+
+    run = tmp_path / "run"
+    _checkpoint(run / "checkpoints" / "best.ckpt")
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"PK\x03\x04 half of a zip")  # newer than best.ckpt
+    for resume, run_dir in (("auto", run), (str(run), tmp_path / "new")):
+        with pytest.warns(
+            UserWarning, match=rf"{last} is not a readable .* Continuing from {run}/checkpoints/best.ckpt"
+        ):
+            plan = plan_resume(resume, run_dir, tmp_path)
+        assert plan.ckpt == run / "checkpoints" / "best.ckpt" and plan.in_place == (resume == "auto")
+    hpc = run / "hpc_ckpt_3.ckpt"  # Lightning's SLURM save: resumable, so preferred to best.ckpt
+    _checkpoint(hpc)
+    os.utime(hpc, (1, 1))  # older than the damaged last.ckpt
+    with pytest.warns(UserWarning, match=f"Continuing from {hpc}"):
+        assert plan_resume("auto", run, tmp_path).ckpt == hpc
+    with pytest.raises(CheckpointError, match=f"{last} is not a readable"):  # a file named by the user: no fallback
+        plan_resume(str(last), tmp_path / "new", tmp_path)
+    for ckpt in (hpc, run / "checkpoints" / "best.ckpt"):
+        ckpt.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=f"no checkpoint in {run} can be resumed") as err:
+        plan_resume("auto", run, tmp_path)
+    assert all(f"{ckpt} is" in str(err.value) for ckpt in (last, hpc, run / "checkpoints" / "best.ckpt"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from gmsop.data import DATA
 from gmsop.errors import UserError
 from gmsop.heads import HEADS
 from gmsop.registry import ConfigError, Registry, complete
-from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST
+from gmsop.run.checkpointing import BEST, CHECKPOINT_DIR, LAST
 from gmsop.run.folder import checkpoint_files, is_locked, require_fresh, run_folder_of
 
 LAST_CKPT = Path(CHECKPOINT_DIR) / f"{LAST}.ckpt"
@@ -77,10 +78,10 @@ def plan_resume(resume: Optional[str], run_dir: Path, experiment_runs: Path) -> 
         require_fresh(run_dir)
         return ResumePlan()
     if resume == "auto":
-        ckpt = newest_checkpoint(run_dir)
-        if ckpt is None:  # killed before its first checkpoint (or new): start over, as the same W&B run
+        found = readable_checkpoint(run_dir)
+        if found is None:  # killed before its first checkpoint (or new): start over, as the same W&B run
             return ResumePlan(wandb_id=_wandb_id_in(run_dir))
-        return _plan(ckpt, in_place=True)
+        return _plan(*found, in_place=True)
     if resume == "latest":
         candidates = [
             p
@@ -89,23 +90,53 @@ def plan_resume(resume: Optional[str], run_dir: Path, experiment_runs: Path) -> 
         ]
         if not candidates:
             raise ResumeError(f"trainer.resume=latest: no {LAST_CKPT} under {experiment_runs} (outside runs in use)")
-        ckpt = max(candidates, key=lambda p: p.stat().st_mtime)
+        found = readable_checkpoint(run_folder_of(max(candidates, key=lambda p: p.stat().st_mtime)))
     else:
         path = Path(resume).expanduser()
-        ckpt = newest_checkpoint(path) if path.is_dir() else path
-        if ckpt is None or not ckpt.is_file():
+        found = readable_checkpoint(path) if path.is_dir() else None
+        if path.is_file():
+            found = path, read_checkpoint(path, for_resume=True)
+        if found is None:
             raise ResumeError(
-                f"trainer.resume={resume}: no checkpoint at {ckpt or path / LAST_CKPT} "
+                f"trainer.resume={resume}: no checkpoint at {path / LAST_CKPT if path.is_dir() else path} "
                 "(give a .ckpt, a run folder, 'latest' or 'auto')"
             )
     require_fresh(run_dir)
-    return _plan(ckpt, in_place=False)
+    return _plan(*found, in_place=False)
 
 
-def _plan(ckpt: Path, in_place: bool) -> ResumePlan:
+def readable_checkpoint(run_dir: Path) -> Optional[tuple[Path, dict]]:
+    """The newest checkpoint of a run folder that loads, with its contents; None if it has none.
+
+    last.ckpt or Lightning's SLURM hpc_ckpt_N.ckpt, newest first; if none of those loads (a damaged
+    disk, a partly copied folder), best.ckpt, which holds the full training state of its epoch:
+    the epochs after it are trained again, with a warning that names the unreadable files.
+    CheckpointError (naming each file and its problem) when the folder's checkpoints all fail."""
+    candidates = sorted(checkpoint_files(run_dir, resumable_only=True), key=lambda p: p.stat().st_mtime, reverse=True)
+    best = Path(run_dir) / CHECKPOINT_DIR / f"{BEST}.ckpt"
+    candidates += [best] if best.is_file() else []
+    problems = []
+    for ckpt in candidates:
+        try:
+            checkpoint = read_checkpoint(ckpt, for_resume=True)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            warnings.warn(
+                "; ".join(problems) + f". Continuing from {ckpt} (epoch {checkpoint.get('epoch')}, step "
+                f"{checkpoint.get('global_step')}): the steps after it are trained again",
+                stacklevel=2,
+            )
+        return ckpt, checkpoint
+    if problems:
+        raise CheckpointError(f"no checkpoint in {run_dir} can be resumed: " + "; ".join(problems))
+    return None
+
+
+def _plan(ckpt: Path, checkpoint: dict, in_place: bool) -> ResumePlan:
     """Continue from ckpt, as the same W&B run, unless another run already continued its folder:
     then this is a fork, and a new W&B run keeps the two histories apart."""
-    checkpoint = read_checkpoint(ckpt, for_resume=True)
     record = checkpoint.get(RECORD_KEY) or {}
     source = run_folder_of(ckpt)
     wandb_id = record.get("wandb_id") or _wandb_id_in(source)
