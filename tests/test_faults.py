@@ -417,6 +417,14 @@ def test_bad_names_and_values_fail_before_any_folder_is_made(tmp_path):
     assert proc.returncode != 0 and "name=''" in proc.stderr
     proc = _train(tmp_path, "optim.lr=-0.1", *QUIET)
     assert proc.returncode == 2 and "optim.lr=-0.1; allowed: >= 0" in proc.stderr
+    # values a constructor refuses (K > N; a nested head's option): the key path, no traceback
+    proc = _train(tmp_path, "head=gmsop", "head.num_components=4", "head.k=8", *QUIET)
+    assert proc.returncode == 2 and "head: K must satisfy 1 <= K <= N; got K=8, N=4 (head 'gmsop')" in proc.stderr
+    proc = _train(
+        tmp_path, "head=mixture", "head.component_pooling.name=isqrt", "+head.component_pooling.iterations=0", *QUIET
+    )
+    assert proc.returncode == 2 and "head.component_pooling: iterations must be >= 1, got 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
     if "SLURM_JOB_ID" not in os.environ:  # trainer=slurm outside a SLURM job: a message, not a traceback
         proc = _train(tmp_path, "trainer=slurm", *QUIET)
         assert proc.returncode == 2 and "$SLURM_JOB_ID, which is not set" in proc.stderr

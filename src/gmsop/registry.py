@@ -114,10 +114,17 @@ class Registry(Generic[T]):
 
     def build(self, cfg: Mapping[str, Any] | DictConfig, *fixed: Any, path: str | None = None) -> T:
         """Validate cfg and construct the entry, passing `fixed` positional args first."""
-        return self.construct(self.validate(cfg, path), *fixed)
+        return self.construct(self.validate(cfg, path), *fixed, path=path)
 
-    def construct(self, validated: Mapping[str, Any], *fixed: Any) -> T:
+    def construct(self, validated: Mapping[str, Any], *fixed: Any, path: str | None = None) -> T:
         """Construct from a config `validate` returned (so one config is validated once, even when
-        many objects are built from it)."""
+        many objects are built from it). A value the constructor refuses (its ValueError, e.g.
+        K > N) becomes a ConfigError naming `path`, reported without a traceback."""
         kwargs = dict(validated)
-        return self.get(kwargs.pop("name"))(*fixed, **kwargs)
+        name = kwargs.pop("name")
+        try:
+            return self.get(name)(*fixed, **kwargs)
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"{path or self.kind}: {e} ({self.kind} '{name}')") from None

@@ -48,7 +48,7 @@ class Component(nn.Module):
         """`pooling` is a head config already checked by HEADS.validate (once for all N components)."""
         super().__init__()
         self.convs, ch = conv_relu_stack(in_channels, dims, batch_norm=False)
-        self.pool = HEADS.construct(pooling, ch)
+        self.pool = HEADS.construct(pooling, ch, path="head.component_pooling")
         self.out_dim = self.pool.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -73,7 +73,7 @@ class SecondOrderClassifier(L.LightningModule):
         validate_optim(optim)
         self.head_name = head_cfg["name"]
         self.backbone = create_backbone(model, in_chans, HEADS.get(self.head_name).second_order)
-        self.head = HEADS.construct(head_cfg, self.backbone.num_features)
+        self.head = HEADS.construct(head_cfg, self.backbone.num_features, path="head")
         self.classifier = nn.Sequential(
             nn.BatchNorm1d(self.head.out_dim) if model["bn"] else nn.Identity(),
             nn.Dropout(model["dropout"]),
