@@ -65,6 +65,15 @@ def test_wheel_installs_with_its_configs_and_trains_one_batch(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    # the installed commands run the same entry point as python -m: tidy --help, checks before Hydra
+    command = [sys.executable, str(site / "bin" / "gmsop-train")]
+    helped = subprocess.run([*command, "--help"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0 and "head: " in helped.stdout and "_defaults" not in helped.stdout
+    outside = {k: v for k, v in env.items() if k != "SLURM_JOB_ID"}
+    slurm = subprocess.run(
+        [*command, "trainer=slurm"], cwd=work, env=outside, capture_output=True, text=True, timeout=300
+    )
+    assert slurm.returncode == 2 and "$SLURM_JOB_ID, which is not set" in slurm.stderr
 
 
 def test_an_experiment_folder_of_ones_own_joins_with_config_dir(tmp_path):

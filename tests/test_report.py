@@ -158,7 +158,7 @@ def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
         "-m",
         "experiment=default",
         "name=abl",
-        "head.num_components=4,8",
+        "head.num_components=4,8,1",  # the last job is bad input (K > N): it fails alone
         "head.k=2",
         "head.component_dims=[16,8]",
         "head.gate_dims=[16,8]",
@@ -168,7 +168,9 @@ def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
         "trainer.enable_progress_bar=false",
     )
     proc = cli("gmsop.train", *multirun)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 2, proc.stderr[-3000:]  # the grid ran to its end, then said what failed
+    assert "1 job(s) failed on bad input:\n  #2 (" in proc.stderr and "got K=2, N=1" in proc.stderr
+    assert "Traceback" not in proc.stderr
     runs = sorted((tmp_path / "runs" / "abl").glob("multirun_*/*/summary.json"))
     assert len(runs) == 2
     sweep_dir = runs[0].parents[1]
@@ -194,7 +196,7 @@ def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
     shutil.rmtree(runs[1].parent)
     first = runs[0].read_text()
     again = cli("gmsop.train", *multirun, f"hydra.sweep.dir={sweep_dir}", "trainer.resume=auto")
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 2 and "#2 (" in again.stderr, again.stderr[-3000:]
     assert json.loads(runs[0].read_text())["global_step"] == json.loads(first)["global_step"]
     assert json.loads(runs[1].read_text())["status"] == "finished"
 

@@ -66,5 +66,10 @@ def main(cfg: DictConfig) -> None:
     print(f"metrics written to {out_dir / 'metrics.json'}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m gmsop.eval` and the `gmsop-eval` command."""
     run_entry_point(main)
+
+
+if __name__ == "__main__":
+    cli()

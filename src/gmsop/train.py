@@ -7,9 +7,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gmsop.errors import exit_on_user_error
+from gmsop.errors import UserError, exit_on_user_error
 from gmsop.paths import CONFIG_DIR
 from gmsop.run.compose import register_configs, run_entry_point
 from gmsop.run.training import RunInterrupted, own_wandb_service, run_training
@@ -27,16 +28,31 @@ def _config_files(cfg: DictConfig) -> dict[str, str]:
     }
 
 
+FAILED_JOBS: list[str] = []  # a multirun's jobs that failed on bad input (listed when it ends)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
-    """Train one run; return the best validation top-1 error (what sweeps minimise)."""
+    """Train one run; return the best validation top-1 error (what sweeps minimise).
+
+    In a multirun (-m, e.g. an ablation grid), bad input for one job (a value its head refuses,
+    a data set that is not there, a folder in use) fails that job only: the message is printed,
+    the next job runs, and the command exits 2 at the end, listing the failed jobs."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         result = run_training(cfg, run_dir, config_files=_config_files(cfg))
     except RunInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
         sys.exit(e.exit_code)  # non-zero, so a scheduler sees the job did not finish
+    except UserError as e:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        job = HydraConfig.get().job.num
+        overrides = " ".join(HydraConfig.get().overrides.task)
+        print(f"error: job #{job} ({overrides}): {e}\n(the multirun goes on with its next job)", file=sys.stderr)
+        FAILED_JOBS.append(f"#{job} ({overrides}): {e}")
+        return float("nan")
     print(f"\nrun folder:   {result.run_dir}")
     print(f"checkpoint:   {result.best_checkpoint} (last: {result.run_dir / 'checkpoints' / 'last.ckpt'})")
     if result.wandb_dir:
@@ -52,5 +68,13 @@ def main(cfg: DictConfig) -> float:
     return best.get("val/top1_err", nan)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m gmsop.train` and the `gmsop-train` command."""
     run_entry_point(main)
+    if FAILED_JOBS:
+        print(f"\n{len(FAILED_JOBS)} job(s) failed on bad input:\n  " + "\n  ".join(FAILED_JOBS), file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
