@@ -195,6 +195,35 @@ parameters:
     assert draws(f"sqlite:///{tmp_path / 'one.db'}", workers=1, trials=6) == together  # per trial number
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_grid_runs_every_point_once(tmp_path, workers):
+    """Each trial of a grid sweep takes a point no trial took: every point once, with one worker or
+    with two asking in turn (a grid shuffled anew for every trial ran some points twice)."""
+    spec = SweepSpec(
+        _write(
+            tmp_path,
+            "method: grid\nmetric: {name: val/top1_err}\n"
+            "parameters: {head.k: {values: [2, 4, 8]}, optim.lr: {values: [0.1, 0.01]}}\n",
+        )
+    )
+    storage = f"sqlite:///{tmp_path / 'grid.db'}"
+    studies = [
+        optuna.create_study(study_name="g", storage=storage, load_if_exists=True, sampler=spec.sampler(seed=0))
+        for _ in range(workers)
+    ]
+    points = []
+
+    def objective(trial):
+        points.append(tuple(spec.suggest(k, p, trial) for k, p in spec.searched.items()))
+        if len(points) == 1:
+            raise ValueError("a failed trial")
+        return 0.5
+
+    for i in range(6):  # one trial at a time, the workers in turn
+        studies[i % workers].optimize(objective, n_trials=1, catch=(ValueError,))
+    assert sorted(points) == sorted((k, lr) for k in (2, 4, 8) for lr in (0.1, 0.01))  # a FAIL counts as run
+
+
 def _open_together(spec_path: str, runs_dir: str, barrier, errors) -> None:
     from gmsop.run.sweep import open_study
 
@@ -254,3 +283,32 @@ def test_only_interrupted_trials_with_a_checkpoint_are_continued_and_only_once(t
     assert [t.user_attrs["resume_from"] for t in waiting] == [str(tmp_path / "interrupted"), str(tmp_path / "killed")]
     assert [t.system_attrs["fixed_params"] for t in waiting] == [study.trials[0].params, study.trials[1].params]
     assert requeue_interrupted_trials(study) == []  # already continued (by a worker started with this one)
+
+
+@pytest.mark.slow
+def test_a_trial_whose_values_do_not_fit_together_fails_alone(tmp_path):
+    """head.k is drawn beside head.num_components: the trial with K > N is marked FAIL, naming the
+    problem, and the sweep goes on (it ended the whole sweep)."""
+    from tests.conftest import run_cli
+
+    sweep = _write(
+        tmp_path,
+        """
+name: kn
+method: grid
+metric: {name: val/top1_err}
+parameters:
+  head.k: {values: [2, 8]}
+  trainer.max_epochs: {value: 1}
+command: [python, -m, gmsop.train, head=gmsop, head.num_components=4,
+          "head.component_dims=[16,8]", "head.gate_dims=[16,8]"]
+""",
+    )
+    common = ["--runs-dir", str(tmp_path / "runs"), "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    proc = run_cli(
+        "gmsop.sweep", str(sweep), "--trials", "2", *common, "trainer.enable_progress_bar=false", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "K must satisfy 1 <= K <= N; got K=8, N=4" in proc.stderr and "best trial" in proc.stdout
+    rows = list(csv.DictReader((tmp_path / "runs" / "kn" / "trials.csv").open()))
+    assert sorted((r["head.k"], r["state"]) for r in rows) == [("2", "COMPLETE"), ("8", "FAIL")]

@@ -133,7 +133,16 @@ class SweepSpec:
         """The method's Optuna sampler, seeded per trial (TrialSeeded)."""
         if self.method == "grid":
             grid = self.grid()
-            return TrialSeeded(lambda s: optuna.samplers.GridSampler(grid, seed=s), seed)
+
+            def grid_sampler(trial_seed: int) -> optuna.samplers.GridSampler:
+                # The grid in one order for the whole sweep (Optuna shuffles it with the seed, and a
+                # trial records its point by position: a grid shuffled per trial repeated some points
+                # and never ran others); the choice among the points not yet run is the trial's.
+                sampler = optuna.samplers.GridSampler(grid, seed=seed)
+                sampler._rng.rng.seed(trial_seed)  # (private in optuna 5.0, which is pinned)
+                return sampler
+
+            return TrialSeeded(grid_sampler, seed)
         if self.method == "random":
             return TrialSeeded(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
         return TrialSeeded(lambda s: optuna.samplers.TPESampler(seed=s), seed)
@@ -406,7 +415,9 @@ def run_sweep(
         study.optimize(
             objective,
             n_trials=remaining,
-            catch=(FloatingPointError,),
+            # a diverged trial (non-finite loss), or one whose drawn values do not fit together
+            # (e.g. head.k > head.num_components), fails alone: marked FAIL, the sweep goes on
+            catch=(FloatingPointError, ConfigError),
             callbacks=[
                 lambda study, _trial: write_study_summary(study, spec.metric, runs_dir / spec.name),
                 # other workers on the same study count too: stop once it holds `trials` finished
@@ -462,6 +473,9 @@ def main() -> None:
     except RunInterrupted as e:  # the trial is marked FAIL; re-running the command continues it
         print(f"\n{e}; re-run the sweep command to continue the sweep (and this trial)", file=sys.stderr)
         sys.exit(e.exit_code)
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        print(f"no trial completed; see {args.runs_dir / study.study_name / 'trials.csv'}", file=sys.stderr)
+        sys.exit(1)
     best = study.best_trial
     print(f"best trial #{best.number}: {best.value:.4f} with {best.params}; run folder {best.user_attrs['run_dir']}")
 
