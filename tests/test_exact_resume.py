@@ -169,3 +169,15 @@ def test_random_crops_decoded_in_loader_processes_resume_exactly(tmp_path, image
     assert resumed["logged"] == uninterrupted["logged"]
     for name, value in uninterrupted["weights"].items():
         assert torch.equal(resumed["weights"][name], value), name
+
+
+@pytest.mark.slow
+def test_fine_tuning_warm_up_resumed_mid_epoch_keeps_the_backbone_held(tmp_path):
+    """model.freeze_backbone_epochs: a run resumed inside a warm-up epoch holds the backbone for the
+    rest of it (Lightning calls no on_train_epoch_start for a resumed epoch: the backbone trained)."""
+    model = ("head=gap", "model.freeze_backbone_epochs=2")
+    uninterrupted = _train(tmp_path / "whole", [], "null", model=model)
+    resumed = _train(tmp_path / "resumed", [(5, "train", "kill"), (11, "train", "kill")], 1, model=model)
+    assert resumed["logged"] == uninterrupted["logged"]
+    for name, value in uninterrupted["weights"].items():
+        assert torch.equal(resumed["weights"][name], value), name

@@ -193,6 +193,14 @@ class SecondOrderClassifier(L.LightningModule):
         return bool(epochs) and fitting and self.current_epoch < epochs
 
     def on_train_epoch_start(self) -> None:
+        self._hold_backbone_or_release()
+
+    def on_train_start(self) -> None:
+        """Also when training starts: a run resumed mid-epoch gets no on_train_epoch_start for that
+        epoch from Lightning, and its backbone would train for the rest of a warm-up epoch."""
+        self._hold_backbone_or_release()
+
+    def _hold_backbone_or_release(self) -> None:
         held = self.backbone_held()
         for p in self._warm_up_held:
             p.requires_grad_(not held)
