@@ -181,3 +181,19 @@ def test_fine_tuning_warm_up_resumed_mid_epoch_keeps_the_backbone_held(tmp_path)
     assert resumed["logged"] == uninterrupted["logged"]
     for name, value in uninterrupted["weights"].items():
         assert torch.equal(resumed["weights"][name], value), name
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_middle_of_a_gradient_accumulation_waits_for_its_step(tmp_path):
+    """trainer.accumulate_grad_batches=2: SIGTERM during the first batch of a pair is acted on after
+    the pair's optimizer step (a save between the two lost the first batch's gradients)."""
+    model = ("head=gap",)
+    accumulate = "trainer.accumulate_grad_batches=2"
+    uninterrupted = _train(tmp_path / "whole", [], "null", accumulate, model=model)
+    resumed = _train(
+        tmp_path / "resumed", [(1, "train", "term"), (5, "train", "term")], "null", accumulate, model=model
+    )
+    assert resumed["step"] == uninterrupted["step"] == EPOCHS * STEPS_PER_EPOCH // 2
+    assert resumed["logged"] == uninterrupted["logged"]
+    for name, value in uninterrupted["weights"].items():
+        assert torch.equal(resumed["weights"][name], value), name

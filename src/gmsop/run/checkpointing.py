@@ -131,7 +131,8 @@ class SaveOnInterrupt(L.Callback):
     bookkeeping); a second one stops at once without saving. `reason` names the interruption.
 
     A signal during validation waits until validation ends (Lightning would stop in the middle,
-    and a resumed run would then never validate that epoch).
+    and a resumed run would then never validate that epoch), and one during a gradient
+    accumulation until its optimizer step.
     """
 
     def __init__(self, path: Path) -> None:
@@ -139,7 +140,8 @@ class SaveOnInterrupt(L.Callback):
         self.reason: Optional[str] = None
         self._requested: Optional[str] = None
         self._previous: dict[int, Any] = {}
-        self._held = False
+        self._held = False  # a signal during validation, acted on when it ends
+        self._held_accumulating = False  # a signal during a gradient accumulation, acted on after its step
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not SLURMEnvironment.detect() and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
@@ -170,6 +172,17 @@ class SaveOnInterrupt(L.Callback):
         while self._previous:
             signum, handler = self._previous.popitem()
             signal.signal(signum, handler)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        """Hold a signal that came in the middle of a gradient accumulation (trainer.accumulate_grad_batches)
+        until the optimizer step that ends it: the gradients summed so far are in no checkpoint, and a
+        run resumed from a save between the two would step without them."""
+        connector = trainer._signal_connector  # Lightning 2.6 keeps the flag there
+        accumulating = trainer.fit_loop.epoch_loop._should_accumulate()  # this batch did not step
+        if connector.received_sigterm and accumulating:
+            connector.received_sigterm, self._held_accumulating = False, True
+        elif self._held_accumulating and not accumulating:
+            connector.received_sigterm, self._held_accumulating = True, False
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         """Hold a signal that came during validation (Lightning checks for one after this hook)."""
