@@ -197,3 +197,16 @@ def test_sigterm_in_the_middle_of_a_gradient_accumulation_waits_for_its_step(tmp
     assert resumed["logged"] == uninterrupted["logged"]
     for name, value in uninterrupted["weights"].items():
         assert torch.equal(resumed["weights"][name], value), name
+
+
+@pytest.mark.slow
+def test_kill_during_a_mid_epoch_validation_runs_that_validation_again(tmp_path):
+    """trainer.val_check_interval=4 (a validation every 4 batches): killed during the mid-epoch
+    validation, the run resumes before it and runs it (a step save just before it was resumed
+    past the validation, which was then never run)."""
+    model, every_4 = ("head=gap",), "trainer.val_check_interval=4"
+    uninterrupted = _train(tmp_path / "whole", [], "null", every_4, model=model)
+    resumed = _train(tmp_path / "resumed", [(4, "val", "kill"), (14, "train", "kill")], 1, every_4, model=model)
+    assert resumed["logged"] == uninterrupted["logged"]  # every validation's row, once
+    for name, value in uninterrupted["weights"].items():
+        assert torch.equal(resumed["weights"][name], value), name

@@ -73,10 +73,12 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Step saves skip an epoch's last batch: the epoch checkpoint follows its validation, and
-        Lightning 2.6 restores a save taken between the two inexactly (a run resumed from one and
-        saved again mid-epoch later trains an extra step)."""
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        """Step saves skip a batch that a validation follows (an epoch's last, or every N batches with
+        trainer.val_check_interval): the checkpoint after the validation stands for it, and Lightning
+        2.6 restores a save taken between the two inexactly (a run resumed from one never runs that
+        validation, or trains an extra step)."""
+        loop = trainer.fit_loop.epoch_loop
+        if loop.batch_progress.is_last_batch or loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
