@@ -200,13 +200,17 @@ def test_sigterm_in_the_middle_of_a_gradient_accumulation_waits_for_its_step(tmp
 
 
 @pytest.mark.slow
-def test_kill_during_a_mid_epoch_validation_runs_that_validation_again(tmp_path):
-    """trainer.val_check_interval=4 (a validation every 4 batches): killed during the mid-epoch
-    validation, the run resumes before it and runs it (a step save just before it was resumed
-    past the validation, which was then never run)."""
-    model, every_4 = ("head=gap",), "trainer.val_check_interval=4"
-    uninterrupted = _train(tmp_path / "whole", [], "null", every_4, model=model)
-    resumed = _train(tmp_path / "resumed", [(4, "val", "kill"), (14, "train", "kill")], 1, every_4, model=model)
-    assert resumed["logged"] == uninterrupted["logged"]  # every validation's row, once
+def test_interrupted_mid_epoch_validations_resume_exactly(tmp_path):
+    """trainer.val_check_interval=4 (a validation every 4 batches), 2 loader processes:
+    - killed during a mid-epoch validation, the run resumes before it and runs it (a step save just
+      before it was resumed past the validation, which was then never run);
+    - SIGTERM during one is acted on after the next training batch (a save right after the
+      validation resumed with the logged step numbers one ahead);
+    - resuming in the same process works (the loader processes, still alive after the exception,
+      held the run folder's lock: "in use")."""
+    model, every_4 = ("head=gap",), ("trainer.val_check_interval=4", "data.num_workers=2")
+    uninterrupted = _train(tmp_path / "whole", [], "null", *every_4, model=model)
+    resumed = _train(tmp_path / "resumed", [(4, "val", "kill"), (12, "val", "term")], 1, *every_4, model=model)
+    assert resumed["logged"] == uninterrupted["logged"]  # every validation's row, once, at its step
     for name, value in uninterrupted["weights"].items():
         assert torch.equal(resumed["weights"][name], value), name
