@@ -142,9 +142,7 @@ class SaveOnInterrupt(L.Callback):
         self.reason: Optional[str] = None
         self._requested: Optional[str] = None
         self._previous: dict[int, Any] = {}
-        self._held = False  # a signal during validation, acted on when it ends
-        self._held_accumulating = False  # a signal during a gradient accumulation, acted on after its step
-        self._held_past_validation = False  # one held through a validation inside the epoch
+        self._held = False  # a signal taken off Lightning's flag until a point where the state resumes exactly
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not SLURMEnvironment.detect() and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
@@ -177,17 +175,14 @@ class SaveOnInterrupt(L.Callback):
             signal.signal(signum, handler)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        """Hold a signal that came in the middle of a gradient accumulation (trainer.accumulate_grad_batches)
-        until the optimizer step that ends it: the gradients summed so far are in no checkpoint, and a
-        run resumed from a save between the two would step without them."""
+        """Act on a signal (one held since a validation inside the epoch, too) only after a batch that
+        stepped: in the middle of a gradient accumulation (trainer.accumulate_grad_batches) the
+        gradients summed so far are in no checkpoint, and a run resumed from a save there would step
+        without them."""
         connector = trainer._signal_connector  # Lightning 2.6 keeps the flag there
-        if self._held_past_validation:  # held through a validation inside the epoch: acted on now
-            connector.received_sigterm, self._held_past_validation = True, False
-        accumulating = trainer.fit_loop.epoch_loop._should_accumulate()  # this batch did not step
-        if connector.received_sigterm and accumulating:
-            connector.received_sigterm, self._held_accumulating = False, True
-        elif self._held_accumulating and not accumulating:
-            connector.received_sigterm, self._held_accumulating = True, False
+        if connector.received_sigterm or self._held:
+            stepped = not trainer.fit_loop.epoch_loop._should_accumulate()
+            connector.received_sigterm, self._held = stepped, not stepped
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         """Hold a signal that came during validation (Lightning checks for one after this hook)."""
@@ -199,13 +194,8 @@ class SaveOnInterrupt(L.Callback):
         """Act on a held signal now after an epoch's last validation; after one inside the epoch
         (trainer.val_check_interval), after the next training batch: Lightning 2.6 restores a save
         taken right after such a validation with its logged step numbers one ahead."""
-        if not self._held:
-            return
-        self._held = False
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            trainer._signal_connector.received_sigterm = True
-        else:
-            self._held_past_validation = True
+        if self._held and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            trainer._signal_connector.received_sigterm, self._held = True, False
 
     def _usr1_as_sigterm(self, signum, frame) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
