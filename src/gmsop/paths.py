@@ -80,14 +80,47 @@ def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[
     write_text_atomic(path, buf.getvalue())
 
 
+_LOCKS: set[int] = set()  # descriptors of the flocks this process holds (held_lock, run locks)
+
+
+def _close_inherited_locks() -> None:
+    """In a child made by fork (a DataLoader worker), close the descriptors of the parent's locks:
+    an flock belongs to the open file, which a child shares, so a worker still alive after its run
+    ended (an exception during validation leaves the loader's processes running) kept a run folder
+    locked, and resuming it in the same process failed with "in use"."""
+    for fd in _LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def hold_lock_descriptor(fd: int) -> None:
+    """Record a descriptor this process holds an flock on (closed in forked children)."""
+    _LOCKS.add(fd)
+
+
+def release_lock_descriptor(fd: int) -> None:
+    """Close a descriptor recorded by hold_lock_descriptor, which drops its flock (in a forked child,
+    where it is closed already, nothing)."""
+    if fd in _LOCKS:
+        _LOCKS.remove(fd)
+        os.close(fd)
+
+
 @contextmanager
 def held_lock(path: Path) -> Iterator[None]:
     """Wait for an exclusive lock on `path` (created if missing) and hold it inside the block: for
     files several runs share and may create at once, such as the MLflow database or a data cache
     (released by the kernel even after kill -9)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    hold_lock_descriptor(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # drops the lock
+        release_lock_descriptor(fd)

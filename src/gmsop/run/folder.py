@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from gmsop.errors import UserError
-from gmsop.paths import remove_stale_temporaries
+from gmsop.paths import hold_lock_descriptor, release_lock_descriptor, remove_stale_temporaries
 from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST, SLURM_CHECKPOINTS
 
 LOCK_FILE = ".run.lock"
@@ -25,25 +25,6 @@ SUMMARY = "summary.json"
 
 class RunFolderError(UserError, RuntimeError):
     """A run folder is in use by another process, or already holds another run."""
-
-
-_HELD: set[int] = set()  # descriptors of the run locks this process holds
-
-
-def _close_inherited_locks() -> None:
-    """In a child made by fork (a DataLoader worker), close the run locks' descriptors: an flock
-    belongs to the open file, which a child shares, so a worker still alive after its run ended
-    (an exception during validation leaves the loader's processes running) kept the folder locked,
-    and resuming it in the same process failed with "in use"."""
-    for fd in _HELD:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD.clear()
-
-
-os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class RunLock:
@@ -66,15 +47,14 @@ class RunLock:
                 f"run folder {self.folder} is in use by {holder}; cannot {purpose}. Wait for it to finish, "
                 "or start this run in another folder (leave hydra.run.dir at its default for a unique one)"
             ) from None
-        _HELD.add(self._fd)
+        hold_lock_descriptor(self._fd)  # closed in forked children (DataLoader workers)
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"pid {os.getpid()} ({purpose})\n".encode(), 0)
         remove_stale_temporaries(self.folder)  # we hold the lock: no live writer owns them
 
     def release(self) -> None:
         if self._fd is not None:
-            _HELD.discard(self._fd)
-            os.close(self._fd)  # closing the descriptor drops the flock
+            release_lock_descriptor(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
     def __enter__(self) -> RunLock:
