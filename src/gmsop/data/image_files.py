@@ -57,10 +57,7 @@ class ImageFiles(SeededPerSample):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: int):
-        return self.seeded(key, self._read)
-
-    def _read(self, i: int):
+    def read(self, i: int):
         path, label = self.samples[i]
         try:
             with Image.open(path) as img:

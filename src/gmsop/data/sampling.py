@@ -10,14 +10,13 @@ each sample's randomness from (seed, epoch, index) alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import NamedTuple, Optional, TypeVar
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
-
-T = TypeVar("T")
 
 
 class Position(NamedTuple):
@@ -27,28 +26,34 @@ class Position(NamedTuple):
     batches: int
 
 
-class SeededPerSample(Dataset):
+class SeededPerSample(Dataset, ABC):
     """Base of datasets that draw random augmentations per sample (e.g. random resized crops,
-    decoded in the data loader's processes). `ResumableSampler` passes such a dataset keys
-    `epoch * len(dataset) + index`; `seeded(key, draw)` runs `draw(index)` with torch's generator
-    seeded from (seed, epoch, index) and restored afterwards. A sample's augmentation then depends
-    neither on the loader process that decodes it nor on what that process drew before, so a run
-    resumed mid-epoch draws exactly the augmentations of an uninterrupted one. Plain indices
-    (validation, statistics) are keys of epoch 0."""
+    decoded in the data loader's processes); subclasses implement `__len__` and `read(index)`.
+
+    `ResumableSampler` passes such a dataset keys `epoch * len(dataset) + index`, and `read` runs
+    with torch's generator seeded from (seed, epoch, index), restored afterwards. A sample's
+    augmentation then depends neither on the loader process that decodes it nor on what that
+    process drew before, so a run resumed mid-epoch draws exactly the augmentations of an
+    uninterrupted one. Plain indices (validation, statistics) are keys of epoch 0."""
 
     seed: int = 0  # the data module's shuffle seed (carried by checkpoints), set with each training loader
 
+    @abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """The number of samples (keys of one epoch)."""
 
-    def seeded(self, key: int, draw: Callable[[int], T]) -> T:
+    @abstractmethod
+    def read(self, index: int) -> Any:
+        """Sample `index`, drawing its randomness from torch's (seeded) CPU generator."""
+
+    def __getitem__(self, key: int) -> Any:
         epoch, index = divmod(int(key), len(self))
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only (what fork_rng restores): torch.manual_seed also seeds every
             # accelerator's, 90 us a sample where this whole call takes about 25 us
             seed = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
             torch.default_generator.manual_seed(int(seed))
-            return draw(index)
+            return self.read(index)
 
 
 class ResumableSampler(DistributedSampler):
