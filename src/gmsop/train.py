@@ -39,17 +39,17 @@ def main(cfg: DictConfig) -> float:
     In a multirun (-m, e.g. an ablation grid), bad input for one job (a value its head refuses,
     a data set that is not there, a folder in use) fails that job only: the message is printed,
     the next job runs, and the command exits 2 at the end, listing the failed jobs."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         result = run_training(cfg, run_dir, config_files=_config_files(cfg))
     except RunInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
         sys.exit(e.exit_code)  # non-zero, so a scheduler sees the job did not finish
     except UserError as e:
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
-        job = HydraConfig.get().job.num
-        overrides = " ".join(HydraConfig.get().overrides.task)
+        job, overrides = hydra_cfg.job.num, " ".join(hydra_cfg.overrides.task)
         print(f"error: job #{job} ({overrides}): {e}\n(the multirun goes on with its next job)", file=sys.stderr)
         FAILED_JOBS.append(f"#{job} ({overrides}): {e}")
         return float("nan")

@@ -93,9 +93,10 @@ def plan_resume(resume: Optional[str], run_dir: Path, experiment_runs: Path) -> 
         found = readable_checkpoint(run_folder_of(max(candidates, key=lambda p: p.stat().st_mtime)))
     else:
         path = Path(resume).expanduser()
-        found = readable_checkpoint(path) if path.is_dir() else None
-        if path.is_file():
-            found = path, read_checkpoint(path, for_resume=True)
+        if path.is_dir():
+            found = readable_checkpoint(path)
+        else:
+            found = (path, read_checkpoint(path, for_resume=True)) if path.is_file() else None
         if found is None:
             raise ResumeError(
                 f"trainer.resume={resume}: no checkpoint at {path / LAST_CKPT if path.is_dir() else path} "
