@@ -120,6 +120,13 @@ CASES = {
     "SIGTERM during validation, then kills": ([(8, "val", "term"), (9, "train", "kill"), (20, "train", "kill")], 1),
     "kill mid-epoch with 2 loader processes": ([(5, "train", "kill")], 1, "data.num_workers=2"),
     "kills mid-epoch with 2 loader processes": ([(5, "train", "kill"), (11, "train", "kill")], 1, "data.num_workers=2"),
+    # a SIGTERM during an epoch's last batch saves after its validation, between two epochs: the
+    # resumed run started an epoch late once loader processes fetched ahead (they shuffle at once)
+    "SIGTERM mid-epoch and during an epoch's last batch, 2 loader processes": (
+        [(3, "train", "term"), (7, "train", "term"), (12, "val", "term")],
+        "null",
+        "data.num_workers=2",
+    ),
 }
 
 

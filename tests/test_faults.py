@@ -161,27 +161,92 @@ def test_sigterm_saves_exits_nonzero_and_resumes_in_place_while_others_are_kept_
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 2  # two processes, one W&B run id
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGUSR1, 143)])
-def test_ctrl_c_and_sigusr1_save_and_exit_nonzero(tmp_path, sig, code):
-    run_dir = tmp_path / "run"
-    proc = _start(tmp_path, *SHORT, "trainer.max_epochs=100", f"hydra.run.dir={run_dir}")
-    _wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").is_file(), what="the first checkpoint")
-    proc.send_signal(sig)
-    assert proc.wait(timeout=120) == code, _output(proc)
-    summary = _summary(run_dir)
-    assert summary["status"] == "interrupted" and summary["interrupted_by"] == {130: "SIGINT", 143: "SIGTERM"}[code]
-    assert _step(run_dir / "checkpoints" / "last.ckpt") == summary["global_step"]
-    _assert_clean(run_dir)
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started (a training's loader processes)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+# Stop signals as terminals and schedulers send them: to the whole process group, to the loader
+# processes alone, or to the training process alone; (signal, "group" | "loaders" | "main", exit
+# code, reason in summary.json)
+STOP_SIGNALS_SENT = [
+    (signal.SIGTERM, "group", 143, "SIGTERM"),  # scancel, preemption, kill -- -PGID
+    (signal.SIGINT, "group", 130, "SIGINT"),  # Ctrl-C in a terminal
+    (signal.SIGUSR1, "group", 143, "SIGUSR1"),  # SLURM's --signal=USR1@90 outside SLURM's requeue
+    (signal.SIGHUP, "group", 129, "SIGHUP"),  # a closed terminal or ssh session
+    (signal.SIGTERM, "loaders", 143, "SIGTERM"),
+    (signal.SIGINT, "main", 130, "SIGINT"),
+    (signal.SIGHUP, "main", 129, "SIGHUP"),
+]
 
 
 @pytest.mark.slow
-def test_ddp_sigterm_to_every_process_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
-    """Two DDP processes on the CPU, both sent SIGTERM (as a cluster scheduler does) in epoch 1
-    after a step checkpoint, then resumed: the same CSV log, epoch means included (EpochSums sums
-    them over the processes), and the same weights as the run that was not interrupted."""
+def test_stop_signals_to_the_process_group_or_the_loader_processes_save_and_resume_exactly(tmp_path):
+    """With 2 persistent loader processes and random flips, a run is stopped by each signal in turn
+    (sent to every process of its group, to its loader processes alone, or to the training process
+    alone), resumed after each, and
+    ends with the CSV rows and weights of the run left alone. Before, the loader processes died
+    first and the run failed with "DataLoader worker ... killed by signal", exit 1, nothing saved."""
     common = (
         "head=gap",
+        "data.num_workers=2",
+        "data.flip=true",
+        "trainer.max_epochs=3",
+        f"trainer.limit_train_batches={STEPS_PER_EPOCH}",
+        "trainer.limit_val_batches=2",
+        "trainer.checkpoint_every_n_steps=1",
+        "trainer.resume=auto",
+        "logger=no_wandb",
+        "+callbacks.pace._target_=tests.pace.Pace",
+        *QUIET,
+    )
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    _ok(_train(tmp_path, *common, f"hydra.run.dir={full}", env=env))
+    last, stopped_at = cut / "checkpoints" / "last.ckpt", 0
+    for sig, where, code, reason in STOP_SIGNALS_SENT:
+        job = _start(tmp_path, *common, f"hydra.run.dir={cut}", env=env, session=True)
+        _wait_for(lambda at=stopped_at: last.is_file() and _step(last) > at, what=f"a new checkpoint before {sig.name}")
+        if where == "group":
+            os.killpg(job.pid, sig)
+        elif where == "main":
+            job.send_signal(sig)
+        else:
+            loaders = _children(job.pid)
+            assert len(loaders) >= 2, loaders
+            for pid in loaders:
+                os.kill(pid, sig)
+        assert job.wait(timeout=120) == code, f"{sig.name} to the {where}:\n{_output(job)}"
+        summary = _summary(cut)
+        assert summary["status"] == "interrupted" and summary["interrupted_by"] == reason, summary
+        assert _step(last) == summary["global_step"] > stopped_at  # saved where it stopped
+        assert "killed by signal" not in _output(job)
+        stopped_at = summary["global_step"]
+    assert stopped_at < 3 * STEPS_PER_EPOCH
+    _ok(_train(tmp_path, *common, f"hydra.run.dir={cut}", env=env))
+    assert _summary(cut)["status"] == "finished" and _summary(cut)["global_step"] == 3 * STEPS_PER_EPOCH
+    assert logged_rows(cut) == logged_rows(full)
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for d in (full, cut)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _rank_of(pid: int) -> int | None:
+    """The DDP rank a process was started as (Lightning's LOCAL_RANK; None for rank 0 and loader processes)."""
+    env = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+    return int(env["LOCAL_RANK"]) if "LOCAL_RANK" in env and env["LOCAL_RANK"] != "0" else None
+
+
+@pytest.mark.slow
+def test_ddp_stop_signals_to_every_process_or_one_ranks_loaders_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """Two DDP processes on the CPU, each with 2 loader processes: Ctrl-C to the whole process group
+    (every rank and loader process gets SIGINT, as from a terminal) in epoch 0, then SIGTERM to
+    rank 1's loader processes alone in epoch 1, resumed after each: the same CSV log, epoch means
+    included (EpochSums sums them over the processes), and the same weights as the run that was
+    not interrupted. Every process stops at the same batch whichever was signalled (rank 1's
+    request reaches rank 0 through the all-reduce at each decision point)."""
+    common = (
+        "head=gap",
+        "data.num_workers=2",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.strategy=ddp",
@@ -192,18 +257,37 @@ def test_ddp_sigterm_to_every_process_mid_epoch_then_resume_equals_the_uninterru
         "trainer.enable_model_summary=false",
         "trainer.resume=auto",
         "logger=no_wandb",
+        "+callbacks.pace._target_=tests.pace.Pace",
+        "+callbacks.pace.seconds=0.1",
         *QUIET,
     )
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     full, cut = tmp_path / "full", tmp_path / "cut"
-    _ok(_train(tmp_path, *common, f"hydra.run.dir={full}"))
-    job = _start(tmp_path, *common, f"hydra.run.dir={cut}", session=True)
+    _ok(_train(tmp_path, *common, f"hydra.run.dir={full}", env=env))
     last = cut / "checkpoints" / "last.ckpt"
+
+    job = _start(tmp_path, *common, f"hydra.run.dir={cut}", env=env, session=True)
+    _wait_for(lambda: last.is_file() and _step(last) >= 2, what="a step checkpoint in epoch 0")
+    os.killpg(job.pid, signal.SIGINT)
+    assert job.wait(timeout=120) == 130, _output(job)
+    stopped = _summary(cut)
+    assert stopped["status"] == "interrupted" and stopped["interrupted_by"] == "SIGINT"
+    assert 2 <= stopped["global_step"] < 10 and _step(last) == stopped["global_step"], stopped
+
+    job = _start(tmp_path, *common, f"hydra.run.dir={cut}", env=env, session=True)
     _wait_for(lambda: last.is_file() and _step(last) >= 12, what="a step checkpoint in epoch 1")
-    os.killpg(job.pid, signal.SIGTERM)
+    (rank_1,) = [pid for pid in _children(job.pid) if _rank_of(pid) == 1]
+    loaders = _children(rank_1)
+    assert len(loaders) >= 2, loaders
+    for pid in loaders:
+        os.kill(pid, signal.SIGTERM)
     assert job.wait(timeout=120) == 143, _output(job)
     stopped = _summary(cut)
-    assert stopped["status"] == "interrupted" and 12 <= stopped["global_step"] < 20, stopped
-    _ok(_train(tmp_path, *common, f"hydra.run.dir={cut}"))
+    assert stopped["status"] == "interrupted" and stopped["interrupted_by"] == "SIGTERM"
+    assert 12 <= stopped["global_step"] < 20 and _step(last) == stopped["global_step"], stopped
+    assert "killed by signal" not in _output(job)
+
+    _ok(_train(tmp_path, *common, f"hydra.run.dir={cut}", env=env))
     assert _summary(cut)["status"] == "finished" and _summary(cut)["global_step"] == 20
     assert logged_rows(cut) == logged_rows(full)
     weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for d in (full, cut)]

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from gmsop.data.sampling import Position, ResumableSampler, SeededPerSample
 from gmsop.registry import Registry
+from gmsop.stop_signals import StopSignalSafeLoader
 
 DATA: Registry[ImageDataModule] = Registry("data")
 
@@ -114,8 +115,9 @@ class ImageDataModule(L.LightningDataModule, ABC):
             sampler.set_epoch(trainer.current_epoch)
         # the loader's own generator: starting its iterator must not draw from the global one,
         # which the model's randomness (noise, dropout, flips) continues across a resume
-        return DataLoader(
+        return StopSignalSafeLoader(
             ds,
+            rank=trainer.global_rank if trainer else 0,
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
@@ -130,8 +132,9 @@ class ImageDataModule(L.LightningDataModule, ABC):
         # fresh run starts the validation iterator in the sanity check, a run resumed mid-epoch (no
         # sanity check) at its first validation: the global draws, and so the random flips after
         # it, would differ from the uninterrupted run's.
-        return DataLoader(
+        return StopSignalSafeLoader(
             self._dataset(self._val),
+            rank=self.trainer.global_rank if self.trainer else 0,
             batch_size=self.eval_batch_size,
             shuffle=False,
             num_workers=self.num_workers,
@@ -156,10 +159,16 @@ class ImageDataModule(L.LightningDataModule, ABC):
 
     def _position(self) -> Optional[Position]:
         """The next batch to train: after the finished batches of the current epoch, or the next
-        epoch's first once every batch of this one has finished."""
+        epoch's first once every batch of this one has finished. (Between an epoch's end and the
+        next one's start, where a stop signal saves, trainer.current_epoch is already the next
+        epoch while the batch count is still the ended one's: a save there resumed an epoch late,
+        shuffled as the epoch after it, once loader processes fetched ahead.)"""
         trainer = self.trainer
         if trainer is None or trainer.state.fn != TrainerFn.FITTING:
             return None
+        epochs = trainer.fit_loop.epoch_progress.current
+        if epochs.completed >= epochs.started:  # no epoch running: the next one starts at its first batch
+            return Position(trainer.current_epoch, 0)
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if done >= trainer.num_training_batches:
             return Position(trainer.current_epoch + 1, 0)

@@ -10,8 +10,9 @@ of the whole run kept across resumes, and a resumable checkpoint when a run is i
   requeue, so a long run requeued often would fill the disk with full checkpoints).
 - `BestCheckpoint`: `checkpoints/best.ckpt`; resumed into a new run folder it copies the
   earlier folder's best file and score, so "best" means best of the run, not of the resume.
-- `SaveOnInterrupt`: SIGTERM (cluster preemption) or Ctrl-C writes the current state to
-  last.ckpt (unless the weights are no longer finite) so the run resumes where it stopped.
+- `SaveOnInterrupt`: a stop signal (SIGTERM, SIGINT, SIGHUP, SIGUSR1), to any of the job's
+  processes, writes the current state to last.ckpt (unless the weights are no longer finite) so
+  the run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -33,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from gmsop.paths import replace_atomically
+from gmsop.stop_signals import take_forwarded_signals
 
 CHECKPOINT_DIR = "checkpoints"
 SLURM_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's SIGUSR1 saves under SLURM, at the run folder's top
@@ -123,88 +126,107 @@ class BestCheckpoint(ModelCheckpoint):
 
 
 class SaveOnInterrupt(L.Callback):
-    """On SIGTERM / SIGUSR1 / Ctrl-C, save the current training state to last.ckpt so nothing
-    since the last epoch is lost; never on other errors, nor weights that are no longer finite.
+    """On a stop signal, save the current training state to last.ckpt so nothing since the last
+    epoch is lost; never on other errors, nor weights that are no longer finite.
 
-    Lightning turns SIGTERM into a SIGTERMException at the next batch boundary (all DDP ranks
-    together), where the saved state resumes exactly. Outside SLURM, SIGUSR1 is treated as SIGTERM
-    (under SLURM Lightning's own SIGUSR1 handler, checkpoint + requeue, stays). The first Ctrl-C
-    is treated the same way (a KeyboardInterrupt could land between an optimizer step and its
-    bookkeeping); a second one stops at once without saving. `reason` names the interruption.
+    Stop signals: SIGTERM (preemption), SIGINT (Ctrl-C), SIGHUP (a closed terminal or ssh
+    session; not when ignored, as under nohup) and, outside SLURM, SIGUSR1 (under SLURM Lightning's
+    own handler, checkpoint + requeue, stays). Whether they reach the training process alone, its
+    whole process group, or its loader processes alone (which pass them on: gmsop.stop_signals),
+    the run stops at the same point. A handler only notes the signal; the decision is taken at
+    points where the saved state resumes exactly: after a training batch that stepped (not in the
+    middle of a gradient accumulation, whose summed gradients are in no checkpoint) and that no
+    validation follows, or when an epoch's last validation ends (a validation is never cut short:
+    a resumed run would not validate that epoch; after one inside an epoch, with
+    trainer.val_check_interval, Lightning 2.6 restores a save with its logged step numbers one
+    ahead, so the next training batch is awaited). Lightning then raises SIGTERMException at the
+    batch boundary and `on_exception` saves. With several processes (DDP) the decision is taken
+    together: every process's request is combined at each decision point (one all-reduce), so
+    all stop at the same batch whichever process was signalled.
 
-    A signal during validation waits until validation ends (Lightning would stop in the middle,
-    and a resumed run would then never validate that epoch), and one during a gradient
-    accumulation until its optimizer step.
+    A second Ctrl-C stops at once without saving. `reason` names the interruption (the signal's
+    name, e.g. "SIGTERM"); gmsop.stop_signals.EXIT_CODES gives its exit code.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.reason: Optional[str] = None
-        self._requested: Optional[str] = None
+        self._pending = 0  # the stop signal noted and not yet acted on (0: none)
+        self._ctrl_c = False
+        self._trainer: Optional[L.Trainer] = None
         self._previous: dict[int, Any] = {}
-        self._held = False  # a signal taken off Lightning's flag until a point where the state resumes exactly
+        self._stop_forwarding: Optional[Callable[[], None]] = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not SLURMEnvironment.detect() and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-            self._previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._usr1_as_sigterm)
+        self._trainer, self._pending, self._ctrl_c, self.reason = trainer, 0, False, None
+        taken = []
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
-            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._ctrl_c_as_sigterm)
+            taken.append(signal.SIGINT)
+        if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):  # not under nohup
+            taken.append(signal.SIGHUP)
+        if not SLURMEnvironment.detect() and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            taken.append(signal.SIGUSR1)
+        for signum in taken:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        self._stop_forwarding = take_forwarded_signals(self._on_forwarded)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """With several processes, SIGTERM only sets Lightning's flag. Lightning 2.6's own handler
-        also broadcasts from inside the signal handler, a collective that the ranks run a different
-        number of times (rank 0 forwards the signal to the others, which may have their own, as
-        under SLURM), so the job hangs (Lightning issue #20806; seen here with two CPU processes).
-        Lightning broadcasts rank 0's flag at every batch start anyway, so all ranks stop at the
-        same batch. (Registered here: Lightning sets its handlers after on_fit_start.)"""
-        if trainer.world_size > 1:
-            self._previous.setdefault(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
-            signal.signal(signal.SIGTERM, lambda signum, frame: self._flag_sigterm(trainer, signum))
-
-    @staticmethod
-    def _flag_sigterm(trainer: L.Trainer, signum: int) -> None:
-        connector = trainer._signal_connector  # Lightning 2.6 keeps the flag there
-        launcher = trainer.strategy.launcher
-        if not connector.received_sigterm and launcher is not None:
-            launcher.kill(signum)  # the processes this one started, as Lightning does
-        connector.received_sigterm = True
+        """SIGTERM is noted like the others, replacing Lightning's handler, which sets its flag at once
+        (so each process of a DDP job stopped where its own signal found it) and, with several
+        processes, broadcast from inside the handler, a collective the ranks ran a different number
+        of times (Lightning issue #20806: the job hung). (Registered here: Lightning sets its
+        handlers after on_fit_start.)"""
+        self._previous.setdefault(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
+        signal.signal(signal.SIGTERM, self._on_signal)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         while self._previous:
             signum, handler = self._previous.popitem()
             signal.signal(signum, handler)
+        if self._stop_forwarding is not None:
+            self._stop_forwarding()
+            self._stop_forwarding = None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            if self._ctrl_c:
+                raise KeyboardInterrupt  # the second Ctrl-C: stop at once
+            self._ctrl_c = True
+            rank_zero_info("Ctrl-C: saving a checkpoint after this batch (press Ctrl-C again to stop at once, unsaved)")
+        if signum == signal.SIGHUP:
+            _quiet_closed_terminal()
+        self._pending = self._pending or int(signum)
+
+    def _on_forwarded(self, signum: signal.Signals) -> None:
+        """A loader process passed a stop signal on: as if this process had it, unless this process is
+        already stopping (a group signal reached both: a group Ctrl-C is one press, not two)."""
+        if not self._pending:
+            signal.raise_signal(signum)
+
+    def _decide(self, trainer: L.Trainer) -> None:
+        """Stop at this point if any process noted a signal (the same answer on every process)."""
+        pending = self._pending
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([pending], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            pending = int(flag.item())
+        if pending:
+            self.reason = signal.Signals(pending).name
+            trainer._signal_connector.received_sigterm = True  # Lightning 2.6 keeps the flag there
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        """Act on a signal (one held since a validation inside the epoch, too) only after a batch that
-        stepped: in the middle of a gradient accumulation (trainer.accumulate_grad_batches) the
-        gradients summed so far are in no checkpoint, and a run resumed from a save there would step
-        without them."""
-        connector = trainer._signal_connector  # Lightning 2.6 keeps the flag there
-        if connector.received_sigterm or self._held:
-            stepped = not trainer.fit_loop.epoch_loop._should_accumulate()
-            connector.received_sigterm, self._held = stepped, not stepped
-
-    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        """Hold a signal that came during validation (Lightning checks for one after this hook)."""
-        connector = trainer._signal_connector  # Lightning 2.6 keeps the flag there
-        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and connector.received_sigterm:
-            connector.received_sigterm, self._held = False, True
+        loop = trainer.fit_loop.epoch_loop
+        if loop._should_accumulate() or loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            return  # mid-accumulation, or a validation follows: decided after it (or the next step)
+        self._decide(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Act on a held signal now after an epoch's last validation; after one inside the epoch
-        (trainer.val_check_interval), after the next training batch: Lightning 2.6 restores a save
-        taken right after such a validation with its logged step numbers one ahead."""
-        if self._held and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            trainer._signal_connector.received_sigterm, self._held = True, False
-
-    def _usr1_as_sigterm(self, signum, frame) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    def _ctrl_c_as_sigterm(self, signum, frame) -> None:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        self._requested = "SIGINT"
-        rank_zero_info("Ctrl-C: saving a checkpoint after this batch (press Ctrl-C again to stop at once, unsaved)")
-        os.kill(os.getpid(), signal.SIGTERM)
+        if (
+            trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+            and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        ):
+            self._decide(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt):  # a second Ctrl-C, or one before training started
@@ -213,7 +235,8 @@ class SaveOnInterrupt(L.Callback):
             return
         if not isinstance(exception, SIGTERMException):
             return
-        self.reason = self._requested or "SIGTERM"
+        # (a SIGTERM before training started reached Lightning's handler, not ours)
+        self.reason = self.reason or (signal.Signals(self._pending).name if self._pending else "SIGTERM")
         if trainer.sanity_checking or trainer.global_step == 0:
             return
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
@@ -221,6 +244,19 @@ class SaveOnInterrupt(L.Callback):
             return
         trainer.save_checkpoint(self.path)
         rank_zero_info(f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {self.path}")
+
+
+def _quiet_closed_terminal() -> None:
+    """After a hang-up, writes to the terminal fail (EIO) and would end the run before it saves:
+    what went to the terminal goes to /dev/null from now on (as under nohup)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                os.dup2(devnull, fd)
+        except OSError:
+            pass
+    os.close(devnull)
 
 
 class RunCheckpoints(NamedTuple):

@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import secrets
-import signal
 import string
 import time
 import warnings
@@ -48,6 +47,7 @@ from gmsop.run.resume import (
     newest_checkpoint,
     plan_resume,
 )
+from gmsop.stop_signals import EXIT_CODES
 
 
 @dataclass
@@ -60,13 +60,11 @@ class RunResult:
 
 
 class RunInterrupted(Exception):
-    """Training stopped by a signal (SIGTERM/SIGUSR1 preemption, Ctrl-C) after saving a resumable checkpoint."""
-
-    EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
+    """Training stopped by a signal (SIGTERM/SIGUSR1 preemption, Ctrl-C, SIGHUP) after saving a resumable checkpoint."""
 
     def __init__(self, reason: str, run_dir: Path, checkpoint: Optional[Path]) -> None:
         self.reason, self.run_dir, self.checkpoint = reason, run_dir, checkpoint
-        self.exit_code = self.EXIT_CODES.get(reason, 1)
+        self.exit_code = EXIT_CODES.get(reason, 1)
         how = f"trainer.resume={run_dir}" if checkpoint else "nothing to resume yet (no finished step)"
         super().__init__(f"{reason}: training in {run_dir} interrupted; resume with {how}")
 
@@ -243,7 +241,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
     finally:
         wandb_dir = _finish_wandb(
             loggers,
-            RunInterrupted.EXIT_CODES.get(interrupt.reason, 1) if status != "finished" else 0,
+            EXIT_CODES.get(interrupt.reason, 1) if status != "finished" else 0,
             run_dir,
             cfg.logger.wandb.images,
         )

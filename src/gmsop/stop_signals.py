@@ -1,0 +1,114 @@
+"""Stop signals reach the training process, never kill its loader processes.
+
+Terminals and schedulers signal every process of a job: Ctrl-C sends SIGINT to the whole
+foreground process group, SLURM signals every process of a job step (`scancel`, preemption,
+`--signal=USR1@90`), `kill -- -PGID` and several container runtimes do the same. DataLoader
+worker processes took the default action and died, and the training process then failed with
+"DataLoader worker ... is killed by signal" before it could save.
+
+So the training process decides. Loader processes ignore the stop signals (SIGTERM, SIGINT,
+SIGUSR1, SIGHUP) and pass one that reached them on to their training process as a real-time
+signal (`forwarded(signum)`), which the run's interrupt handler treats as its own signal unless
+it is already stopping: a group Ctrl-C then counts once, not as the second press that stops at
+once. A loader process starts with these signals blocked (`StopSignalSafeLoader`), so none can
+kill it between its fork and its handlers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
+
+from torch.utils.data import DataLoader
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+EXIT_CODES = {s.name: 128 + int(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)} | {"SIGUSR1": 143}
+
+# In a training process that takes forwarded signals: its pid (forked loader processes inherit it)
+_forward_to: Optional[int] = None
+
+
+def forwarded(signum: int) -> int:
+    """The real-time signal a loader process sends its training process for `signum`."""
+    return signal.SIGRTMIN + STOP_SIGNALS.index(signum)
+
+
+def original(forwarded_signum: int) -> signal.Signals:
+    """The stop signal a forwarded real-time signal stands for."""
+    return signal.Signals(STOP_SIGNALS[forwarded_signum - signal.SIGRTMIN])
+
+
+def take_forwarded_signals(handler: Callable[[signal.Signals], None]) -> Callable[[], None]:
+    """In the training process: call handler(original signal) when a loader process forwards one.
+    Returns the function that stops taking them (forwarded signals are ignored from then on: a
+    persistent loader process may still send one while the run shuts down)."""
+    global _forward_to
+    for signum in STOP_SIGNALS:
+        signal.signal(forwarded(signum), lambda rt, frame: handler(original(rt)))
+    _forward_to = os.getpid()
+
+    def stop() -> None:
+        global _forward_to
+        _forward_to = None
+        for signum in STOP_SIGNALS:
+            signal.signal(forwarded(signum), signal.SIG_IGN)
+
+    return stop
+
+
+def _forward(signum: int, frame: Any) -> None:
+    """A loader process's handler: pass the signal on to its training process if that takes them
+    (checked by parent pid: a loader process outliving its parent sends nothing)."""
+    if _forward_to is not None and os.getppid() == _forward_to:
+        os.kill(_forward_to, forwarded(signum))
+
+
+class _LoaderProcessInit:
+    """A loader process's first step: forward stop signals (then unblock them), seed as Lightning
+    would, then the loader's own init function if it has one. (A class: loaders pickle it.)"""
+
+    def __init__(self, rank: int, user_init: Optional[Callable[[int], None]]) -> None:
+        self.rank, self.user_init = rank, user_init
+
+    def __call__(self, worker_id: int) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _forward)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since the fork (StopSignalSafeLoader)
+        if os.environ.get("PL_SEED_WORKERS") == "1":  # what Lightning adds to loaders without an init function
+            from lightning.fabric.utilities.seed import pl_worker_init_function
+
+            pl_worker_init_function(worker_id, rank=self.rank)
+        if self.user_init is not None:
+            self.user_init(worker_id)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Stop signals held (not lost) in this thread; processes forked meanwhile start with them held."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class StopSignalSafeLoader(DataLoader):
+    """A DataLoader whose worker processes never die on a stop signal (see the module docstring).
+
+    `rank`: the process's global rank, for Lightning's per-worker seeding (it adds its own init
+    function only to loaders without one, so this one calls it)."""
+
+    def __init__(self, *args: Any, rank: int = 0, **kwargs: Any) -> None:
+        init = kwargs.pop("worker_init_fn", None)
+        if not isinstance(init, _LoaderProcessInit):  # (Lightning may rebuild a loader from its arguments)
+            init = _LoaderProcessInit(rank, init)
+        super().__init__(*args, worker_init_fn=init, **kwargs)
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        with stop_signals_blocked():  # worker processes are forked in here
+            return super().__iter__()
