@@ -603,3 +603,70 @@ def test_sweep_killed_mid_trial_resumes_without_stale_or_repeated_trials(tmp_pat
     (root / "optuna.db").unlink()
     _ok(run_cli("gmsop.sweep", str(sweep), "--trials", "1", *common, cwd=tmp_path))
     assert len(list(root.glob("trial_0000_*"))) == 2 and (old_trial0 / "summary.json").read_text() == old_summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,sig,code", [("grid", signal.SIGTERM, 143), ("random", signal.SIGINT, 130)])
+def test_sweep_stopped_by_a_group_signal_continues_its_trial_and_runs_no_point_twice(tmp_path, method, sig, code):
+    """A sweep with 2 loader processes per trial, its whole process group signalled during trial 1:
+    the trial saves and is INTERRUPTED in trials.csv; the re-run continues it from its checkpoint
+    with its parameters (the loader processes died first and the trial FAILed unsaved, so the re-run
+    drew new parameters; a grid's continuation then crashed in Optuna with KeyError 'grid_id'), every
+    point runs once, and a finished grid re-run with more trials trains nothing."""
+    import csv
+
+    values = (
+        "{values: [0.01, 0.02, 0.03]}"
+        if method == "grid"
+        else "{distribution: log_uniform_values, min: 0.005, max: 0.05}"
+    )
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"""
+name: s
+method: {method}
+metric: {{name: val/top1_err, goal: minimize}}
+parameters:
+  optim.lr: {values}
+  trainer.max_epochs: {{value: 1}}
+command: [python, -m, gmsop.train, head=gap, data.num_workers=2]
+""")
+    common = [
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--pruner",
+        "none",
+        "trainer.limit_train_batches=6",
+        "trainer.limit_val_batches=2",
+        "trainer.checkpoint_every_n_steps=1",
+        "logger=no_wandb",
+        "+callbacks.pace._target_=tests.pace.Pace",
+        *QUIET,
+    ]
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    root = tmp_path / "runs" / "s"
+
+    def trials() -> list[dict]:
+        return list(csv.DictReader((root / "trials.csv").open()))
+
+    sweeper = start_cli("gmsop.sweep", str(sweep), "--trials", "3", *common, cwd=tmp_path, env=env, session=True)
+    _wait_for(lambda: any(root.glob("trial_0001_*/checkpoints/last.ckpt")), what="trial 1's first checkpoint")
+    os.killpg(sweeper.pid, sig)
+    assert sweeper.wait(timeout=120) == code, _output(sweeper)
+    assert [r["state"] for r in trials()] == ["COMPLETE", "INTERRUPTED"]
+    (trial_1,) = root.glob("trial_0001_*")
+    assert _summary(trial_1)["status"] == "interrupted"
+
+    rerun = run_cli("gmsop.sweep", str(sweep), "--trials", "3", *common, cwd=tmp_path, env=env)
+    _ok(rerun)
+    assert "trial(s) 1 will continue from their checkpoints" in rerun.stdout
+    rows = trials()
+    assert [r["state"] for r in rows] == ["COMPLETE", "INTERRUPTED", "COMPLETE", "COMPLETE"]
+    assert rows[2]["optim.lr"] == rows[1]["optim.lr"]  # trial 2 is trial 1 continued
+    assert Path(_summary(Path(rows[2]["run_dir"]))["resumed_from"]).parts[-3] == trial_1.name
+    completed = [float(r["optim.lr"]) for r in rows if r["state"] == "COMPLETE"]
+    assert len(set(completed)) == 3  # no point twice
+    if method == "grid":
+        assert sorted(completed) == [0.01, 0.02, 0.03]
+        again = run_cli("gmsop.sweep", str(sweep), "--trials", "5", *common, cwd=tmp_path, env=env)
+        _ok(again)
+        assert "the grid has 3 points and 0 left to run" in again.stdout and len(trials()) == 4

@@ -98,6 +98,30 @@ def test_trial_config_errors_are_found_before_the_first_trial(tmp_path, override
     assert not (tmp_path / "runs").exists()  # nothing written, no trial started
 
 
+@pytest.mark.parametrize(
+    "parameter,message",
+    [
+        ("optim.lr: {values: [0.01, -1, abc]}", "parameters.optim.lr value -1: optim.lr=-1"),
+        ("optim.lr: {values: [0.01, abc]}", "parameters.optim.lr value 'abc': the trial config does not compose"),
+        ("head.noise: {values: [image, sometimes]}", "parameters.head.noise value 'sometimes'"),
+        ("data.batch_size: {values: [16, many]}", "parameters.data.batch_size value 'many'"),
+    ],
+)
+def test_every_value_of_every_parameter_is_checked_before_the_first_trial(tmp_path, parameter, message):
+    """Not only the first value: a sweep file with a bad later value (drawn as trial 0 it ended the
+    sweep with a traceback) fails before anything is written, naming the parameter and the value."""
+    from gmsop.run.sweep import run_sweep
+
+    sweep = _write(
+        tmp_path,
+        "name: s\nmethod: random\n" + M + f"parameters: {{{parameter}, model.dropout: {{values: [0.0]}}}}\n"
+        "command: [python, -m, gmsop.train, head=gmsop, head.num_components=16]",
+    )
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run_sweep(sweep, 1, None, tmp_path / "runs", [])
+    assert not (tmp_path / "runs").exists()
+
+
 class _FakeTrainer:
     def __init__(self, value: float, epoch: int = 0) -> None:
         import torch

@@ -118,9 +118,18 @@ class SweepSpec:
             )
         return spec
 
-    def probe_overrides(self) -> list[str]:
-        """The overrides of a trial with the first value of every searched parameter (to validate the config)."""
-        values = {k: self.suggest(k, p, _Probe()) for k, p in self.searched.items()}
+    def values_to_check(self) -> list[tuple[str, dict[str, Any]]]:
+        """Trial values that together hold every value of every searched parameter (both ends of a
+        range), each with the others at their first value: (what is checked, the values)."""
+        probe = _Probe()
+        first = {k: self.suggest(k, p, probe) for k, p in self.searched.items()}
+        checks = [("the first value of every parameter", first)]
+        for key, values in probe.candidates.items():
+            checks += [(f"parameters.{key} value {v!r}", {**first, key: v}) for v in values[1:]]
+        return checks
+
+    def trial_overrides(self, values: dict[str, Any]) -> list[str]:
+        """The command's overrides, the fixed values and these searched values, as key=value."""
         return [*self.base_overrides, *(f"{k}={v}" for k, v in {**self.fixed, **values}.items())]
 
     def grid(self) -> dict[str, list]:
@@ -142,7 +151,7 @@ class SweepSpec:
                 sampler._rng.rng.seed(trial_seed)  # (private in optuna 5.0, which is pinned)
                 return sampler
 
-            return TrialSeeded(grid_sampler, seed)
+            return GridTrialSeeded(grid_sampler, seed)
         if self.method == "random":
             return TrialSeeded(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
         return TrialSeeded(lambda s: optuna.samplers.TPESampler(seed=s), seed)
@@ -171,25 +180,34 @@ class SweepSpec:
 
 
 class _Probe:
-    """Stands in for a trial while validating a spec."""
+    """Stands in for a trial while validating a spec: suggests the first value, and keeps every
+    value a parameter can take that must be checked (`candidates`: all values, or a range's ends)."""
+
+    def __init__(self) -> None:
+        self.candidates: dict[str, list] = {}
 
     def suggest_categorical(self, key, values):
         if not values:
             raise ConfigError(f"parameter {key}: `values` is empty")
+        self.candidates[key] = list(values)
         return values[0]
 
     def suggest_int(self, key, lo, hi):
         if lo > hi:
             raise ConfigError(f"parameter {key}: bad range [{lo}, {hi}] (min > max)")
+        self.candidates[key] = [lo, hi]
         return lo
 
     def suggest_float(self, key, lo, hi, log=False):
         if lo > hi or (log and lo <= 0):
             raise ConfigError(f"parameter {key}: bad range [{lo}, {hi}]{' for a log scale' if log else ''}")
+        self.candidates[key] = [lo, hi]
         return lo
 
 
 PRUNERS = ("median", "none")
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+INTERRUPTED_BY = "interrupted_by"  # a trial's user attr: the signal that stopped its training
 
 
 class PruneTrial(L.Callback):
@@ -237,19 +255,24 @@ def _pruner(name: str) -> optuna.pruners.BasePruner:
 
 
 def check_trial_config(spec: SweepSpec, extra: list[str]) -> None:
-    """Compose and validate one trial's config now, so a misspelled key fails before trial 0 runs."""
+    """Compose and validate trial configs now, with every value of every searched parameter
+    (SweepSpec.values_to_check), so a misspelled key or a bad value fails before trial 0 runs.
+    (Values that are each fine but do not fit together, e.g. K > N, fail their trial alone.)"""
     from gmsop.data import DATA
     from gmsop.heads import HEADS
     from gmsop.models.classifier import validate_optim
 
-    try:
-        cfg = compose_train([*spec.probe_overrides(), f"name={spec.name}", *extra])
-    except (OmegaConfBaseException, HydraException) as e:  # unknown keys, bad values
-        raise ConfigError(f"{spec.path}: the trial config does not compose: {e}") from None
-    container = OmegaConf.to_container(cfg, resolve=True)
-    HEADS.validate(container["head"], path="head")
-    DATA.validate(container["data"], path="data")
-    validate_optim(container["optim"])
+    for what, values in spec.values_to_check():
+        try:
+            cfg = compose_train([*spec.trial_overrides(values), f"name={spec.name}", *extra])
+            container = OmegaConf.to_container(cfg, resolve=True)
+            HEADS.validate(container["head"], path="head")
+            DATA.validate(container["data"], path="data")
+            validate_optim(container["optim"])
+        except (OmegaConfBaseException, HydraException) as e:  # unknown keys, values of the wrong type
+            raise ConfigError(f"{spec.path}: {what}: the trial config does not compose: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"{spec.path}: {what}: {e}") from None
 
 
 def make_objective(
@@ -260,8 +283,7 @@ def make_objective(
     def objective(trial: optuna.Trial) -> float:
         values = {k: SweepSpec.suggest(k, p, trial) for k, p in spec.searched.items()}
         overrides = [
-            *spec.base_overrides,
-            *(f"{k}={v}" for k, v in {**spec.fixed, **values}.items()),
+            *spec.trial_overrides(values),
             f"name={spec.name}",
             f"runs_dir={runs_dir}",
             f"logger.wandb.group={spec.name}",
@@ -275,7 +297,11 @@ def make_objective(
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", overrides)
         pruning = PruneTrial(trial, spec.metric, read_curves(Path(resume_from)) if resume_from else {})
-        run_training(cfg, run_dir, [pruning])
+        try:
+            run_training(cfg, run_dir, [pruning])
+        except RunInterrupted as e:  # FAIL for Optuna; continued by the next run of the sweep
+            trial.set_user_attr(INTERRUPTED_BY, e.reason)
+            raise
         if not pruning.values:
             raise KeyError(f"metric {spec.metric!r} was not logged at any validation")
         return pruning.score(spec.objective, spec.direction)
@@ -311,6 +337,34 @@ class TrialSeeded(optuna.samplers.BaseSampler):
         self._inner.after_trial(study, trial, state, values)
 
 
+class GridTrialSeeded(TrialSeeded):
+    """TrialSeeded for a grid: a trial that continues an interrupted one (its user attr `continues`)
+    takes that trial's grid point, as Optuna's GridSampler records it. Without it the
+    continuation had no point: Optuna's `after_trial` failed on it (KeyError 'grid_id'), and the
+    point counted as not run, so the sweep could train it again."""
+
+    def before_trial(self, study, trial) -> None:
+        continued = trial.user_attrs.get("continues")
+        if continued is not None:
+            earlier = study._storage.get_trial_system_attrs(  # private in optuna 5.0, which is pinned
+                study._storage.get_trial_id_from_study_id_trial_number(study._study_id, continued)
+            )
+            for key in ("grid_id", "search_space"):
+                if key in earlier:
+                    study._storage.set_trial_system_attr(trial._trial_id, key, earlier[key])
+        super().before_trial(study, trial)
+
+
+def grid_points_left(study: optuna.Study, size: int) -> int:
+    """The points of a grid of `size` that no trial has taken (finished, failed or running; as
+    Optuna's GridSampler counts them), plus the waiting continuations of interrupted trials."""
+    taken_states = (*FINISHED, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
+    trials = study.get_trials(deepcopy=False)
+    taken = {t.system_attrs["grid_id"] for t in trials if t.state in taken_states and "grid_id" in t.system_attrs}
+    waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING and "continues" in t.user_attrs]
+    return size - len(taken) + len(waiting)
+
+
 HEARTBEAT_S, GRACE_S = 30, 90  # a RUNNING trial silent for GRACE_S is failed by Optuna
 
 
@@ -344,7 +398,9 @@ def requeue_interrupted_trials(study: optuna.Study) -> list[int]:
         if not run_dir or run_dir in continued or _run_status(Path(run_dir)) not in (None, "interrupted"):
             continue
         if checkpoint_files(Path(run_dir), resumable_only=True):
-            study.enqueue_trial(t.params, user_attrs={"resume_from": run_dir}, skip_if_exists=False)
+            study.enqueue_trial(
+                t.params, user_attrs={"resume_from": run_dir, "continues": t.number}, skip_if_exists=False
+            )
             requeued.append(t.number)
     return requeued
 
@@ -403,32 +459,42 @@ def run_sweep(
         print(f"sweep {spec.name}: trial(s) {', '.join(map(str, requeued))} will continue from their checkpoints")
     study.sampler = spec.sampler(seed)
     study.pruner = trial_pruner
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    done = len([t for t in study.trials if t.state in finished])
+    done = len([t for t in study.trials if t.state in FINISHED])
     remaining = max(0, trials - done)
+    if spec.method == "grid":
+        size = math.prod(len(v) for v in spec.grid().values())
+        left = grid_points_left(study, size)
+        if left < remaining:
+            print(f"sweep {spec.name}: the grid has {size} points and {left} left to run; running those only")
+            remaining = left
     print(
         f"sweep {spec.name}: {done} trials finished, running {remaining} more "
         f"({spec.method}, {spec.direction} {spec.metric})"
     )
     if remaining:
         objective = make_objective(spec, runs_dir, extra, study.user_attrs["uid"])
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            # a diverged trial (non-finite loss), or one whose drawn values do not fit together
-            # (e.g. head.k > head.num_components), fails alone: marked FAIL, the sweep goes on
-            catch=(FloatingPointError, ConfigError),
-            callbacks=[
-                lambda study, _trial: write_study_summary(study, spec.metric, runs_dir / spec.name),
-                # other workers on the same study count too: stop once it holds `trials` finished
-                optuna.study.MaxTrialsCallback(trials, states=finished),
-            ],
-        )
+        try:
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                # a diverged trial (non-finite loss), or one whose drawn values do not fit together
+                # (e.g. head.k > head.num_components), fails alone: marked FAIL, the sweep goes on
+                catch=(FloatingPointError, ConfigError),
+                callbacks=[
+                    lambda study, _trial: write_study_summary(study, spec.metric, runs_dir / spec.name),
+                    # other workers on the same study count too: stop once it holds `trials` finished
+                    optuna.study.MaxTrialsCallback(trials, states=FINISHED),
+                ],
+            )
+        except RunInterrupted:  # (Optuna runs no callback after a trial that raised)
+            write_study_summary(study, spec.metric, runs_dir / spec.name)
+            raise
     return study
 
 
 def write_study_summary(study: optuna.Study, metric: str, folder: Path) -> None:
-    """trials.csv, one row per trial (number, state, value, parameters, run folder), and the
+    """trials.csv, one row per trial (number, state, value, parameters, run folder; a trial stopped
+    by a signal is INTERRUPTED, and continued by a later trial with its parameters), and the
     search's plots (value per trial with the best so far; value against each parameter)."""
     from gmsop.plots import study_figures
 
@@ -436,7 +502,9 @@ def write_study_summary(study: optuna.Study, metric: str, folder: Path) -> None:
     rows = [
         [
             t.number,
-            t.state.name,
+            "INTERRUPTED"
+            if t.state == optuna.trial.TrialState.FAIL and INTERRUPTED_BY in t.user_attrs
+            else t.state.name,
             "" if t.value is None else t.value,
             *(t.params.get(n, "") for n in names),
             t.user_attrs.get("run_dir", ""),
@@ -445,6 +513,12 @@ def write_study_summary(study: optuna.Study, metric: str, folder: Path) -> None:
     ]
     write_csv_atomic(folder / "trials.csv", ["trial", "state", metric, *names, "run_dir"], rows)
     study_figures(study, metric, folder / "sweep_history.png", folder / "sweep_params.png")
+
+
+def _state_name(trial: optuna.trial.FrozenTrial) -> str:
+    """Optuna's state, or INTERRUPTED for a trial a signal stopped (FAIL for Optuna)."""
+    interrupted = trial.state == optuna.trial.TrialState.FAIL and INTERRUPTED_BY in trial.user_attrs
+    return "INTERRUPTED" if interrupted else trial.state.name
 
 
 @exit_on_user_error
