@@ -189,3 +189,55 @@ def test_an_unreadable_last_checkpoint_falls_back_to_the_newest_one_that_loads(t
     with pytest.raises(CheckpointError, match=f"no checkpoint in {run} can be resumed") as err:
         plan_resume("auto", run, tmp_path)
     assert all(f"{ckpt} is" in str(err.value) for ckpt in (last, hpc, run / "checkpoints" / "best.ckpt"))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (("trainer.max_epochs=0",), "trainer.max_epochs=0 trains nothing"),
+        (("trainer.max_steps=0",), "trainer.max_steps=0 trains nothing"),
+        (("trainer.max_epochs=-2",), "trainer.max_epochs=-2; allowed"),
+        (
+            ("optim=adamw_cosine", "trainer.max_epochs=-1", "trainer.max_steps=8"),
+            "optim.scheduler=cosine anneals over trainer.max_epochs epochs, and trainer.max_epochs=-1",
+        ),
+    ],
+)
+def test_runs_without_a_length_are_refused_before_anything_is_written(tmp_path, overrides, message):
+    from gmsop.registry import ConfigError
+    from gmsop.run.training import run_training
+    from tests.test_config import compose_train
+
+    cfg = compose_train(*overrides, f"runs_dir={tmp_path / 'runs'}")
+    with pytest.raises(ConfigError, match=message):
+        run_training(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_cosine_run_resumed_for_another_length_is_refused_naming_the_key(tmp_path):
+    """A 2-epoch cosine run resumed with trainer.max_epochs=4 trained at lr 0 in epoch 2 (T_max comes
+    back from the checkpoint); it is refused, even with trainer.resume_allow_changes, and resumes at
+    its own length."""
+    from gmsop.run.training import run_training
+    from tests.test_config import compose_train
+
+    common = (
+        "head=gap",
+        "optim=adamw_cosine",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        "logger=no_wandb",
+        f"runs_dir={tmp_path / 'runs'}",
+    )
+    run_dir = tmp_path / "run"
+    run_training(compose_train(*common, "trainer.max_epochs=2"), run_dir)
+    for allow in ("false", "true"):
+        longer = compose_train(
+            *common, "trainer.max_epochs=4", f"trainer.resume={run_dir}", f"trainer.resume_allow_changes={allow}"
+        )
+        with pytest.raises(CheckpointError, match=r"with trainer.max_epochs=4: its cosine schedule .* over 2 epochs"):
+            run_training(longer, tmp_path / f"longer_{allow}")
+    same = run_training(compose_train(*common, "trainer.max_epochs=2", f"trainer.resume={run_dir}"), tmp_path / "same")
+    assert same.metrics["val/top1_err"] >= 0

@@ -278,6 +278,24 @@ def check_compatible(plan: ResumePlan, current: Mapping[str, Any], allow_changes
     return diff
 
 
+def check_schedule_length(plan: ResumePlan, max_epochs: int) -> None:
+    """Refuse (CheckpointError) to resume a cosine schedule for another number of epochs, naming
+    trainer.max_epochs: its length (T_max) is fixed when the run starts and comes back with the
+    checkpoint, so a run extended past it annealed to optim.min_lr and climbed again (a 2-epoch run
+    resumed for 4 trained at 1e-3, 5e-4, 0, 5e-4), even with trainer.resume_allow_changes."""
+    if plan.checkpoint is None:
+        return
+    schedules = plan.checkpoint.get("lr_schedulers") or []
+    t_max = schedules[0].get("T_max") if schedules and isinstance(schedules[0], dict) else None
+    if t_max is not None and t_max != max(1, max_epochs):
+        raise CheckpointError(
+            f"cannot resume {plan.ckpt} with trainer.max_epochs={max_epochs}: its cosine schedule "
+            f"(optim.scheduler=cosine) anneals over {t_max} epochs, the run's trainer.max_epochs when it "
+            f"started; past them the learning rate would fall to optim.min_lr and climb again. Resume with "
+            f"trainer.max_epochs={t_max}, or start a new run with the length you want"
+        )
+
+
 def check_weights_fit(plan: ResumePlan, model: torch.nn.Module) -> None:
     """Refuse (CheckpointError) a checkpoint whose weights cannot load into model, naming the
     tensors, before anything is written (even with trainer.resume_allow_changes)."""

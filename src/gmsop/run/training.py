@@ -42,6 +42,7 @@ from gmsop.run.resume import (
     ResumePlan,
     RunRecord,
     check_compatible,
+    check_schedule_length,
     check_weights_fit,
     logger_id_in,
     newest_checkpoint,
@@ -116,6 +117,7 @@ def run_training(
     """
     rank_zero = rank_zero_only.rank == 0
     check_logger_config(cfg.logger)
+    check_run_length(cfg.trainer, cfg.optim)
     container, datamodule, model = build_run(cfg)
     run_dir = run_dir.resolve()
     locks = [RunLock(run_dir, "train a run in it")] if rank_zero else []
@@ -125,6 +127,8 @@ def run_training(
             locks.append(RunLock(plan.source, "continue the run it holds"))
         changed = check_compatible(plan, model.hparams, cfg.trainer.resume_allow_changes)
         check_weights_fit(plan, model)
+        if container["optim"]["scheduler"] == "cosine":
+            check_schedule_length(plan, cfg.trainer.max_epochs)
         if changed:
             warnings.warn(f"resuming {plan.ckpt} with changed settings: " + "; ".join(changed), stacklevel=2)
         if plan.continued_in:
@@ -320,6 +324,24 @@ def _write_summary(
     if error:
         summary["error"] = error
     write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=2))
+
+
+def check_run_length(trainer: DictConfig, optim: DictConfig) -> None:
+    """Fail before anything is written, naming the key, for a run that would train nothing
+    (trainer.max_epochs=0 ended "finished" with val nan and named a last.ckpt that did not exist)
+    or a cosine schedule without a length in epochs (with trainer.max_epochs=-1 it annealed over
+    one epoch and the learning rate alternated between optim.lr and 0)."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    for key, value in (("max_epochs", epochs), ("max_steps", steps)):
+        if value == 0:
+            raise ConfigError(f"trainer.{key}=0 trains nothing; allowed: >= 1, or -1 for no limit")
+    if epochs is not None and epochs < -1:
+        raise ConfigError(f"trainer.max_epochs={epochs}; allowed: >= 1, or -1 for no limit (with trainer.max_steps)")
+    if optim.scheduler == "cosine" and (epochs is None or epochs < 1):
+        raise ConfigError(
+            f"optim.scheduler=cosine anneals over trainer.max_epochs epochs, and trainer.max_epochs={epochs} "
+            "gives it no length: set trainer.max_epochs (>= 1), or use optim.scheduler=multistep or none"
+        )
 
 
 def check_logger_config(logger: DictConfig) -> None:
