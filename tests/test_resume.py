@@ -139,6 +139,34 @@ def test_latest_skips_runs_in_use_and_a_fresh_run_refuses_a_used_folder(tmp_path
     assert plan_resume("auto", runs / "new", runs).ckpt is None  # nothing there yet: a fresh start
 
 
+@pytest.mark.parametrize("trace", ["wandb_run_id.txt", "csv/metrics.csv", ".hydra/config.yaml", ".run.lock"])
+def test_a_folder_with_any_trace_of_a_run_is_refused_for_a_fresh_one(tmp_path, trace):
+    """A run killed (kill -9) before its first checkpoint leaves its W&B id, CSV log, config or lock:
+    a fresh run in that folder was accepted and the folder then held two W&B runs."""
+    folder = tmp_path / "run"
+    if trace == ".run.lock":
+        RunLock(folder, "train a run in it").release()  # (a process that held it and died)
+    else:
+        (folder / trace).parent.mkdir(parents=True, exist_ok=True)
+        (folder / trace).write_text("x")
+    with RunLock(folder, "train a run in it") as lock, pytest.raises(RunFolderError, match="already holds a run"):
+        plan_resume(None, folder, tmp_path / "runs", lock)
+
+
+def test_a_run_stopped_by_bad_input_before_writing_leaves_no_trace(tmp_path):
+    """The lock file of a process that refused its input is removed with it, so the folder stays fresh."""
+    from gmsop.run.training import run_training
+    from tests.test_config import compose_train
+
+    folder = tmp_path / "run"
+    cfg = compose_train(f"trainer.resume={tmp_path / 'missing'}", f"runs_dir={tmp_path / 'runs'}")
+    with pytest.raises(ResumeError):
+        run_training(cfg, folder)
+    assert not (folder / ".run.lock").exists()
+    with RunLock(folder, "train a run in it") as lock:
+        assert plan_resume(None, folder, tmp_path / "runs", lock).ckpt is None
+
+
 def test_best_checkpoint_is_carried_into_a_new_folder(tmp_path):
     old = tmp_path / "old" / "checkpoints"
     old.mkdir(parents=True)

@@ -21,6 +21,11 @@ from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST, SLURM_CHECKPOINTS
 
 LOCK_FILE = ".run.lock"
 SUMMARY = "summary.json"
+WANDB_ID_FILE = "wandb_run_id.txt"
+MLFLOW_ID_FILE = "mlflow_run_id.txt"
+# What a training leaves in its folder from its first seconds (besides checkpoints): any of them
+# means the folder holds a run, even one killed before its first checkpoint
+RUN_TRACES = (SUMMARY, WANDB_ID_FILE, MLFLOW_ID_FILE, "csv/metrics.csv", ".hydra/config.yaml")
 
 
 class RunFolderError(UserError, RuntimeError):
@@ -48,11 +53,19 @@ class RunLock:
                 "or start this run in another folder (leave hydra.run.dir at its default for a unique one)"
             ) from None
         hold_lock_descriptor(self._fd)  # closed in forked children (DataLoader workers)
+        # who held it before (a process that trained here and was killed), else ""
+        self.previous_holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"pid {os.getpid()} ({purpose})\n".encode(), 0)
         remove_stale_temporaries(self.folder)  # we hold the lock: no live writer owns them
 
-    def release(self) -> None:
+    def release(self, forget: bool = False) -> None:
+        """Unlock; `forget`: also remove the lock file if the folder holds nothing else (a process
+        that stopped on bad input before writing anything leaves no trace of a run)."""
+        if forget and self._fd is not None and not self.previous_holder:
+            others = [p for p in self.folder.iterdir() if p.name != LOCK_FILE]
+            if not others:
+                (self.folder / LOCK_FILE).unlink(missing_ok=True)
         if self._fd is not None:
             release_lock_descriptor(self._fd)  # closing the descriptor drops the flock
             self._fd = None
@@ -93,16 +106,28 @@ def run_folder_of(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else ckpt.parent
 
 
-def holds_run(folder: Path) -> bool:
-    """Whether folder already holds (part of) a training run: checkpoints or a summary."""
-    return (Path(folder) / SUMMARY).is_file() or bool(checkpoint_files(folder))
+def run_traces(folder: Path, lock: Optional[RunLock] = None) -> list[str]:
+    """What in folder shows a training ran there: checkpoints, RUN_TRACES, and (given the lock this
+    process took on it) a lock file another process held before."""
+    folder = Path(folder)
+    found = [str(p.relative_to(folder)) for p in checkpoint_files(folder)]
+    found += [name for name in RUN_TRACES if (folder / name).is_file()]
+    if lock is not None and lock.folder == folder and lock.previous_holder:
+        found.append(f"{LOCK_FILE} ({lock.previous_holder})")
+    return found
 
 
-def require_fresh(folder: Path) -> None:
+def holds_run(folder: Path, lock: Optional[RunLock] = None) -> bool:
+    """Whether folder already holds (part of) a training run (see run_traces)."""
+    return bool(run_traces(folder, lock))
+
+
+def require_fresh(folder: Path, lock: Optional[RunLock] = None) -> None:
     """Refuse to start a new run in a folder that holds another run (it would mix or resume it)."""
-    if holds_run(folder):
+    traces = run_traces(folder, lock)
+    if traces:
         raise RunFolderError(
-            f"run folder {folder} already holds a run (checkpoints or summary.json). To continue that run: "
+            f"run folder {folder} already holds a run ({', '.join(traces)}). To continue that run: "
             f"trainer.resume={folder} (or trainer.resume=auto with this hydra.run.dir). To start a new one, "
             "leave hydra.run.dir at its default (a unique folder) or name an empty folder"
         )

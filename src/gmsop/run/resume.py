@@ -36,11 +36,16 @@ from gmsop.errors import UserError
 from gmsop.heads import HEADS
 from gmsop.registry import ConfigError, Registry, complete
 from gmsop.run.checkpointing import BEST, CHECKPOINT_DIR, LAST
-from gmsop.run.folder import checkpoint_files, is_locked, require_fresh, run_folder_of
+from gmsop.run.folder import (
+    WANDB_ID_FILE,
+    RunLock,
+    checkpoint_files,
+    is_locked,
+    require_fresh,
+    run_folder_of,
+)
 
 LAST_CKPT = Path(CHECKPOINT_DIR) / f"{LAST}.ckpt"
-WANDB_ID_FILE = "wandb_run_id.txt"
-MLFLOW_ID_FILE = "mlflow_run_id.txt"
 CONTINUED_FILE = "continued_in.json"  # in a run folder another folder continued: {run_dir, wandb_id}
 RECORD_KEY = "gmsop"
 # Data keys that change how data is read, not what the model learns: free to differ on resume.
@@ -72,10 +77,13 @@ class ResumePlan:
         return int(self.checkpoint["global_step"]) if self.checkpoint else None
 
 
-def plan_resume(resume: Optional[str], run_dir: Path, experiment_runs: Path) -> ResumePlan:
-    """trainer.resume -> what to continue from (see the module docstring)."""
+def plan_resume(
+    resume: Optional[str], run_dir: Path, experiment_runs: Path, lock: Optional[RunLock] = None
+) -> ResumePlan:
+    """trainer.resume -> what to continue from (see the module docstring). `lock`: the one this
+    process holds on run_dir (a lock file held before by another process is a trace of a run)."""
     if not resume:
-        require_fresh(run_dir)
+        require_fresh(run_dir, lock)
         return ResumePlan()
     if resume == "auto":
         found = readable_checkpoint(run_dir)
@@ -102,7 +110,7 @@ def plan_resume(resume: Optional[str], run_dir: Path, experiment_runs: Path) -> 
                 f"trainer.resume={resume}: no checkpoint at {path / LAST_CKPT if path.is_dir() else path} "
                 "(give a .ckpt, a run folder, 'latest' or 'auto')"
             )
-    require_fresh(run_dir)
+    require_fresh(run_dir, lock)
     return _plan(*found, in_place=False)
 
 

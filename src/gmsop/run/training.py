@@ -33,11 +33,9 @@ from gmsop.run.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
 from gmsop.run.csv_log import ContinuedCSVLogger
 from gmsop.run.curves import CurvesPlot, best_epoch, read_curves
 from gmsop.run.epoch_sums import EpochSums
-from gmsop.run.folder import SUMMARY, RunLock, run_folder_of
+from gmsop.run.folder import MLFLOW_ID_FILE, SUMMARY, WANDB_ID_FILE, RunLock, run_folder_of
 from gmsop.run.resume import (
     CONTINUED_FILE,
-    MLFLOW_ID_FILE,
-    WANDB_ID_FILE,
     RandomState,
     ResumePlan,
     RunRecord,
@@ -121,8 +119,9 @@ def run_training(
     container, datamodule, model = build_run(cfg)
     run_dir = run_dir.resolve()
     locks = [RunLock(run_dir, "train a run in it")] if rank_zero else []
+    written = False
     try:
-        plan = _plan(cfg, run_dir, rank_zero)
+        plan = _plan(cfg, run_dir, rank_zero, locks[0] if locks else None)
         if plan.source is not None and not plan.in_place and rank_zero:
             locks.append(RunLock(plan.source, "continue the run it holds"))
         changed = check_compatible(plan, model.hparams, cfg.trainer.resume_allow_changes)
@@ -139,6 +138,7 @@ def run_training(
             )
         wandb_id = plan.wandb_id or new_wandb_id()
         if rank_zero:
+            written = True
             _write_run_files(run_dir, wandb_id, config_files, plan)
             os.environ[PLAN_ENV] = json.dumps(
                 {
@@ -150,7 +150,7 @@ def run_training(
         return _fit(cfg, container, run_dir, datamodule, model, plan, wandb_id, extra_callbacks)
     finally:
         for lock in locks:
-            lock.release()
+            lock.release(forget=not written)
 
 
 def build_run(cfg: DictConfig) -> tuple[dict[str, Any], ImageDataModule, SecondOrderClassifier]:
@@ -180,7 +180,7 @@ def normalise_like_the_weights(model: SecondOrderClassifier, datamodule: ImageDa
         print(f"inputs normalised as the pretrained weights expect: mean {stats[0]}, std {stats[1]}")
 
 
-def _plan(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> ResumePlan:
+def _plan(cfg: DictConfig, run_dir: Path, rank_zero: bool, lock: Optional[RunLock]) -> ResumePlan:
     """Rank 0 decides; processes it launched (DDP) take its decision from the environment."""
     inherited = os.environ.get(PLAN_ENV)
     if not rank_zero and inherited:
@@ -192,7 +192,7 @@ def _plan(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> ResumePlan:
             d["wandb_id"],
             ckpt is not None and run_folder_of(ckpt) == run_dir,
         )
-    return plan_resume(cfg.trainer.resume, run_dir, Path(cfg.runs_dir).resolve() / cfg.name)
+    return plan_resume(cfg.trainer.resume, run_dir, Path(cfg.runs_dir).resolve() / cfg.name, lock)
 
 
 def _write_run_files(run_dir: Path, wandb_id: str, config_files: Optional[Mapping[str, str]], plan: ResumePlan) -> None:
