@@ -125,3 +125,14 @@ def test_pretrained_timm_weights_get_their_own_normalisation_not_the_data_sets(t
         data.setup()
         assert model.weights_normalisation() is None and data.normalisation_source == "data"
         assert data.mean.flatten().tolist() != pytest.approx([imagenet_mean], abs=1e-3)
+
+
+def test_a_backbone_that_wants_another_input_size_is_named_before_training(tmp_path):
+    """A ViT built for 224 px on 32 px data: timm's assertion came once training had started."""
+    from gmsop.registry import ConfigError
+    from gmsop.run.training import build_run
+    from tests.test_config import compose_train
+
+    cfg = compose_train("model.backbone=vit_tiny_patch16_224", "head=gap", f"runs_dir={tmp_path}")
+    with pytest.raises(ConfigError, match=r"does not take data.image_size=32 .*model.backbone_kwargs.img_size=32"):
+        build_run(cfg)

@@ -91,6 +91,19 @@ def _image_tree(root, classes=("cat", "dog"), per_class=6, size=(20, 14)):
             Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(root / c / f"{i}.png")
 
 
+def test_an_image_folder_class_with_one_image_is_named(tmp_path):
+    """A stratified hold-out needs 2 images per class (scikit-learn's stratify error before)."""
+    _image_tree(tmp_path / "flat", classes=("cat", "dog"), per_class=6)
+    _image_tree(tmp_path / "flat", classes=("eel",), per_class=1)
+    dm = build_datamodule({"name": "imagefolder", "root": str(tmp_path / "flat"), "num_workers": 0})
+    with pytest.raises(MissingDataError, match=r"flat/eel hold one image: the stratified hold-out"):
+        dm.setup()
+    _image_tree(tmp_path / "few", classes=("a", "b", "c"), per_class=2)
+    dm = build_datamodule({"name": "imagefolder", "root": str(tmp_path / "few"), "num_workers": 0})
+    with pytest.raises(MissingDataError, match=r"cannot hold out data.val_fraction=0.1 of the 6 images"):
+        dm.setup()
+
+
 def test_imagefolder_split_and_presplit(tmp_path):
     _image_tree(tmp_path / "flat")
     dm = build_datamodule(

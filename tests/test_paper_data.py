@@ -169,3 +169,26 @@ def test_imagenet64_cache_build_killed_midway_is_rebuilt(tiny_imagenet64, tmp_pa
     assert not list(cache.glob(".*tmp*"))  # the killed build's temporary files are gone
     every = np.concatenate([_rows(3, 64, i) for i in range(10)])
     np.testing.assert_array_equal(np.load(cache / "train_images.npy"), every)
+
+
+def test_a_read_only_data_folder_asks_for_a_cache_folder(tiny_imagenet64, tmp_path, monkeypatch):
+    """The memory-map cache goes beside the data by default; a folder that cannot be written (a
+    shared read-only data set) is named with the key that moves the cache, not a PermissionError."""
+    from pathlib import Path
+
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.is_relative_to(tiny_imagenet64):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    dm = build_datamodule({"name": "imagenet64", "root": str(tiny_imagenet64), "batch_size": 4, "num_workers": 0})
+    with pytest.raises(MissingDataError, match=r"cannot write the memory-mapped cache .*denied.*data.cache_dir"):
+        dm.setup()
+    dm = build_datamodule(
+        {"name": "imagenet64", "root": str(tiny_imagenet64), "cache_dir": str(tmp_path / "c"), "num_workers": 0}
+    )
+    dm.setup()
+    assert (tmp_path / "c" / "stats.json").is_file()

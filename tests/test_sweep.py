@@ -336,3 +336,15 @@ command: [python, -m, gmsop.train, head=gmsop, head.num_components=4,
     assert "K must satisfy 1 <= K <= N; got K=8, N=4" in proc.stderr and "best trial" in proc.stdout
     rows = list(csv.DictReader((tmp_path / "runs" / "kn" / "trials.csv").open()))
     assert sorted((r["head.k"], r["state"]) for r in rows) == [("2", "COMPLETE"), ("8", "FAIL")]
+
+
+def test_a_damaged_study_file_is_named(tmp_path):
+    """A corrupt or truncated optuna.db: a message naming the file and what to do, not SQLAlchemy's traceback."""
+    from gmsop.run.sweep import open_study
+
+    body = "name: s\nmetric: {name: val/top1_err}\nparameters: {optim.lr: {values: [0.1]}}\n"
+    spec = SweepSpec(_write(tmp_path, body))
+    (tmp_path / "runs" / "s").mkdir(parents=True)
+    (tmp_path / "runs" / "s" / "optuna.db").write_bytes(b"SQLite format 3\x00" + b"\x07" * 300)
+    with pytest.raises(ConfigError, match=r"runs/s/optuna.db cannot be read .*move it away to start the sweep over"):
+        open_study(spec, None, tmp_path / "runs")

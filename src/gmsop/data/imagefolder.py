@@ -76,7 +76,21 @@ class ImageFolderDataModule(ImageFilesDataModule):
         if self.presplit:
             return self._samples(self.root / "train"), self._samples(self.root / "val")
         samples = self._samples(self.root)
-        train, val = train_test_split(
-            samples, test_size=self.val_fraction, random_state=self.split_seed, stratify=[s[1] for s in samples]
-        )
-        return train, val
+        labels = [s[1] for s in samples]
+        few = [self.class_names[c] for c in range(self.num_classes) if labels.count(c) < 2]
+        if few:
+            raise MissingDataError(
+                f"class folder(s) {', '.join(str(self.root / c) for c in few)} hold one image: the stratified "
+                f"hold-out (data.val_fraction={self.val_fraction}) needs at least 2 per class. Add images, or "
+                f"give {self.root}/train/CLASS and {self.root}/val/CLASS folders"
+            )
+        try:
+            return tuple(
+                train_test_split(samples, test_size=self.val_fraction, random_state=self.split_seed, stratify=labels)
+            )
+        except ValueError as e:  # e.g. fewer held-out images than classes
+            raise MissingDataError(
+                f"cannot hold out data.val_fraction={self.val_fraction} of the {len(samples)} images in {self.root} "
+                f"stratified by its {self.num_classes} classes: {e}. Change data.val_fraction, add images, or "
+                f"give {self.root}/train/CLASS and {self.root}/val/CLASS folders"
+            ) from None

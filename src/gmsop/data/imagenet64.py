@@ -141,7 +141,14 @@ class ImageNet64DataModule(ImageDataModule):
         stats_file = self.cache / "stats.json"
         if stats_file.is_file():
             return
-        self.cache.mkdir(parents=True, exist_ok=True)
+        try:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            (self.cache / ".build.lock").touch()
+        except OSError as e:  # a read-only data folder (the cache's default place)
+            raise MissingDataError(
+                f"cannot write the memory-mapped cache at {self.cache} ({e.strerror or e}): set "
+                "data.cache_dir to a writable folder (it holds the data set once more, as uint8)"
+            ) from None
         with held_lock(self.cache / ".build.lock"):
             if stats_file.is_file():  # another process built it while this one waited
                 return

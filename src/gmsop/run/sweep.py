@@ -28,6 +28,7 @@ import yaml
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from sqlalchemy.exc import SQLAlchemyError
 
 from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import EPOCH_METRIC_PREFIXES, EPOCH_METRICS
@@ -421,8 +422,17 @@ def open_study(spec: SweepSpec, storage: str | None, runs_dir: Path) -> tuple[op
     (runs_dir / spec.name).mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(runs_dir / spec.name / 'optuna.db').resolve()}"
     with held_lock(runs_dir / spec.name / ".optuna.lock"):
-        rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-        study = optuna.create_study(study_name=spec.name, storage=rdb, direction=spec.direction, load_if_exists=True)
+        try:
+            rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            study = optuna.create_study(
+                study_name=spec.name, storage=rdb, direction=spec.direction, load_if_exists=True
+            )
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            where = url.removeprefix("sqlite:///")
+            raise ConfigError(
+                f"the sweep's study storage {where} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}). "
+                "A damaged file: move it away to start the sweep over (trial folders are kept), or restore it"
+            ) from None
         if "uid" not in study.user_attrs:
             study.set_user_attr("uid", run_uid())
     return study, rdb

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -168,7 +169,30 @@ def build_run(cfg: DictConfig) -> tuple[dict[str, Any], ImageDataModule, SecondO
         data=container["data"],
     )
     normalise_like_the_weights(model, datamodule)
+    datamodule.setup("fit")  # the data's own errors (a class with one image, a read-only cache folder) now
+    check_input_size(model, datamodule)
     return container, datamodule, model
+
+
+def check_input_size(model: SecondOrderClassifier, datamodule: ImageDataModule) -> None:
+    """One image of the data's size through the model (eval mode, no gradients, random state kept):
+    a backbone that wants another input size fails here, naming the keys, not with the backbone's
+    own assertion once training has started (timm's ViTs: "Input height (32) doesn't match model (224)")."""
+    size = datamodule.image_size
+    x = torch.zeros(2, datamodule.num_channels, size, size)
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.eval()(x)
+    except (AssertionError, RuntimeError, ValueError) as e:
+        raise ConfigError(
+            f"model.backbone={model.hparams.model['backbone']} does not take data.image_size={size} inputs "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}). Set data.image_size to "
+            "the size it expects, or tell the backbone the size (for timm's ViTs: "
+            f"model.backbone_kwargs.img_size={size})"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def normalise_like_the_weights(model: SecondOrderClassifier, datamodule: ImageDataModule) -> None:
