@@ -670,3 +670,64 @@ command: [python, -m, gmsop.train, head=gap, data.num_workers=2]
         again = run_cli("gmsop.sweep", str(sweep), "--trials", "5", *common, cwd=tmp_path, env=env)
         _ok(again)
         assert "the grid has 3 points and 0 left to run" in again.stdout and len(trials()) == 4
+
+
+@pytest.mark.slow
+def test_a_full_disk_names_the_cause_once_says_what_is_intact_and_the_run_resumes(tmp_path, monkeypatch):
+    """The disk fills up while step 3's checkpoint is written, and summary.json cannot be written
+    either (four chained tracebacks before, the cause buried, nothing said): one message names the
+    cause, the intact checkpoint (step 2) and the resume command, and the run then resumes."""
+    import errno
+
+    import lightning as L
+
+    import gmsop.paths
+    from gmsop.run.training import DiskFullError, run_training
+    from tests.test_config import compose_train
+
+    full = {"now": False}
+    real_replace = gmsop.paths.replace_atomically
+
+    def replace_on_a_full_disk(path, write):
+        if not full["now"]:
+            return real_replace(path, write)
+
+        def half_then_full(tmp):
+            tmp.write_bytes(b"the first blocks")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+        return real_replace(path, half_then_full)
+
+    class FillsUpAtStep3(L.Callback):
+        def on_train_batch_start(self, trainer, *args) -> None:
+            full["now"] = full["now"] or trainer.global_step == 2
+
+    import gmsop.run.checkpointing
+
+    for module in (gmsop.paths, gmsop.run.checkpointing):
+        monkeypatch.setattr(module, "replace_atomically", replace_on_a_full_disk)
+    common = (
+        "head=gap",
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={STEPS_PER_EPOCH}",
+        "trainer.limit_val_batches=1",
+        "trainer.checkpoint_every_n_steps=1",
+        "trainer.resume=auto",
+        "logger=no_wandb",
+        *QUIET,
+        f"runs_dir={tmp_path / 'runs'}",
+    )
+    run_dir = tmp_path / "run"
+    with pytest.raises(DiskFullError) as stopped:
+        run_training(compose_train(*common), run_dir, [FillsUpAtStep3()])
+    message = str(stopped.value)
+    assert message.count("No space left on device") == 1 and "no space left on device while writing" in message
+    assert "last.ckpt (epoch 0, step 2) is intact" in message and f"trainer.resume={run_dir}" in message
+    assert "summary.json could not be written either" in message and not (run_dir / "summary.json").exists()
+    assert _step(run_dir / "checkpoints" / "last.ckpt") == 2
+    assert not [p for p in run_dir.rglob(".*.tmp-*")]
+    full["now"] = False  # space freed
+    monkeypatch.undo()
+    result = run_training(compose_train(*common), run_dir)
+    assert _summary(run_dir)["status"] == "finished" and _summary(run_dir)["global_step"] == STEPS_PER_EPOCH
+    assert result.metrics["val/top1_err"] >= 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gmsop.config import RUN_CONTROL_KEYS
 from gmsop.data import ImageDataModule, build_datamodule
+from gmsop.errors import UserError
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import held_lock, write_text_atomic
 from gmsop.registry import ConfigError
@@ -256,7 +258,8 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
         **trainer_args,
     )
     start = time.perf_counter()
-    status, error = "finished", None
+    status, error, disk_full, unrecorded = "finished", None, None, None
+    metrics, wandb_dir, best_of_run = {}, None, None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=plan.ckpt)
     except SystemExit:  # SIGTERMException, or Lightning's sys.exit(1) after Ctrl-C
@@ -265,41 +268,92 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
         status = "interrupted"
     except BaseException as e:
         status, error = "failed", f"{type(e).__name__}: {e}"
-        raise
+        disk_full = no_space_left(e)
+        if disk_full is None:
+            raise
+        error = f"no space left on device: {disk_full.filename or disk_full}"
     finally:
-        wandb_dir = _finish_wandb(
-            loggers,
-            EXIT_CODES.get(interrupt.reason, 1) if status != "finished" else 0,
-            run_dir,
-            cfg.logger.wandb.images,
-        )
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1} | throughput.summary()
-        curves = read_curves(run_dir)
-        best_of_run = best_epoch(curves)
-        if "val/top1_err" not in metrics and curves:  # nothing ran (a finished run resumed): its record
-            last = curves[max(curves)]
-            metrics = {k: v for k, v in last.items() if k != "lr" and not math.isnan(v)} | metrics
-        if trainer.is_global_zero:
-            _write_summary(
-                cfg,
-                container,
+        try:
+            wandb_dir = _finish_wandb(
+                loggers,
+                EXIT_CODES.get(interrupt.reason, 1) if status != "finished" else 0,
                 run_dir,
-                datamodule,
-                model,
-                trainer,
-                plan,
-                best,
-                best_of_run,
-                metrics,
-                status,
-                error,
-                time.perf_counter() - start,
-                interrupt.reason,
+                cfg.logger.wandb.images,
             )
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+            metrics |= throughput.summary()
+            curves = read_curves(run_dir)
+            best_of_run = best_epoch(curves)
+            if "val/top1_err" not in metrics and curves:  # nothing ran (a finished run resumed): its record
+                last = curves[max(curves)]
+                metrics = {k: v for k, v in last.items() if k != "lr" and not math.isnan(v)} | metrics
+            if trainer.is_global_zero:
+                _write_summary(
+                    cfg,
+                    container,
+                    run_dir,
+                    datamodule,
+                    model,
+                    trainer,
+                    plan,
+                    best,
+                    best_of_run,
+                    metrics,
+                    status,
+                    error,
+                    time.perf_counter() - start,
+                    interrupt.reason,
+                )
+        except OSError as e:  # recording how a run ended must not bury why it ended
+            if status == "finished" or disk_full is None and no_space_left(e) is None:
+                raise
+            unrecorded = e
+    if disk_full is not None:
+        raise DiskFullError(disk_full, run_dir, trainer, unrecorded)
     if status == "interrupted":
         raise RunInterrupted(interrupt.reason, run_dir, newest_checkpoint(run_dir))
     best_path = Path(best.best_model_path) if best.best_model_path else None
     return RunResult(run_dir, metrics, best_path, wandb_dir, best_of_run)
+
+
+def no_space_left(error: BaseException) -> Optional[OSError]:
+    """The "no space left on device" (or quota) error behind `error`, if one is (Lightning and
+    torch wrap it in their own)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+class DiskFullError(UserError):
+    """Training stopped because a disk filled up; says what is intact and how to resume."""
+
+    def __init__(self, cause: OSError, run_dir: Path, trainer: L.Trainer, unrecorded: Optional[OSError]) -> None:
+        where = f" while writing {cause.filename}" if cause.filename else ""
+        ckpt = newest_checkpoint(run_dir)
+        if ckpt is None:
+            intact = "No checkpoint was written yet: the run starts over."
+        else:
+            try:
+                saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+                at = f" (epoch {saved['epoch']}, step {saved['global_step']})"
+            except Exception:
+                at = ""
+            intact = f"{ckpt}{at} is intact: a checkpoint replaces the old file only once it is written whole."
+        record = (
+            f" summary.json could not be written either ({unrecorded.strerror or unrecorded}): this message is "
+            "the run's only record of how it ended."
+            if unrecorded is not None
+            else " summary.json says so (status failed)."
+        )
+        super().__init__(
+            f"no space left on device{where}: training stopped at epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step}. {intact} Free space on that disk, then resume with "
+            f"trainer.resume={run_dir}.{record}"
+        )
 
 
 def configured_callbacks(specs: Mapping[str, Any]) -> list[L.Callback]:
