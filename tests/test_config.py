@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -178,3 +179,20 @@ def test_trainer_slurm_outside_a_slurm_job_is_refused_by_name():
         check_slurm_environment(["experiment=x", "trainer=slurm"], {})
     check_slurm_environment(["trainer=slurm"], {"SLURM_JOB_ID": "42"})  # inside a job: fine
     check_slurm_environment(["trainer=ddp"], {})  # not asked for: fine
+
+
+def test_a_run_folder_that_cannot_be_created_is_named_before_hydra_tries(tmp_path, monkeypatch):
+    """Hydra creates the run folder first and failed with its own OSError traceback."""
+    from gmsop.registry import ConfigError
+    from gmsop.run.compose import check_output_folder
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match=r"runs_dir=.*a_file/runs: .*a_file is a file, not a folder"):
+        check_output_folder([f"runs_dir={tmp_path / 'a_file' / 'runs'}"])
+    read_only = tmp_path / "shared"
+    read_only.mkdir()
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != read_only)  # (root writes anywhere)
+    with pytest.raises(ConfigError, match=r"hydra.run.dir=.*shared/x/y: .*shared cannot be written"):
+        check_output_folder(["head=gap", f"hydra.run.dir={read_only / 'x' / 'y'}", f"runs_dir={tmp_path}"])
+    check_output_folder([f"runs_dir={tmp_path / 'new' / 'runs'}"])  # a folder to be made in a writable one
+    assert not (tmp_path / "new").exists()

@@ -9,6 +9,7 @@ import io
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -51,10 +52,34 @@ def check_slurm_environment(args: Sequence[str], environ: Mapping[str, str]) -> 
         )
 
 
+def check_output_folder(args: Sequence[str]) -> None:
+    """Hydra creates the run folder before any gmsop code runs, and fails with its own traceback
+    when it cannot (a read-only runs_dir): say which folder, why, and which key sets it. Checked
+    on the nearest folder that exists (nothing is created here)."""
+    given = dict(a.lstrip("+").split("=", 1) for a in args if "=" in a and not a.startswith("~"))
+    key = next((k for k in ("hydra.run.dir", "hydra.sweep.dir", "runs_dir") if k in given), "runs_dir")
+    folder = Path(given.get(key, "runs")).expanduser()
+    if "${" in str(folder):
+        return
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} cannot be written (read-only, or not yours)"
+    if problem:
+        raise ConfigError(
+            f"cannot create run folders in {key}={folder}: {problem}. Set {key} to a folder you can write"
+        )
+
+
 def run_entry_point(main: Callable[[], object]) -> None:
     """Run a Hydra entry point: first the checks Hydra would fail with a traceback
-    (check_slurm_environment); with --help, its help through tidy_help."""
+    (check_slurm_environment, check_output_folder); with --help, its help through tidy_help."""
     exit_on_user_error(check_slurm_environment)(sys.argv[1:], os.environ)
+    exit_on_user_error(check_output_folder)(sys.argv[1:])
     if not {"--help", "-h"} & set(sys.argv[1:]):
         main()
         return
