@@ -88,10 +88,14 @@ def _train(folder: Path, interruptions, every_n_steps, *overrides: str, model: t
         *overrides,
     )
     run_dir, batches = folder / "run", BatchLog(folder / "batches.json")
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)}
     for step, where, how in interruptions:
         with pytest.raises(Killed if how == "kill" else RunInterrupted):
             run_training(cfg, run_dir, [batches, InterruptAt(step, where, how)])
     run_training(cfg, run_dir, [batches])
+    # every run leaves the process's signal handlers as it found them (Lightning's SIGTERM handler
+    # stayed installed, bound to a finished trainer: a later SIGTERM did nothing)
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     val = [(e, c["val/loss"], c["val/top1_err"]) for e, c in sorted(read_curves(run_dir).items())]
     return {

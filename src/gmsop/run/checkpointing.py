@@ -168,6 +168,8 @@ class SaveOnInterrupt(L.Callback):
             taken.append(signal.SIGUSR1)
         for signum in taken:
             self._previous[signum] = signal.signal(signum, self._on_signal)
+        # SIGTERM is taken in on_train_start, after Lightning's handler; restored to what it was before both
+        self._previous[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
         self._stop_forwarding = take_forwarded_signals(self._on_forwarded)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -176,10 +178,16 @@ class SaveOnInterrupt(L.Callback):
         processes, broadcast from inside the handler, a collective the ranks ran a different number
         of times (Lightning issue #20806: the job hung). (Registered here: Lightning sets its
         handlers after on_fit_start.)"""
-        self._previous.setdefault(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
         signal.signal(signal.SIGTERM, self._on_signal)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.restore_signal_handlers()
+
+    def restore_signal_handlers(self) -> None:
+        """Put back the handlers found at fit start. Also called by the run once `fit` has returned or
+        raised: after an exception Lightning calls no teardown hook, and its signal connector then
+        re-installs the handlers it found, which were these (a dead run's handlers then took the
+        next run's Ctrl-C)."""
         while self._previous:
             signum, handler = self._previous.popitem()
             signal.signal(signum, handler)

@@ -273,6 +273,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
             raise
         error = f"no space left on device: {disk_full.filename or disk_full}"
     finally:
+        interrupt.restore_signal_handlers()
         try:
             wandb_dir = _finish_wandb(
                 loggers,
