@@ -127,7 +127,7 @@ CASES = {
     # a SIGTERM during an epoch's last batch saves after its validation, between two epochs: the
     # resumed run started an epoch late once loader processes fetched ahead (they shuffle at once)
     "SIGTERM mid-epoch and during an epoch's last batch, 2 loader processes": (
-        [(3, "train", "term"), (7, "train", "term"), (12, "val", "term")],
+        [(3, "train", "term"), (7, "train", "term"), (16, "val", "term")],
         "null",
         "data.num_workers=2",
     ),

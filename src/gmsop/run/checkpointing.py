@@ -179,6 +179,13 @@ class SaveOnInterrupt(L.Callback):
         of times (Lightning issue #20806: the job hung). (Registered here: Lightning sets its
         handlers after on_fit_start.)"""
         signal.signal(signal.SIGTERM, self._on_signal)
+        slurm_requeue = signal.getsignal(signal.SIGUSR1)
+        if signal.SIGUSR1 not in self._previous and callable(slurm_requeue):
+            # Under SLURM, Lightning's SIGUSR1 handler saves hpc_ckpt_N.ckpt and requeues the job: once.
+            # SLURM's --signal reaches every process of the job step, loader processes included, and
+            # each passes it on (a job with 2 ranks x 2 loader processes requeued itself 5 times).
+            self._previous[signal.SIGUSR1] = slurm_requeue
+            signal.signal(signal.SIGUSR1, self._once(slurm_requeue))
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.restore_signal_handlers()
@@ -194,6 +201,17 @@ class SaveOnInterrupt(L.Callback):
         if self._stop_forwarding is not None:
             self._stop_forwarding()
             self._stop_forwarding = None
+
+    @staticmethod
+    def _once(handler: Callable[[int, Any], None]) -> Callable[[int, Any], None]:
+        done = []
+
+        def first_time_only(signum: int, frame: Any) -> None:
+            if not done:
+                done.append(signum)
+                handler(signum, frame)
+
+        return first_time_only
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGINT:

@@ -60,12 +60,10 @@ class RunLock:
         remove_stale_temporaries(self.folder)  # we hold the lock: no live writer owns them
 
     def release(self, forget: bool = False) -> None:
-        """Unlock; `forget`: also remove the lock file if the folder holds nothing else (a process
-        that stopped on bad input before writing anything leaves no trace of a run)."""
+        """Unlock; `forget`: also remove the lock file if this process made it (a process that
+        stopped on bad input before writing anything leaves no trace of a run)."""
         if forget and self._fd is not None and not self.previous_holder:
-            others = [p for p in self.folder.iterdir() if p.name != LOCK_FILE]
-            if not others:
-                (self.folder / LOCK_FILE).unlink(missing_ok=True)
+            (self.folder / LOCK_FILE).unlink(missing_ok=True)
         if self._fd is not None:
             release_lock_descriptor(self._fd)  # closing the descriptor drops the flock
             self._fd = None
