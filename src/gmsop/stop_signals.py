@@ -10,16 +10,16 @@ So the training process decides. Loader processes ignore the stop signals (SIGTE
 SIGUSR1, SIGHUP) and pass one that reached them on to their training process as a real-time
 signal (`forwarded(signum)`), which the run's interrupt handler treats as its own signal unless
 it is already stopping: a group Ctrl-C then counts once, not as the second press that stops at
-once. A loader process starts with these signals blocked (`StopSignalSafeLoader`), so none can
-kill it between its fork and its handlers.
+once. Between its fork and its own handlers a loader process runs the training process's
+handlers, copied with it (Python's: they only take note), so no signal kills it there either:
+loader processes start after the run has installed its handlers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Optional
 
 from torch.utils.data import DataLoader
@@ -76,23 +76,12 @@ class _LoaderProcessInit:
     def __call__(self, worker_id: int) -> None:
         for signum in STOP_SIGNALS:
             signal.signal(signum, _forward)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since the fork (StopSignalSafeLoader)
         if os.environ.get("PL_SEED_WORKERS") == "1":  # what Lightning adds to loaders without an init function
             from lightning.fabric.utilities.seed import pl_worker_init_function
 
             pl_worker_init_function(worker_id, rank=self.rank)
         if self.user_init is not None:
             self.user_init(worker_id)
-
-
-@contextlib.contextmanager
-def stop_signals_blocked() -> Iterator[None]:
-    """Stop signals held (not lost) in this thread; processes forked meanwhile start with them held."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class StopSignalSafeLoader(DataLoader):
@@ -106,9 +95,3 @@ class StopSignalSafeLoader(DataLoader):
         if not isinstance(init, _LoaderProcessInit):  # (Lightning may rebuild a loader from its arguments)
             init = _LoaderProcessInit(rank, init)
         super().__init__(*args, worker_init_fn=init, **kwargs)
-
-    def __iter__(self):
-        if self.num_workers == 0:
-            return super().__iter__()
-        with stop_signals_blocked():  # worker processes are forked in here
-            return super().__iter__()

@@ -155,6 +155,7 @@ class SaveOnInterrupt(L.Callback):
         self._ctrl_c = False
         self._trainer: Optional[L.Trainer] = None
         self._previous: dict[int, Any] = {}
+        self._taken: set[int] = set()
         self._stop_forwarding: Optional[Callable[[], None]] = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -166,6 +167,7 @@ class SaveOnInterrupt(L.Callback):
             taken.append(signal.SIGHUP)
         if not SLURMEnvironment.detect() and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
             taken.append(signal.SIGUSR1)
+        self._taken = {*taken, signal.SIGTERM}
         for signum in taken:
             self._previous[signum] = signal.signal(signum, self._on_signal)
         # SIGTERM is taken in on_train_start, after Lightning's handler; restored to what it was before both
@@ -226,7 +228,11 @@ class SaveOnInterrupt(L.Callback):
     def _on_forwarded(self, signum: signal.Signals) -> None:
         """A loader process passed a stop signal on: as if this process had it, unless this process is
         already stopping (a group signal reached both: a group Ctrl-C is one press, not two)."""
-        if not self._pending:
+        if self._pending:
+            return
+        if signum in self._taken:
+            self._on_signal(signum, None)
+        else:  # a handler not ours (Lightning's SLURM requeue), or ignored
             signal.raise_signal(signum)
 
     def _decide(self, trainer: L.Trainer) -> None:
