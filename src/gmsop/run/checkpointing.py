@@ -153,13 +153,12 @@ class SaveOnInterrupt(L.Callback):
         self.reason: Optional[str] = None
         self._pending = 0  # the stop signal noted and not yet acted on (0: none)
         self._ctrl_c = False
-        self._trainer: Optional[L.Trainer] = None
         self._previous: dict[int, Any] = {}
         self._taken: set[int] = set()
         self._stop_forwarding: Optional[Callable[[], None]] = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._trainer, self._pending, self._ctrl_c, self.reason = trainer, 0, False, None
+        self._pending, self._ctrl_c, self.reason = 0, False, None
         taken = []
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
             taken.append(signal.SIGINT)

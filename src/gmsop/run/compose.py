@@ -58,7 +58,7 @@ def check_output_folder(args: Sequence[str]) -> None:
     on the nearest folder that exists (nothing is created here)."""
     given = dict(a.lstrip("+").split("=", 1) for a in args if "=" in a and not a.startswith("~"))
     key = next((k for k in ("hydra.run.dir", "hydra.sweep.dir", "runs_dir") if k in given), "runs_dir")
-    folder = Path(given.get(key, "runs")).expanduser()
+    folder = Path(given.get(key, TrainConfig.runs_dir)).expanduser()
     if "${" in str(folder):
         return
     existing = folder

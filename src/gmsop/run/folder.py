@@ -115,11 +115,6 @@ def run_traces(folder: Path, lock: Optional[RunLock] = None) -> list[str]:
     return found
 
 
-def holds_run(folder: Path, lock: Optional[RunLock] = None) -> bool:
-    """Whether folder already holds (part of) a training run (see run_traces)."""
-    return bool(run_traces(folder, lock))
-
-
 def require_fresh(folder: Path, lock: Optional[RunLock] = None) -> None:
     """Refuse to start a new run in a folder that holds another run (it would mix or resume it)."""
     traces = run_traces(folder, lock)

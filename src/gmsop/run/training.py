@@ -39,6 +39,7 @@ from gmsop.run.epoch_sums import EpochSums
 from gmsop.run.folder import MLFLOW_ID_FILE, SUMMARY, WANDB_ID_FILE, RunLock, run_folder_of
 from gmsop.run.resume import (
     CONTINUED_FILE,
+    CheckpointError,
     RandomState,
     ResumePlan,
     RunRecord,
@@ -48,6 +49,7 @@ from gmsop.run.resume import (
     logger_id_in,
     newest_checkpoint,
     plan_resume,
+    read_checkpoint,
 )
 from gmsop.stop_signals import EXIT_CODES
 
@@ -306,7 +308,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
                     interrupt.reason,
                 )
         except OSError as e:  # recording how a run ended must not bury why it ended
-            if status == "finished" or disk_full is None and no_space_left(e) is None:
+            if status == "finished" or (disk_full is None and no_space_left(e) is None):
                 raise
             unrecorded = e
     if disk_full is not None:
@@ -339,9 +341,9 @@ class DiskFullError(UserError):
             intact = "No checkpoint was written yet: the run starts over."
         else:
             try:
-                saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+                saved = read_checkpoint(ckpt)
                 at = f" (epoch {saved['epoch']}, step {saved['global_step']})"
-            except Exception:
+            except CheckpointError:
                 at = ""
             intact = f"{ckpt}{at} is intact: a checkpoint replaces the old file only once it is written whole."
         record = (
