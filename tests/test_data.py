@@ -4,29 +4,53 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.datasets import load_digits
 
 from gmsop.data import DATA, MissingDataError, build_datamodule
 from gmsop.data.fashion_mnist import FILES, read_idx
+from gmsop.data.splits import stratified_hold_out
+from gmsop.registry import ConfigError
 
 
 def test_registry_names():
     assert {"digits", "fashion_mnist", "imagefolder"} <= set(DATA.names())
 
 
-def test_digits_fixed_stratified_split_and_batch_transform():
+def _rows(ds) -> Counter:
+    """A tensor data set's (image bytes, label) pairs, as a multiset."""
+    x, y = ds.tensors
+    return Counter((img.numpy().tobytes(), int(label)) for img, label in zip(x, y))
+
+
+def test_digits_three_way_split_and_batch_transform():
+    """Train, val and test partition the 1,797 images; test is fixed, val a seeded stratified hold-out."""
     dm = build_datamodule({"name": "digits", "image_size": 16})
     dm.setup()
-    assert (len(dm._train), len(dm._val)) == (1437, 360)
-    dm2 = build_datamodule({"name": "digits"})
-    dm2.setup()
-    assert torch.equal(dm._val.tensors[1], dm2._val.tensors[1])  # fixed split
-    counts = torch.bincount(dm._val.tensors[1], minlength=10)
-    assert counts.min() >= 35  # stratified: every class ~36 of 360
+    assert (len(dm._train), len(dm._val), len(dm._test)) == (1149, 288, 360)
+    digits = load_digits()
+    everything = Counter(
+        (np.clip(img * 16.0, 0, 255).astype(np.uint8)[None].tobytes(), int(t))
+        for img, t in zip(digits.images, digits.target)
+    )
+    assert _rows(dm._train) + _rows(dm._val) + _rows(dm._test) == everything  # a partition (as multisets)
+    assert not (set(_rows(dm._val)) & set(_rows(dm._test)))
+    assert torch.bincount(dm._val.tensors[1], minlength=10).min() >= 27  # stratified: every class ~29 of 288
+    assert torch.bincount(dm._test.tensors[1], minlength=10).min() >= 35  # every class ~36 of 360
+    again = build_datamodule({"name": "digits"})
+    again.setup()
+    assert _rows(again._val) == _rows(dm._val) and _rows(again._test) == _rows(dm._test)  # reproducible
+    other = build_datamodule({"name": "digits", "split_seed": 1})
+    other.setup()
+    assert _rows(other._test) == _rows(dm._test) and _rows(other._val) != _rows(dm._val)  # test fixed, val seeded
+    published = build_datamodule({"name": "digits", "select_on_test": True})
+    published.setup()
+    assert published._val is published._test and len(published._train) == 1437 and published.selected_on == "test"
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape[1:] == (1, 8, 8)
     x = dm.transform(images, training=False)
@@ -34,6 +58,26 @@ def test_digits_fixed_stratified_split_and_batch_transform():
     dm.image_size = 8  # at native size the train set is exactly standardised (upsampling smooths)
     full = dm.transform(dm._train.tensors[0], training=False)
     assert abs(full.mean().item()) < 1e-5 and abs(full.std().item() - 1) < 1e-3
+    images, labels, index = next(iter(dm.test_dataloader()))  # test batches carry each image's index
+    assert torch.equal(index, torch.arange(len(labels))) and torch.equal(images, dm._test.tensors[0][: len(labels)])
+
+
+def test_stratified_hold_out_counts_seeds_and_errors():
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+    kept, held = stratified_hold_out(labels, fraction=0.1, size=None, seed=3)
+    assert len(held) == 10 and not set(kept) & set(held) and len(kept) + len(held) == 100
+    assert np.bincount(labels[held], minlength=4).tolist() == [1, 2, 3, 4]  # in proportion
+    kept2, held2 = stratified_hold_out(labels, fraction=0.5, size=20, seed=3)  # size wins over fraction
+    assert len(held2) == 20 and np.bincount(labels[held2]).tolist() == [2, 4, 6, 8]
+    assert np.array_equal(stratified_hold_out(labels, fraction=0.1, size=None, seed=3)[1], held)
+    with pytest.raises(MissingDataError, match=r"class\(es\) b of x hold one image"):
+        stratified_hold_out([0, 0, 1], fraction=0.5, size=None, seed=0, where="x", class_names=["a", "b"])
+    with pytest.raises(MissingDataError, match=r"cannot hold out data.val_size=1 of the 4 images"):
+        stratified_hold_out([0, 0, 1, 1], fraction=0.5, size=1, seed=0)
+    with pytest.raises(ConfigError, match=r"data.val_fraction=1.5; allowed: in \(0, 1\)"):
+        build_datamodule({"name": "digits", "val_fraction": 1.5})
+    with pytest.raises(ConfigError, match=r"data.val_size=0"):
+        build_datamodule({"name": "digits", "val_size": 0})
 
 
 def _write_idx(path, array: np.ndarray) -> None:
@@ -46,7 +90,7 @@ def _write_idx(path, array: np.ndarray) -> None:
 @pytest.fixture
 def tiny_fashion(tmp_path):
     rng = np.random.default_rng(0)
-    for split, n in (("train", 40), ("val", 20)):
+    for split, n in (("train", 40), ("test", 20)):
         _write_idx(tmp_path / FILES[f"{split}_images"], rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         _write_idx(tmp_path / FILES[f"{split}_labels"], (np.arange(n) % 10).astype(np.uint8))
     return tmp_path
@@ -55,11 +99,21 @@ def tiny_fashion(tmp_path):
 def test_fashion_mnist_reads_idx_gz(tiny_fashion):
     arr = read_idx(tiny_fashion / FILES["train_images"])
     assert arr.shape == (40, 28, 28) and arr.dtype == np.uint8
-    dm = build_datamodule({"name": "fashion_mnist", "root": str(tiny_fashion), "batch_size": 8, "train_subset": 30})
+    dm = build_datamodule(
+        {"name": "fashion_mnist", "root": str(tiny_fashion), "batch_size": 8, "val_size": 10, "train_subset": 25}
+    )
     dm.setup()
-    assert (len(dm._train), len(dm._val)) == (30, 20)
-    images, labels = next(iter(dm.val_dataloader()))
-    assert images.shape == (8, 1, 28, 28) and labels.tolist() == list(range(8))
+    assert (len(dm._train), len(dm._val), len(dm._test)) == (25, 10, 20)  # val from the 40 training images
+    assert torch.bincount(dm._val.tensors[1], minlength=10).tolist() == [1] * 10  # stratified
+    train_file = read_idx(tiny_fashion / FILES["train_images"])
+    test_file = read_idx(tiny_fashion / FILES["test_images"])
+    assert torch.equal(dm._test.tensors[0][:, 0], torch.from_numpy(test_file.copy()))  # test: the t10k file, whole
+    rows = {img.tobytes(): i for i, img in enumerate(train_file)}
+    train_rows = {rows[img[0].numpy().tobytes()] for img in dm._train.tensors[0]}
+    val_rows = {rows[img[0].numpy().tobytes()] for img in dm._val.tensors[0]}
+    assert len(train_rows) == 25 and len(val_rows) == 10 and not train_rows & val_rows
+    images, labels, index = next(iter(dm.test_dataloader()))
+    assert images.shape == (8, 1, 28, 28) and labels.tolist() == list(range(8)) and index.tolist() == list(range(8))
     assert dm.transform(images, training=True).shape == (8, 1, 32, 32)
 
 
@@ -96,36 +150,42 @@ def test_an_image_folder_class_with_one_image_is_named(tmp_path):
     _image_tree(tmp_path / "flat", classes=("cat", "dog"), per_class=6)
     _image_tree(tmp_path / "flat", classes=("eel",), per_class=1)
     dm = build_datamodule({"name": "imagefolder", "root": str(tmp_path / "flat"), "num_workers": 0})
-    with pytest.raises(MissingDataError, match=r"flat/eel hold one image: the stratified hold-out"):
+    with pytest.raises(MissingDataError, match=r"class\(es\) eel of .*flat hold one image: the stratified hold-out"):
         dm.setup()
     _image_tree(tmp_path / "few", classes=("a", "b", "c"), per_class=2)
     dm = build_datamodule({"name": "imagefolder", "root": str(tmp_path / "few"), "num_workers": 0})
-    with pytest.raises(MissingDataError, match=r"cannot hold out data.val_fraction=0.1 of the 6 images"):
-        dm.setup()
+    with pytest.raises(MissingDataError, match=r"class\(es\) a, b, c of .*few hold one image: .*data.val_fraction=0.1"):
+        dm.setup()  # two images per class: one is the test split's, the other cannot be split into train and val
 
 
-def test_imagefolder_split_and_presplit(tmp_path):
-    _image_tree(tmp_path / "flat")
-    dm = build_datamodule(
-        {
-            "name": "imagefolder",
-            "root": str(tmp_path / "flat"),
-            "image_size": 16,
-            "val_fraction": 0.5,
-            "num_workers": 0,
-            "batch_size": 4,
-        }
-    )
+def _paths(ds) -> set[str]:
+    return {path for path, _ in ds.samples}
+
+
+def test_imagefolder_three_way_split_and_presplit(tmp_path):
+    _image_tree(tmp_path / "flat", per_class=10)
+    cfg = {"name": "imagefolder", "root": str(tmp_path / "flat"), "image_size": 16, "num_workers": 0, "batch_size": 4}
+    dm = build_datamodule({**cfg, "val_fraction": 0.25, "test_fraction": 0.2})
     assert dm.num_classes == 2 and dm.num_channels == 3
     dm.setup()
-    assert (len(dm._train), len(dm._val)) == (6, 6)
+    assert (len(dm._train), len(dm._val), len(dm._test)) == (12, 4, 4)
+    parts = [_paths(ds) for ds in (dm._train, dm._val, dm._test)]
+    assert set.union(*parts) == {str(p) for p in (tmp_path / "flat").rglob("*.png")} and sum(map(len, parts)) == 20
+    assert {label for _, label in dm._test.samples} == {0, 1}  # stratified
+    other = build_datamodule({**cfg, "val_fraction": 0.25, "test_fraction": 0.2, "split_seed": 5})
+    other.setup()
+    assert _paths(other._test) == parts[2] and _paths(other._val) != parts[1]  # the test split is fixed
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 3, 16, 16) and images.dtype == torch.uint8
-    _image_tree(tmp_path / "split" / "train", per_class=3)
-    _image_tree(tmp_path / "split" / "val", per_class=2)
-    dm = build_datamodule({"name": "imagefolder", "root": str(tmp_path / "split"), "num_workers": 0, "grayscale": True})
-    dm.setup()
-    assert (len(dm._train), len(dm._val), dm.num_channels) == (6, 4, 1)
+    for test_folder in ("val", "test"):  # root/train + root/test (or root/val): that folder is the test split
+        root = tmp_path / f"split_{test_folder}"
+        _image_tree(root / "train", per_class=10)
+        _image_tree(root / test_folder, per_class=2)
+        dm = build_datamodule({"name": "imagefolder", "root": str(root), "num_workers": 0, "grayscale": True})
+        dm.setup()
+        assert (len(dm._train), len(dm._val), len(dm._test), dm.num_channels) == (18, 2, 4, 1)
+        assert _paths(dm._test) == {str(p) for p in (root / test_folder).rglob("*.png")}
+        assert not (_paths(dm._train) | _paths(dm._val)) & _paths(dm._test)
 
 
 def test_imagefolder_missing_folder(tmp_path):

@@ -36,15 +36,19 @@ def _cub(root, classes=(3, 7, 9), per_class=4, size=(40, 30)):
 
 
 def test_cub_format_lists_splits_and_labels(tmp_path):
-    root = _cub(tmp_path / "CUB_200_2011")
-    dm = build_datamodule({"name": "cub", "root": str(root), "image_size": 16, "batch_size": 2, "num_workers": 0})
+    """Test: the test list, whole; val: a stratified hold-out of the training list."""
+    root = _cub(tmp_path / "CUB_200_2011", per_class=8)
+    cfg = {"name": "cub", "root": str(root), "image_size": 16, "batch_size": 2, "num_workers": 0}
+    dm = build_datamodule({**cfg, "val_fraction": 0.25})
     assert dm.num_classes == 3 and dm.class_names == ["003.Bird_3", "007.Bird_7", "009.Bird_9"]
-    train, val = dm.samples()
-    assert len(train) == len(val) == 6
-    assert [label for _, label in train] == [0, 0, 1, 1, 2, 2]  # class ids 3, 7, 9 -> 0, 1, 2
+    train, test = dm.samples()
+    assert len(train) == len(test) == 12
+    assert [label for _, label in train] == [0] * 4 + [1] * 4 + [2] * 4  # class ids 3, 7, 9 -> 0, 1, 2
     assert train[0][0].endswith("images/003.Bird_3/Bird_3_1.jpg")  # image id 2 (even): training
     dm.setup()
-    images, labels = next(iter(dm.val_dataloader()))
+    assert dm._test.samples == test and sorted(dm._train.samples + dm._val.samples) == sorted(train)
+    assert sorted(label for _, label in dm._val.samples) == [0, 1, 2]  # one per class
+    images, labels, _ = next(iter(dm.test_dataloader()))
     assert images.shape == (2, 3, 16, 16) and images.dtype == torch.uint8 and labels.tolist() == [0, 0]
 
 

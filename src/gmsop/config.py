@@ -92,6 +92,7 @@ def _trainer_config() -> type:
         ("resume", Optional[str], field(default=None)),  # a .ckpt, a run folder, "latest" or "auto" (gmsop.run.resume)
         ("resume_allow_changes", bool, field(default=False)),  # resume even if model/head/optim/data differ
         ("checkpoint_every_n_steps", Optional[int], field(default=None)),  # also write last.ckpt every N steps
+        ("test", bool, field(default=True)),  # after fit, test best.ckpt on the test split once (run/test_stage.py)
     ]
     return make_dataclass("TrainerConfig", fields)
 
@@ -99,7 +100,7 @@ def _trainer_config() -> type:
 TrainerConfig = _trainer_config()
 
 
-RUN_CONTROL_KEYS = ("resume", "resume_allow_changes", "checkpoint_every_n_steps")  # not passed to the Trainer
+RUN_CONTROL_KEYS = ("resume", "resume_allow_changes", "checkpoint_every_n_steps", "test")  # not passed to the Trainer
 
 
 @dataclass
@@ -150,6 +151,7 @@ class TrainConfig:
 class EvalConfig:
     ckpt_path: str = "???"
     data: dict[str, Any] = field(default_factory=dict)  # overrides of the checkpoint's data config
+    split: str = "test"  # test (the data set's evaluation split) or val (the hold-out choices were made on)
     accelerator: str = "auto"
     devices: Any = 1
     runs_dir: str = "runs"

@@ -1,13 +1,16 @@
-"""Entry point: `python -m gmsop.eval ckpt_path=PATH [data.root=...]` evaluates a checkpoint.
+"""Entry point: `python -m gmsop.eval ckpt_path=PATH [split=test|val] [data.root=...]` evaluates a checkpoint.
 
 The model and its data config come from the checkpoint; `data.*` keys override the latter
-(e.g. another root or batch size). Metrics are printed and written to metrics.json.
+(e.g. another root or batch size). The test split by default (`split=val`: the hold-out that
+choices were made on). Metrics are printed and written to metrics.json, and on the test split
+the per-image predictions to predictions.npz (gmsop.models.predictions).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import hydra
 import lightning as L
@@ -18,7 +21,9 @@ from gmsop.data import build_datamodule
 from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.models.factory import weights_from_checkpoint
+from gmsop.models.predictions import PREDICTIONS_FILE
 from gmsop.paths import CONFIG_DIR, write_text_atomic
+from gmsop.registry import ConfigError
 from gmsop.run.compose import register_configs, run_entry_point
 from gmsop.run.resume import CheckpointError, read_checkpoint
 from gmsop.run.training import normalise_like_the_weights
@@ -26,12 +31,25 @@ from gmsop.run.training import normalise_like_the_weights
 register_configs()
 
 
-def evaluate(ckpt_path: Path, data_overrides: dict, accelerator: str = "auto", devices=1) -> dict[str, float]:
-    """Validate a checkpoint on its data set's validation split; return the metrics.
+SPLITS = ("test", "val")
+
+
+def evaluate(
+    ckpt_path: Path,
+    data_overrides: dict,
+    accelerator: str = "auto",
+    devices=1,
+    split: str = "test",
+    predictions_to: Optional[Path] = None,
+) -> dict[str, float]:
+    """Evaluate a checkpoint on its data set's test split (or its val hold-out); return the metrics.
+    On the test split, `predictions_to` receives the per-image predictions.
 
     Refuses (CheckpointError, naming the file) a file that is not a gmsop checkpoint, and data
     whose class count or channel count differs from what the model was trained for.
     """
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r}; allowed: {', '.join(SPLITS)}")
     ckpt = read_checkpoint(ckpt_path)
     hparams = ckpt["hyper_parameters"]
     data_cfg = dict(hparams.get("data") or {})
@@ -53,7 +71,12 @@ def evaluate(ckpt_path: Path, data_overrides: dict, accelerator: str = "auto", d
     model.load_state_dict(ckpt["state_dict"])
     normalise_like_the_weights(model, datamodule)  # as in training
     trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False)
-    (metrics,) = trainer.validate(model, datamodule=datamodule)
+    if split == "val":
+        (metrics,) = trainer.validate(model, datamodule=datamodule)
+    else:
+        (metrics,) = trainer.test(model, datamodule=datamodule)
+        if predictions_to is not None and trainer.is_global_zero:
+            model.test_predictions.save(predictions_to)
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -61,8 +84,16 @@ def evaluate(ckpt_path: Path, data_overrides: dict, accelerator: str = "auto", d
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = evaluate(Path(cfg.ckpt_path).expanduser(), OmegaConf.to_container(cfg.data), cfg.accelerator, cfg.devices)
-    write_text_atomic(out_dir / "metrics.json", json.dumps({"ckpt_path": cfg.ckpt_path, **metrics}, indent=2))
+    metrics = evaluate(
+        Path(cfg.ckpt_path).expanduser(),
+        OmegaConf.to_container(cfg.data),
+        cfg.accelerator,
+        cfg.devices,
+        cfg.split,
+        out_dir / PREDICTIONS_FILE,
+    )
+    record = {"ckpt_path": cfg.ckpt_path, "split": cfg.split, **metrics}
+    write_text_atomic(out_dir / "metrics.json", json.dumps(record, indent=2))
     print(f"metrics written to {out_dir / 'metrics.json'}")
 
 

@@ -69,17 +69,21 @@ class Registry(Generic[T]):
         """A dataclass of the constructor's configurable parameters (types and defaults).
 
         A class constructor that forwards `**options` also gets the keyword-only parameters
-        of the nearest base-class __init__, so shared options are declared once, on the base.
+        of its base classes' __init__ (up the chain while each forwards `**options` too), so
+        shared options are declared once, on the base; a subclass's own parameter of the same
+        name (another default) comes first.
         """
         ctor = self.get(name)
         target = ctor.__init__ if inspect.isclass(ctor) else ctor
         params = [(p, typing.get_type_hints(target)) for p in inspect.signature(target).parameters.values()]
-        if inspect.isclass(ctor) and any(p.kind == p.VAR_KEYWORD for p, _ in params):
-            base = next(b for b in ctor.__mro__[1:] if "__init__" in vars(b))
-            hints = typing.get_type_hints(base.__init__)
-            params += [
-                (p, hints) for p in inspect.signature(base.__init__).parameters.values() if p.kind == p.KEYWORD_ONLY
-            ]
+        forwards = inspect.isclass(ctor) and any(p.kind == p.VAR_KEYWORD for p, _ in params)
+        for base in ctor.__mro__[1:] if forwards else ():
+            if "__init__" not in vars(base):
+                continue
+            hints, base_params = typing.get_type_hints(base.__init__), inspect.signature(base.__init__).parameters
+            params += [(p, hints) for p in base_params.values() if p.kind == p.KEYWORD_ONLY]
+            if not any(p.kind == p.VAR_KEYWORD for p in base_params.values()):
+                break
         fields, seen = [], set()
         for param, hints in params:
             if param.name in ("self", *self.fixed_args, *seen) or param.kind in (

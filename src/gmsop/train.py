@@ -65,6 +65,12 @@ def main(cfg: DictConfig) -> float:
         f"(best epoch: {best.get('epoch', '-')}); last epoch {last.get('val/top1_err', nan):.4f} / "
         f"{last.get('val/top5_err', nan):.4f}"
     )
+    if "test/top1_err" in last:
+        chosen = "chosen on test: data.select_on_test" if result.selected_on == "test" else "chosen on val"
+        print(
+            f"test top-1 error {last['test/top1_err']:.4f}, top-5 error {last['test/top5_err']:.4f} "
+            f"(best.ckpt, {chosen}; per-image predictions: {result.run_dir / 'predictions.npz'})"
+        )
     return best.get("val/top1_err", nan)
 
 

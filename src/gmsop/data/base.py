@@ -15,12 +15,14 @@ from collections.abc import Sequence
 from typing import Optional
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from gmsop.data.sampling import Position, ResumableSampler, SeededPerSample
+from gmsop.data.splits import SELECTED_ON_TEST, SELECTED_ON_VAL, check_hold_out, stratified_hold_out
 from gmsop.registry import Registry
 from gmsop.stop_signals import StopSignalSafeLoader
 
@@ -35,8 +37,10 @@ def build_datamodule(cfg) -> ImageDataModule:
 class ImageDataModule(L.LightningDataModule, ABC):
     """Base: subclasses set num_classes/num_channels/class_names and implement `datasets()`.
 
-    `datasets()` returns (train, val) datasets of (uint8 C x H x W image, int label) pairs;
-    `channel_stats()` returns per-channel mean and std in [0, 1] units.
+    `datasets()` returns (train, val, test) datasets of (uint8 C x H x W image, int label) pairs:
+    test the data set's own evaluation split, val held out of its training data (`hold_out`;
+    gmsop.data.splits); `channel_stats()` returns per-channel mean and std in [0, 1] units.
+    The keyword-only options (how val is held out) are every data set's.
     """
 
     num_classes: int
@@ -49,8 +53,16 @@ class ImageDataModule(L.LightningDataModule, ABC):
         num_workers: int = 0,
         flip: bool = False,
         eval_batch_size: Optional[int] = None,
+        *,
+        val_fraction: float = 0.1,
+        val_size: Optional[int] = None,
+        split_seed: int = 0,
+        select_on_test: bool = False,
     ) -> None:
         super().__init__()
+        check_hold_out(val_fraction, val_size)
+        self.val_fraction, self.val_size, self.split_seed = val_fraction, val_size, split_seed
+        self.select_on_test = select_on_test
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         if image_size < 4:
@@ -62,6 +74,7 @@ class ImageDataModule(L.LightningDataModule, ABC):
         self.flip = flip
         self._train: Optional[Dataset] = None
         self._val: Optional[Dataset] = None
+        self._test: Optional[Dataset] = None
         self.mean = torch.zeros(1)
         self.std = torch.ones(1)
         self._given_stats: Optional[tuple[Sequence[float], Sequence[float]]] = None  # see normalise_with
@@ -71,8 +84,30 @@ class ImageDataModule(L.LightningDataModule, ABC):
 
     # -- to implement -------------------------------------------------------------------
     @abstractmethod
-    def datasets(self) -> tuple[Dataset, Dataset]:
-        """(train, val) datasets of (uint8 C x H x W image, int label)."""
+    def datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        """(train, val, test) datasets of (uint8 C x H x W image, int label); `hold_out` splits
+        train from val."""
+
+    def hold_out(self, labels, where: str = "") -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """(train, val) indices into the training data of these `labels`: val a seeded stratified
+        hold-out (data.val_size images, or data.val_fraction of them); with data.select_on_test
+        (the published protocol) every index trains and val is None (the test split stands in)."""
+        if self.select_on_test:
+            return np.arange(len(labels)), None
+        return stratified_hold_out(
+            labels,
+            fraction=self.val_fraction,
+            size=self.val_size,
+            seed=self.split_seed,
+            where=where,
+            class_names=getattr(self, "class_names", None),
+        )
+
+    @property
+    def selected_on(self) -> str:
+        """The split that choices (best.ckpt, early stopping, sweeps) read: "val", or "test" with
+        data.select_on_test."""
+        return SELECTED_ON_TEST if self.select_on_test else SELECTED_ON_VAL
 
     @abstractmethod
     def channel_stats(self) -> tuple[Sequence[float], Sequence[float]]:
@@ -91,7 +126,7 @@ class ImageDataModule(L.LightningDataModule, ABC):
     # -- Lightning hooks ------------------------------------------------------------------
     def setup(self, stage: Optional[str] = None) -> None:
         if self._train is None:
-            self._train, self._val = self.datasets()
+            self._train, self._val, self._test = self.datasets()
             mean, std = self._given_stats or self.channel_stats()
             self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
             self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -127,13 +162,20 @@ class ImageDataModule(L.LightningDataModule, ABC):
         )  # no size-1 BN batches in training
 
     def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader(self._val)
+
+    def test_dataloader(self) -> DataLoader:
+        """The test split, each image with its index (for the run's per-image predictions)."""
+        return self._evaluation_loader(Indexed(self._dataset(self._test)))
+
+    def _evaluation_loader(self, ds: Optional[Dataset]) -> DataLoader:
         # A loader's own generator here too: every iterator a loader starts draws a seed for its
         # processes, from the global generator if the loader has none. With persistent processes a
         # fresh run starts the validation iterator in the sanity check, a run resumed mid-epoch (no
         # sanity check) at its first validation: the global draws, and so the random flips after
         # it, would differ from the uninterrupted run's.
         return StopSignalSafeLoader(
-            self._dataset(self._val),
+            self._dataset(ds),
             rank=self.trainer.global_rank if self.trainer else 0,
             batch_size=self.eval_batch_size,
             shuffle=False,
@@ -175,9 +217,9 @@ class ImageDataModule(L.LightningDataModule, ABC):
         return Position(trainer.current_epoch, done)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        images, labels = batch
+        images, labels, *index = batch  # (test batches also carry each image's index)
         training = self.trainer is not None and self.trainer.training
-        return self.transform(images, training), labels
+        return (self.transform(images, training), labels, *index)
 
     def transform(self, images: torch.Tensor, training: bool) -> torch.Tensor:
         """uint8 B x C x H x W -> normalised float32 B x C x S x S (S = image_size)."""
@@ -196,15 +238,32 @@ class TensorImageDataModule(ImageDataModule):
 
     @abstractmethod
     def arrays(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(train images uint8 N x C x H x W, train labels, val images, val labels)."""
+        """(training images uint8 N x C x H x W, their labels, test images, test labels); val is
+        held out of the training images here."""
 
-    def datasets(self) -> tuple[Dataset, Dataset]:
-        xtr, ytr, xva, yva = self.arrays()
-        self._stats = uint8_channel_stats(xtr)
-        return TensorDataset(xtr, ytr), TensorDataset(xva, yva)
+    def datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        x, y, xte, yte = self.arrays()
+        train, val = self.hold_out(y.numpy())
+        train_set = TensorDataset(x[train], y[train])
+        test_set = TensorDataset(xte, yte)
+        self._stats = uint8_channel_stats(x[train])
+        return train_set, test_set if val is None else TensorDataset(x[val], y[val]), test_set
 
     def channel_stats(self) -> tuple[Sequence[float], Sequence[float]]:
         return self._stats
+
+
+class Indexed(Dataset):
+    """A dataset's items with their index appended: (image, label, index)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        return (*self.dataset[i], i)
 
 
 def uint8_channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:

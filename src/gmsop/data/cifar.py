@@ -15,10 +15,10 @@ LAYOUTS = {
     10: {
         "folder": "cifar-10-batches-py",
         "train": [f"data_batch_{i}" for i in range(1, 6)],
-        "val": ["test_batch"],
+        "test": ["test_batch"],
         "labels": "labels",
     },
-    100: {"folder": "cifar-100-python", "train": ["train"], "val": ["test"], "labels": "fine_labels"},
+    100: {"folder": "cifar-100-python", "train": ["train"], "test": ["test"], "labels": "fine_labels"},
 }
 
 
@@ -26,7 +26,8 @@ LAYOUTS = {
 class CIFARDataModule(TensorImageDataModule):
     """root holds cifar-10-batches-py/ (or cifar-100-python/), or is that folder itself.
 
-    Train on the training batches, validate on the test batch; 32x32 RGB, random flip.
+    Test on the test batch; val is a seeded stratified hold-out of the training batches
+    (data.val_fraction, default 5,000 of 50,000); 32x32 RGB, random flip.
     """
 
     num_channels = 3
@@ -40,14 +41,15 @@ class CIFARDataModule(TensorImageDataModule):
         num_workers: int = 0,
         flip: bool = True,
         eval_batch_size: int | None = None,
+        **split,
     ) -> None:
-        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size)
+        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size, **split)
         if classes not in LAYOUTS:
             raise ValueError(f"data.classes must be 10 or 100, got {classes}")
         layout = LAYOUTS[classes]
         root_path = Path(root).expanduser()
         folder = root_path if root_path.name == layout["folder"] else root_path / layout["folder"]
-        missing = [f for f in layout["train"] + layout["val"] if not (folder / f).is_file()]
+        missing = [f for f in layout["train"] + layout["test"] if not (folder / f).is_file()]
         if missing:
             raise MissingDataError(
                 f"CIFAR-{classes} not found: {folder} lacks {', '.join(missing)}. Download the 'python version' "
@@ -65,4 +67,4 @@ class CIFARDataModule(TensorImageDataModule):
         return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
     def arrays(self):
-        return (*self._read(self.layout["train"]), *self._read(self.layout["val"]))
+        return (*self._read(self.layout["train"]), *self._read(self.layout["test"]))

@@ -3,7 +3,8 @@
 data.root holds images.txt ("<id> <relative path>"), image_class_labels.txt ("<id> <class,
 from 1>"), train_test_split.txt ("<id> <1 = train, 0 = test>"), classes.txt ("<class>
 <name>", optional: names only) and images/; bounding_boxes.txt and parts/ are ignored. The test
-split is the validation set, as in the fine-grained literature. Defaults are the fine-tuning
+list is the test split (the fine-grained literature reports on it); val is a seeded stratified
+hold-out of the training list (data.val_fraction, default a tenth: about 3 images per class). Defaults are the fine-tuning
 recipe's: 448 px, random resized crops and flips in training, centre crops in evaluation.
 """
 
@@ -51,9 +52,10 @@ class CUBDataModule(ImageFilesDataModule):
         crop: Crop = Crop.fine_grained,
         stats_sample: int = 2000,
         verify_images: bool = True,
+        **split,
     ) -> None:
         super().__init__(
-            batch_size, image_size, num_workers, flip, eval_batch_size, False, stats_sample, verify_images, crop
+            batch_size, image_size, num_workers, flip, eval_batch_size, False, stats_sample, verify_images, crop, **split
         )
         self.root = Path(root).expanduser()
         missing = [name for name in LISTS if not (self.root / name).is_file()]

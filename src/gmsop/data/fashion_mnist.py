@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from torch.utils.data import TensorDataset
+
 from gmsop.data.base import DATA, TensorImageDataModule
 from gmsop.data.errors import MissingDataError
 
@@ -15,8 +17,8 @@ DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
-    "val_images": "t10k-images-idx3-ubyte.gz",
-    "val_labels": "t10k-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
 HOW_TO_GET = (
     "On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (puts them in "
@@ -45,10 +47,11 @@ def read_idx(path: Path) -> np.ndarray:
 
 @DATA.register("fashion_mnist")
 class FashionMNISTDataModule(TensorImageDataModule):
-    """Fashion-MNIST, 60k train / 10k test (used as validation), 28x28 grey, resized to image_size.
+    """Fashion-MNIST, 28x28 grey, resized to image_size: test is the 10k t10k images, val a
+    seeded stratified hold-out of the 60k training images (data.val_size, else data.val_fraction).
 
-    `train_subset`/`val_subset` take a fixed, class-balanced-in-expectation random subset
-    for CPU-sized runs.
+    `train_subset`/`test_subset` take a fixed random subset (seeded by `subset_seed`) of the
+    training images left after the hold-out, and of the test images, for CPU-sized runs.
     """
 
     num_classes = 10
@@ -63,28 +66,38 @@ class FashionMNISTDataModule(TensorImageDataModule):
         flip: bool = True,
         eval_batch_size: int | None = None,
         train_subset: int | None = None,
-        val_subset: int | None = None,
+        test_subset: int | None = None,
         subset_seed: int = 0,
+        **split,
     ) -> None:
-        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size)
+        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size, **split)
         self.root = Path(root).expanduser()
         missing = [name for name in FILES.values() if not (self.root / name).is_file()]
         if missing:
             raise MissingDataError(
                 f"Fashion-MNIST not found in data.root={self.root}: missing {', '.join(missing)}. {HOW_TO_GET}"
             )
-        self.train_subset, self.val_subset, self.subset_seed = train_subset, val_subset, subset_seed
+        self.train_subset, self.test_subset, self.subset_seed = train_subset, test_subset, subset_seed
 
-    def _split(self, images_key: str, labels_key: str, subset: int | None):
+    def _read(self, images_key: str, labels_key: str) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(read_idx(self.root / FILES[images_key]).copy())[:, None]
-        y = torch.from_numpy(read_idx(self.root / FILES[labels_key]).astype(np.int64))
-        if subset is not None and subset < len(y):
-            idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.subset_seed))[:subset]
-            x, y = x[idx], y[idx]
-        return x, y
+        return x, torch.from_numpy(read_idx(self.root / FILES[labels_key]).astype(np.int64))
+
+    def _subset(self, n: int, subset: int | None) -> torch.Tensor:
+        """Indices of a fixed random subset of `subset` of n items (all of them without one)."""
+        if subset is None or subset >= n:
+            return torch.arange(n)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.subset_seed))[:subset].sort().values
+
+    def datasets(self):
+        train, val, test = super().datasets()
+        if self.train_subset is not None:
+            x, y = train.tensors
+            keep = self._subset(len(y), self.train_subset)
+            train = TensorDataset(x[keep], y[keep])
+        return train, val, test
 
     def arrays(self):
-        return (
-            *self._split("train_images", "train_labels", self.train_subset),
-            *self._split("val_images", "val_labels", self.val_subset),
-        )
+        xte, yte = self._read("test_images", "test_labels")
+        keep = self._subset(len(yte), self.test_subset)
+        return *self._read("train_images", "train_labels"), xte[keep], yte[keep]

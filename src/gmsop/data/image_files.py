@@ -1,7 +1,7 @@
 """Data sets of image files decoded per read: the base of `imagefolder` and `cub`.
 
-A subclass lists (path, label) samples for training and validation; this base checks that the
-files open, decodes them to uint8 tensors of image_size x image_size, and estimates channel
+A subclass lists (path, label) samples for training and for testing; this base holds val out of
+the first (gmsop.data.splits), checks that the files open, decodes them to uint8 tensors of image_size x image_size, and estimates channel
 statistics. `crop` picks how an image becomes that square:
 - "resize": the whole image, resized (small images, the paper's data);
 - "fine_grained": training takes a random resized crop (scale 0.08-1, torchvision's), evaluation
@@ -99,24 +99,27 @@ class ImageFilesDataModule(ImageDataModule):
         stats_sample: int,
         verify_images: bool,
         crop: Crop,
+        **split,
     ) -> None:
-        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size)
+        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size, **split)
         self.num_channels = 1 if grayscale else 3
         self.stats_sample, self.verify_images, self.crop = stats_sample, verify_images, Crop(crop)
         self._stats_ds: Optional[ImageFiles] = None
 
     @abstractmethod
     def samples(self) -> tuple[list[Sample], list[Sample]]:
-        """(train, val) lists of (image path, class index)."""
+        """(training, test) lists of (image path, class index); val is held out of the first."""
 
     def where(self) -> str:
         """Where the files are, for error messages."""
         return str(getattr(self, "root", "data.root"))
 
     def datasets(self):
-        train, val = self.samples()
+        pool, test = self.samples()
+        kept, held = self.hold_out([label for _, label in pool], where=self.where())
+        train = [pool[i] for i in kept]
         if self.verify_images:
-            bad = unreadable_images([path for path, _ in train + val])
+            bad = unreadable_images([path for path, _ in pool + test])
             if bad:
                 listed = "\n  ".join(f"{p} ({why})" for p, why in bad[:10])
                 more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
@@ -127,9 +130,9 @@ class ImageFilesDataModule(ImageDataModule):
         mode = "L" if self.num_channels == 1 else "RGB"
         eval_pipeline = decode_pipeline(self.image_size, self.crop, training=False)
         self._stats_ds = ImageFiles(train, eval_pipeline, mode)
-        return ImageFiles(train, decode_pipeline(self.image_size, self.crop, training=True), mode), ImageFiles(
-            val, eval_pipeline, mode
-        )
+        test_set = ImageFiles(test, eval_pipeline, mode)
+        val_set = test_set if held is None else ImageFiles([pool[i] for i in held], eval_pipeline, mode)
+        return ImageFiles(train, decode_pipeline(self.image_size, self.crop, training=True), mode), val_set, test_set
 
     def channel_stats(self):
         """Estimated on up to `stats_sample` training images (seeded; evaluation crops)."""

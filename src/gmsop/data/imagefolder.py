@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sklearn.model_selection import train_test_split
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from gmsop.data.base import DATA
 from gmsop.data.errors import MissingDataError
 from gmsop.data.image_files import Crop, ImageFilesDataModule, Sample
+from gmsop.data.splits import stratified_hold_out
+
+TEST_SEED = 0  # an unsplit folder's test split is the same for every run and split_seed
 
 
 @DATA.register("imagefolder")
 class ImageFolderDataModule(ImageFilesDataModule):
-    """root/CLASS/*.jpg; or root/train/CLASS and root/val/CLASS when both exist.
+    """root/CLASS/*.jpg; or root/train/CLASS with root/test/CLASS (or root/val/CLASS) as the test split.
 
-    Without train/ and val/ sub-folders, a seeded stratified `val_fraction` split is used.
+    An unsplit folder's test split is a fixed stratified `test_fraction` of its images. Val is a
+    seeded stratified hold-out (data.val_fraction) of the training images either way.
     Images are decoded per read: resized to image_size x image_size, or with crop=fine_grained
     random resized crops in training and centre crops in evaluation (see gmsop.data.image_files).
     """
@@ -29,26 +32,38 @@ class ImageFolderDataModule(ImageFilesDataModule):
         num_workers: int = 2,
         flip: bool = True,
         eval_batch_size: int | None = None,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
+        test_fraction: float = 0.1,
         grayscale: bool = False,
         stats_sample: int = 2000,
         verify_images: bool = True,
         crop: Crop = Crop.resize,
+        **split,
     ) -> None:
         super().__init__(
-            batch_size, image_size, num_workers, flip, eval_batch_size, grayscale, stats_sample, verify_images, crop
+            batch_size,
+            image_size,
+            num_workers,
+            flip,
+            eval_batch_size,
+            grayscale,
+            stats_sample,
+            verify_images,
+            crop,
+            **split,
         )
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise MissingDataError(
                 f"image folder data.root={self.root} does not exist. Expected one sub-folder per class "
-                "(root/CLASS/img.jpg), or root/train/CLASS/... and root/val/CLASS/...; "
+                "(root/CLASS/img.jpg), or root/train/CLASS/... and root/test/CLASS/... (or root/val/CLASS/...); "
                 "set data.root to such a folder."
             )
-        split_dirs = (self.root / "train", self.root / "val")
-        self.presplit = all(d.is_dir() for d in split_dirs)
-        class_root = split_dirs[0] if self.presplit else self.root
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"data.test_fraction={test_fraction}; allowed: in (0, 1)")
+        self.test_fraction = test_fraction
+        test_dir = next((self.root / n for n in ("test", "val") if (self.root / n).is_dir()), None)
+        self.test_dir = test_dir if (self.root / "train").is_dir() else None
+        class_root = self.root / "train" if self.test_dir else self.root
         if not any(p.is_dir() for p in class_root.iterdir()):
             raise MissingDataError(f"no class sub-folders in {class_root}; expected {class_root}/CLASS/img.jpg")
         self.class_names, self.class_to_idx = find_classes(str(class_root))
@@ -58,7 +73,11 @@ class ImageFolderDataModule(ImageFilesDataModule):
                 f"({', '.join(self.class_names)}); a classifier needs at least 2"
             )
         self.num_classes = len(self.class_names)
-        self.val_fraction, self.split_seed = val_fraction, split_seed
+
+    @property
+    def presplit(self) -> bool:
+        """Whether the folder has its own test split (root/train and root/test or root/val)."""
+        return self.test_dir is not None
 
     def _samples(self, folder: Path) -> list[Sample]:
         samples = make_dataset(str(folder), self.class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
@@ -73,24 +92,26 @@ class ImageFolderDataModule(ImageFilesDataModule):
         return samples
 
     def samples(self) -> tuple[list[Sample], list[Sample]]:
-        if self.presplit:
-            return self._samples(self.root / "train"), self._samples(self.root / "val")
+        if self.test_dir is not None:
+            return self._samples(self.root / "train"), self._samples(self.test_dir)
         samples = self._samples(self.root)
-        labels = [s[1] for s in samples]
-        few = [self.class_names[c] for c in range(self.num_classes) if labels.count(c) < 2]
-        if few:
-            raise MissingDataError(
-                f"class folder(s) {', '.join(str(self.root / c) for c in few)} hold one image: the stratified "
-                f"hold-out (data.val_fraction={self.val_fraction}) needs at least 2 per class. Add images, or "
-                f"give {self.root}/train/CLASS and {self.root}/val/CLASS folders"
-            )
+        advice = (
+            f"Add images, or give {self.root}/train/CLASS and {self.root}/test/CLASS folders "
+            "(images per class: at least 3, for a test, a val and a training image)"
+        )
         try:
-            return tuple(
-                train_test_split(samples, test_size=self.val_fraction, random_state=self.split_seed, stratify=labels)
+            kept, test = stratified_hold_out(
+                [label for _, label in samples],
+                fraction=self.test_fraction,
+                size=None,
+                seed=TEST_SEED,
+                key="data.test_fraction",
+                where=str(self.root),
+                class_names=self.class_names,
             )
-        except ValueError as e:  # e.g. fewer held-out images than classes
-            raise MissingDataError(
-                f"cannot hold out data.val_fraction={self.val_fraction} of the {len(samples)} images in {self.root} "
-                f"stratified by its {self.num_classes} classes: {e}. Change data.val_fraction, add images, or "
-                f"give {self.root}/train/CLASS and {self.root}/val/CLASS folders"
-            ) from None
+        except MissingDataError as e:
+            raise MissingDataError(f"{e}. {advice}") from None
+        return [samples[i] for i in kept], [samples[i] for i in test]
+
+    def where(self) -> str:
+        return str(self.root / "train" if self.test_dir else self.root)

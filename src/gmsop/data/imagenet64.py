@@ -48,9 +48,11 @@ class MemmapImages(Dataset):
     a full in-memory copy, which DataLoader workers started with `spawn` would each receive.
     """
 
-    def __init__(self, images: Path, labels: Path) -> None:
+    def __init__(self, images: Path, labels: Path, rows: np.ndarray | None = None) -> None:
         self.path = Path(images)
         self.labels = np.load(labels)
+        self.rows = np.arange(len(self.labels)) if rows is None else np.asarray(rows)  # the rows this set holds
+        self.labels = self.labels[self.rows]
         self._images: np.memmap | None = None
 
     @property
@@ -66,7 +68,7 @@ class MemmapImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        return torch.from_numpy(np.array(self.images[i]).reshape(3, SIZE, SIZE)), int(self.labels[i])
+        return torch.from_numpy(np.array(self.images[self.rows[i]]).reshape(3, SIZE, SIZE)), int(self.labels[i])
 
 
 def build_cache(files: Sequence[Path], out_images: Path, out_labels: Path, desc: str) -> dict:
@@ -106,7 +108,9 @@ def build_cache(files: Sequence[Path], out_images: Path, out_labels: Path, desc:
 
 @DATA.register("imagenet64")
 class ImageNet64DataModule(ImageDataModule):
-    """Downsampled ImageNet-1K at 64x64: 1000 classes, the published train/val batch files."""
+    """Downsampled ImageNet-1K at 64x64: 1000 classes. Test is the published val_data (the split the
+    paper reports on); val is a seeded stratified hold-out of the training batches (data.val_size,
+    default 10,000: ten per class)."""
 
     num_classes = 1000
     num_channels = 3
@@ -120,8 +124,10 @@ class ImageNet64DataModule(ImageDataModule):
         flip: bool = True,
         eval_batch_size: int | None = None,
         cache_dir: str | None = None,
+        val_size: int | None = 10_000,
+        **split,
     ) -> None:
-        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size)
+        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size, val_size=val_size, **split)
         self.root = Path(root).expanduser()
         self.train_files = [_find(self.root, n) for n in TRAIN_FILES]
         self.val_files = [_find(self.root, n) for n in VAL_FILES]
@@ -162,9 +168,10 @@ class ImageNet64DataModule(ImageDataModule):
 
     def datasets(self):
         self.prepare_data()
-        return tuple(
-            MemmapImages(self.cache / f"{s}_images.npy", self.cache / f"{s}_labels.npy") for s in ("train", "val")
-        )
+        files = {s: (self.cache / f"{s}_images.npy", self.cache / f"{s}_labels.npy") for s in ("train", "val")}
+        train, val = self.hold_out(np.load(files["train"][1]), where=str(self.root))
+        test = MemmapImages(*files["val"])  # the published val_data
+        return MemmapImages(*files["train"], train), test if val is None else MemmapImages(*files["train"], val), test
 
     def channel_stats(self):
         """Per-channel mean of the training images; std 1: mean subtraction only, as in the paper."""

@@ -16,6 +16,7 @@ from gmsop.config import ModelConfig, OptimConfig
 from gmsop.heads import HEADS, HeadOutput
 from gmsop.models.compiling import compile_in_place, compile_options
 from gmsop.models.factory import SMALL_IMAGE_BACKBONES, create_backbone, weights_from_checkpoint
+from gmsop.models.predictions import Predictions
 from gmsop.models.usage import ComponentUsage, UsageSummary
 from gmsop.registry import ConfigError, complete
 
@@ -163,6 +164,33 @@ class SecondOrderClassifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
+
+    # -- the test stage: once, after training, on the chosen checkpoint --------------------------
+    def on_test_epoch_start(self) -> None:
+        self._test_batches: list[Predictions] = []
+        self.test_predictions: Optional[Predictions] = None
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        """Test batches carry each image's index: the per-image predictions are kept (see
+        gmsop.models.predictions); the losses are logged as for val."""
+        images, labels, index = batch
+        loss, ce, logits, pooled = self.compute_loss(images, labels)
+        for key, value in (("loss", loss), ("ce", ce), ("aux_loss", pooled.aux_loss)):
+            self.log(f"test/{key}", value, on_epoch=True, sync_dist=True, batch_size=len(labels))
+        self._test_batches.append(Predictions.from_logits(index, labels, logits))
+
+    def on_test_epoch_end(self) -> None:
+        """Every process's predictions joined (each image once), and the errors computed from them:
+        exact under DDP too, where a distributed sampler repeats a few images to even out processes."""
+        local = Predictions.concatenate(self._test_batches)
+        parts = [local]
+        if self.trainer.world_size > 1:
+            gathered = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, local)
+            parts = gathered
+        self.test_predictions = Predictions.concatenate(parts)
+        for key, value in self.test_predictions.errors().items():
+            self.log(f"test/{key}", value, sync_dist=False)  # the same on every process
 
     def component_usage(self, split: str) -> Optional[UsageSummary]:
         """This epoch's component usage of a gated head so far (None for other heads or before any batch)."""

@@ -158,6 +158,18 @@ class SaveOnInterrupt(L.Callback):
         self._stop_forwarding: Optional[Callable[[], None]] = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_signals()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The test stage stops on the same signals, at a batch's end; nothing is saved (training
+        has finished, and a resumed run tests again from the start)."""
+        self._take_signals()
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._decide(trainer)  # Lightning's test loop then raises SIGTERMException
+
+    def _take_signals(self) -> None:
         self._pending, self._ctrl_c, self.reason = 0, False, None
         taken = []
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
@@ -268,7 +280,7 @@ class SaveOnInterrupt(L.Callback):
             return
         # (a SIGTERM before training started reached Lightning's handler, not ours)
         self.reason = self.reason or (signal.Signals(self._pending).name if self._pending else "SIGTERM")
-        if trainer.sanity_checking or trainer.global_step == 0:
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or trainer.global_step == 0:
             return
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
             rank_zero_warn(f"interrupted with non-finite weights: {self.path} keeps the last good state")

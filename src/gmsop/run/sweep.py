@@ -288,6 +288,7 @@ def make_objective(
             f"name={spec.name}",
             f"runs_dir={runs_dir}",
             f"logger.wandb.group={spec.name}",
+            "trainer.test=false",  # trials choose on val; the chosen configuration is tested once, after the sweep
             *extra,
         ]
         resume_from = trial.user_attrs.get("resume_from")  # an interrupted trial's run folder

@@ -37,6 +37,7 @@ from gmsop.run.csv_log import ContinuedCSVLogger
 from gmsop.run.curves import CurvesPlot, best_epoch, read_curves
 from gmsop.run.epoch_sums import EpochSums
 from gmsop.run.folder import MLFLOW_ID_FILE, SUMMARY, WANDB_ID_FILE, RunLock, run_folder_of
+from gmsop.run.test_stage import test_once
 from gmsop.run.resume import (
     CONTINUED_FILE,
     CheckpointError,
@@ -61,6 +62,7 @@ class RunResult:
     best_checkpoint: Optional[Path]
     wandb_dir: Optional[Path]
     best: Optional[dict] = None  # the best epoch (lowest val/top1_err) and its validation values
+    selected_on: str = "val"  # the split that chose best.ckpt (test only with data.select_on_test)
 
 
 class RunInterrupted(Exception):
@@ -262,8 +264,11 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
     start = time.perf_counter()
     status, error, disk_full, unrecorded = "finished", None, None, None
     metrics, wandb_dir, best_of_run = {}, None, None
+    test = None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=plan.ckpt)
+        if cfg.trainer.test:
+            test = test_once(trainer, model, datamodule, best.best_model_path or None, run_dir)
     except SystemExit:  # SIGTERMException, or Lightning's sys.exit(1) after Ctrl-C
         if interrupt.reason is None:
             raise
@@ -290,6 +295,8 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
             if "val/top1_err" not in metrics and curves:  # nothing ran (a finished run resumed): its record
                 last = curves[max(curves)]
                 metrics = {k: v for k, v in last.items() if k != "lr" and not math.isnan(v)} | metrics
+            if test is not None:
+                metrics |= test["metrics"]
             if trainer.is_global_zero:
                 _write_summary(
                     cfg,
@@ -306,6 +313,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
                     error,
                     time.perf_counter() - start,
                     interrupt.reason,
+                    test,
                 )
         except OSError as e:  # recording how a run ended must not bury why it ended
             if status == "finished" or (disk_full is None and no_space_left(e) is None):
@@ -316,7 +324,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, wandb_id:
     if status == "interrupted":
         raise RunInterrupted(interrupt.reason, run_dir, newest_checkpoint(run_dir))
     best_path = Path(best.best_model_path) if best.best_model_path else None
-    return RunResult(run_dir, metrics, best_path, wandb_dir, best_of_run)
+    return RunResult(run_dir, metrics, best_path, wandb_dir, best_of_run, datamodule.selected_on)
 
 
 def no_space_left(error: BaseException) -> Optional[OSError]:
@@ -378,7 +386,21 @@ def configured_callbacks(specs: Mapping[str, Any]) -> list[L.Callback]:
 
 
 def _write_summary(
-    cfg, container, run_dir, datamodule, model, trainer, plan, best, best_of_run, metrics, status, error, wall_s, reason
+    cfg,
+    container,
+    run_dir,
+    datamodule,
+    model,
+    trainer,
+    plan,
+    best,
+    best_of_run,
+    metrics,
+    status,
+    error,
+    wall_s,
+    reason,
+    test,
 ) -> None:
     """summary.json: what ran, how it ended (finished / interrupted / failed), and its metrics."""
     summary = {
@@ -397,7 +419,9 @@ def _write_summary(
         "best_checkpoint": best.best_model_path or None,
         "best_score": None if best.best_model_score is None else float(best.best_model_score),
         "best": best_of_run,  # the epoch of the lowest val/top1_err, with its validation values
-        "metrics": metrics,  # the last epoch's
+        "selected_on": datamodule.selected_on,  # the split best.ckpt was chosen on: val, or test (select_on_test)
+        "test": test,  # the test stage (test_stage.py): best.ckpt on the test split, once
+        "metrics": metrics,  # the last epoch's, and test/*
     }
     if status == "interrupted":
         summary["interrupted_by"] = reason
