@@ -35,8 +35,9 @@ def test_cifar10_and_100_from_python_pickles(tmp_path):
     _pickle(c10 / "test_batch", {b"data": test_rows, b"labels": list(range(6))})
     dm = build_datamodule({"name": "cifar", "root": str(tmp_path), "batch_size": 6})
     dm.setup()
-    assert (len(dm._train), len(dm._val), dm.num_classes) == (20, 6, 10)
-    images, labels = next(iter(dm.val_dataloader()))
+    assert (len(dm._train), len(dm._val), len(dm._test), dm.num_classes) == (15, 5, 6, 10)  # val: 1 per class
+    assert sorted(dm._val.tensors[1].tolist()) == [1, 2, 3, 4, 5]
+    images, labels, _ = next(iter(dm.test_dataloader()))  # test: the test batch
     assert images.shape == (6, 3, 32, 32) and labels.tolist() == list(range(6))
     # channel-major rows: the first 1024 values are the red plane
     assert torch.equal(images[0, 0].flatten(), torch.from_numpy(test_rows[0, :1024]))
@@ -44,8 +45,8 @@ def test_cifar10_and_100_from_python_pickles(tmp_path):
     c100.mkdir()
     _pickle(c100 / "train", {b"data": _rows(5, 32, 1), b"fine_labels": [99, 0, 1, 2, 3], b"coarse_labels": [0] * 5})
     _pickle(c100 / "test", {b"data": _rows(2, 32, 2), b"fine_labels": [5, 6], b"coarse_labels": [0] * 2})
-    dm = build_datamodule({"name": "cifar", "root": str(c100), "classes": 100})
-    dm.setup()
+    dm = build_datamodule({"name": "cifar", "root": str(c100), "classes": 100, "select_on_test": True})
+    dm.setup()  # (one image per class: no hold-out possible; the published protocol trains on all)
     assert dm.num_classes == 100 and dm._train.tensors[1].tolist() == [99, 0, 1, 2, 3]
 
 
@@ -72,17 +73,22 @@ def tiny_imagenet64(tmp_path):
 
 
 def test_imagenet64_builds_memmap_cache_and_reads_it(tiny_imagenet64):
-    dm = build_datamodule({"name": "imagenet64", "root": str(tiny_imagenet64), "batch_size": 4, "num_workers": 0})
+    dm = build_datamodule(
+        {"name": "imagenet64", "root": str(tiny_imagenet64), "batch_size": 4, "num_workers": 0, "val_size": 3}
+    )
     dm.setup()
     cache = tiny_imagenet64 / ".gmsop_cache"
-    assert (len(dm._train), len(dm._val), dm.num_classes) == (30, 4, 1000)
+    assert (len(dm._train), len(dm._val), len(dm._test), dm.num_classes) == (27, 3, 4, 1000)
+    assert sorted(dm._val.labels.tolist()) == [0, 499, 999]  # one per class
+    assert sorted(dm._train.rows.tolist() + dm._val.rows.tolist()) == list(range(30))  # a partition
     assert isinstance(dm._train.images, np.memmap)  # read from disk, not loaded
     import pickle as _pickle
 
     clone = _pickle.loads(_pickle.dumps(dm._train))  # what a spawned DataLoader worker receives
-    assert len(_pickle.dumps(dm._train)) < 10_000 and clone._images is None and len(clone) == 30
+    assert len(_pickle.dumps(dm._train)) < 10_000 and clone._images is None and len(clone) == 27
     assert not list(cache.glob(".*tmp*"))  # nothing half-written is left behind
-    image, label = dm._train[1]
+    train, val = (dm._train, dm._val) if 1 in dm._train.rows else (dm._val, dm._train)
+    image, label = train[int(np.flatnonzero(train.rows == 1)[0])]
     assert image.shape == (3, 64, 64) and image.dtype == torch.uint8 and label == 499  # labels 1..1000 -> 0..999
     first = _rows(3, 64, 0)[1]  # train_data_batch_1, image 1, channel-major
     assert torch.equal(image[2].flatten(), torch.from_numpy(first[2 * 4096 : 3 * 4096]))
@@ -91,11 +97,11 @@ def test_imagenet64_builds_memmap_cache_and_reads_it(tiny_imagenet64):
     np.testing.assert_allclose(stats["train"]["mean"], every.mean(axis=(0, 2)) / 255.0, rtol=1e-9)
     mean, std = dm.channel_stats()
     assert std == [1.0, 1.0, 1.0]  # mean subtraction only, as in the paper
-    images, labels = next(iter(dm.val_dataloader()))
+    images, labels, _ = next(iter(dm.test_dataloader()))  # test: the published val_data
     assert labels.tolist() == [0, 1, 2, 3] and dm.transform(images, training=True).shape == (4, 3, 64, 64)
     # a second data module reuses the cache
     mtime = (cache / "train_images.npy").stat().st_mtime_ns
-    dm2 = build_datamodule({"name": "imagenet64", "root": str(tiny_imagenet64), "num_workers": 0})
+    dm2 = build_datamodule({"name": "imagenet64", "root": str(tiny_imagenet64), "num_workers": 0, "val_size": 3})
     dm2.setup()
     assert (cache / "train_images.npy").stat().st_mtime_ns == mtime
 
@@ -121,7 +127,7 @@ import sys, time
 import gmsop.data.imagenet64 as m
 read = m.load_batch
 m.load_batch = lambda path: (time.sleep(0.1), read(path))[1]
-dm = m.DATA.build({"name": "imagenet64", "root": sys.argv[1], "num_workers": 0})
+dm = m.DATA.build({"name": "imagenet64", "root": sys.argv[1], "num_workers": 0, "val_size": 3})
 dm.setup()
 print("ready", len(dm._train), len(dm._val), flush=True)
 """
@@ -143,7 +149,7 @@ def test_imagenet64_cache_built_once_by_two_processes_at_once(tiny_imagenet64, t
         assert proc.wait(timeout=120) == 0, log.seek(0) or log.read()
         log.seek(0)
         outputs.append(log.read())
-    assert all("ready 30 4" in out for out in outputs), outputs
+    assert all("ready 27 3" in out for out in outputs), outputs
     assert sum("train: converting" in out for out in outputs) == 1, outputs  # built by one of them
     cache = tiny_imagenet64 / ".gmsop_cache"
     assert not list(cache.glob(".*tmp*"))
@@ -163,9 +169,9 @@ def test_imagenet64_cache_build_killed_midway_is_rebuilt(tiny_imagenet64, tmp_pa
     proc.wait()
     assert list(cache.glob(".train_images*")), "the build was not under way when it was killed"
     assert not (cache / "stats.json").exists()
-    dm = build_datamodule({"name": "imagenet64", "root": str(tiny_imagenet64), "num_workers": 0})
+    dm = build_datamodule({"name": "imagenet64", "root": str(tiny_imagenet64), "num_workers": 0, "val_size": 3})
     dm.setup()
-    assert (len(dm._train), len(dm._val)) == (30, 4)
+    assert (len(dm._train), len(dm._val)) == (27, 3)
     assert not list(cache.glob(".*tmp*"))  # the killed build's temporary files are gone
     every = np.concatenate([_rows(3, 64, i) for i in range(10)])
     np.testing.assert_array_equal(np.load(cache / "train_images.npy"), every)
@@ -189,6 +195,7 @@ def test_a_read_only_data_folder_asks_for_a_cache_folder(tiny_imagenet64, tmp_pa
         dm.setup()
     dm = build_datamodule(
         {"name": "imagenet64", "root": str(tiny_imagenet64), "cache_dir": str(tmp_path / "c"), "num_workers": 0}
+        | {"val_size": 3}
     )
     dm.setup()
     assert (tmp_path / "c" / "stats.json").is_file()
