@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from gmsop.models.predictions import Predictions
 from tests.wandb_offline import history, logged_keys, records
 
 pytestmark = pytest.mark.slow
@@ -85,9 +88,28 @@ def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
         r.metric.name: r.metric.summary.min for r in records(wandb_file) if r.WhichOneof("record_type") == "metric"
     }
     assert summarised.get("val/top1_err") is True  # the W&B run summary keeps the minimum, not only the last value
-    proc = cli("gmsop.eval", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}")
+    # the test stage: best.ckpt on the test split, once, in every record
+    test = summary["test"]
+    assert test["checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt") and test["selected_on"] == "val"
+    predictions = Predictions.load(run_dir / "predictions.npz")
+    assert len(predictions.index) == test["images"] == 360 and (run_dir / "predictions.npz").stat().st_size < 30_000
+    assert test["metrics"]["test/top1_err"] == pytest.approx(predictions.errors()["top1_err"], abs=1e-6)
+    assert summary["metrics"]["test/top1_err"] == test["metrics"]["test/top1_err"]
+    assert logged["test/top1_err"] == [pytest.approx(test["metrics"]["test/top1_err"], abs=1e-6)]  # W&B
+    csv_rows = [r for r in csv.DictReader((run_dir / "csv" / "metrics.csv").open()) if r.get("test/top1_err")]
+    assert [float(r["test/top1_err"]) for r in csv_rows] == [pytest.approx(test["metrics"]["test/top1_err"])]
+    assert "test top-1 error" in proc.stdout and "chosen on val" in proc.stdout
+    # gmsop.eval: the test split by default (with predictions); split=val reproduces the best validation error
+    best_ckpt = run_dir / "checkpoints" / "best.ckpt"
+    proc = cli("gmsop.eval", f"ckpt_path={best_ckpt}", f"hydra.run.dir={tmp_path / 'eval'}")
     _ok(proc)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["test/top1_err"] == pytest.approx(test["metrics"]["test/top1_err"])
+    again = Predictions.load(tmp_path / "eval" / "predictions.npz")
+    assert np.array_equal(again.index, predictions.index) and np.array_equal(again.top5, predictions.top5)
+    proc = cli("gmsop.eval", f"ckpt_path={best_ckpt}", "split=val", f"hydra.run.dir={tmp_path / 'eval_val'}")
+    _ok(proc)
+    metrics = json.loads((tmp_path / "eval_val" / "metrics.json").read_text())
     assert metrics["val/top1_err"] == pytest.approx(best_err, abs=1e-6)
 
 

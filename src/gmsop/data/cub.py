@@ -4,8 +4,8 @@ data.root holds images.txt ("<id> <relative path>"), image_class_labels.txt ("<i
 from 1>"), train_test_split.txt ("<id> <1 = train, 0 = test>"), classes.txt ("<class>
 <name>", optional: names only) and images/; bounding_boxes.txt and parts/ are ignored. The test
 list is the test split (the fine-grained literature reports on it); val is a seeded stratified
-hold-out of the training list (data.val_fraction, default a tenth: about 3 images per class). Defaults are the fine-tuning
-recipe's: 448 px, random resized crops and flips in training, centre crops in evaluation.
+hold-out of the training list (data.val_fraction, default a tenth: about 3 images per class).
+Defaults are the fine-tuning recipe's: 448 px, random resized crops and flips in training, centre crops in evaluation.
 """
 
 from __future__ import annotations
@@ -55,7 +55,16 @@ class CUBDataModule(ImageFilesDataModule):
         **split,
     ) -> None:
         super().__init__(
-            batch_size, image_size, num_workers, flip, eval_batch_size, False, stats_sample, verify_images, crop, **split
+            batch_size,
+            image_size,
+            num_workers,
+            flip,
+            eval_batch_size,
+            False,
+            stats_sample,
+            verify_images,
+            crop,
+            **split,
         )
         self.root = Path(root).expanduser()
         missing = [name for name in LISTS if not (self.root / name).is_file()]

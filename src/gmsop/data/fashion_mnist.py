@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from torch.utils.data import TensorDataset
 
 from gmsop.data.base import DATA, TensorImageDataModule

@@ -1,8 +1,8 @@
 """Data sets of image files decoded per read: the base of `imagefolder` and `cub`.
 
 A subclass lists (path, label) samples for training and for testing; this base holds val out of
-the first (gmsop.data.splits), checks that the files open, decodes them to uint8 tensors of image_size x image_size, and estimates channel
-statistics. `crop` picks how an image becomes that square:
+the first (gmsop.data.splits), checks that the files open, decodes them to uint8 tensors of
+image_size x image_size, and estimates channel statistics. `crop` picks how an image becomes that square:
 - "resize": the whole image, resized (small images, the paper's data);
 - "fine_grained": training takes a random resized crop (scale 0.08-1, torchvision's), evaluation
   resizes the short side to image_size / 0.875 and takes the centre crop, as fine-grained

@@ -39,7 +39,9 @@ class Predictions(NamedTuple):
         """Batches (or processes) joined; an image seen twice (the padding a distributed sampler adds
         to even out the processes) kept once; sorted by index."""
         if not parts:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1), np.int64), np.zeros(0, np.float32))
+            return cls(
+                np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1), np.int64), np.zeros(0, np.float32)
+            )
         joined = cls(*(np.concatenate(field) for field in zip(*parts)))
         _, first = np.unique(joined.index, return_index=True)
         return cls(*(field[first] for field in joined))

@@ -37,7 +37,6 @@ from gmsop.run.csv_log import ContinuedCSVLogger
 from gmsop.run.curves import CurvesPlot, best_epoch, read_curves
 from gmsop.run.epoch_sums import EpochSums
 from gmsop.run.folder import MLFLOW_ID_FILE, SUMMARY, WANDB_ID_FILE, RunLock, run_folder_of
-from gmsop.run.test_stage import test_once
 from gmsop.run.resume import (
     CONTINUED_FILE,
     CheckpointError,
@@ -52,6 +51,7 @@ from gmsop.run.resume import (
     plan_resume,
     read_checkpoint,
 )
+from gmsop.run.test_stage import test_once
 from gmsop.stop_signals import EXIT_CODES
 
 
