@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
+from scipy.stats import beta
 
 from gmsop.analysis.published import PUBLISHED, match
-from gmsop.analysis.report import collect, report
+from gmsop.analysis.report import NotComparable, collect, comparisons, configurations, report
+from gmsop.models.predictions import PREDICTIONS_FILE, Predictions
 from gmsop.models.usage import usage_entropy
 from tests.conftest import run_cli
 from tests.wandb_offline import history, logged_keys, records
@@ -83,14 +86,18 @@ def test_report_table_csv_and_plots(tmp_path):
     assert runs[1].curves[1]["val/top1_err"] == 0.385 and runs[2].curves == {}
     out = report(tmp_path)
     md = (out / "report.md").read_text()
-    # best epoch's top-1 / top-5 (from the curves: this summary.json predates "best"), best epoch, last epoch's top-1
+    # runs made before the test stage: no test error; the best epoch's val error (from the curves: this
+    # summary.json predates "best"), marked as chosen on what is now the test split
+    old = "test (before val hold-outs)"
     assert (
-        "| head=gmsop | gmsop | 38.50 | 19.25 | 1 | 38.50 | 38.48 / 17.38 (GM-SOP-16-8 + ResNet-18) "
-        "| 10.30 | 8256 | 1234 | 60 |" in md
+        "| head=gmsop | gmsop | 1 |  |  |  |  | 38.48 / 17.38 (GM-SOP-16-8 + ResNet-18) | 38.50 (1) | "
+        f"{old} | 10.30 | 8256 | 1234 | 60 |" in md
     )
-    assert "| head=sop | sop |  |  |  | 45.00 |" in md  # no curves, no best: only the last epoch is known
+    assert f"| head=sop | sop | 1 |  |  |  |  |  |  | {old} |" in md  # no curves, no best
+    assert f"| head=gmsop |  |  |  | 38.50 | 19.25 | 1 | 38.50 | {old} | m/1 |" in md  # the runs table
+    assert f"| head=sop |  |  |  |  |  |  | 45.00 | {old} | m/2 |" in md  # only the last epoch is known
     assert "52.17 / 27.09" in md
-    assert (out / "report.csv").read_text().count("\n") == 4
+    assert (out / "report.csv").read_text().count("\n") == 4 and (out / "runs.csv").read_text().count("\n") == 4
     assert (out / "errors.png").stat().st_size > 5000 and (out / "component_usage.png").stat().st_size > 5000
     assert "![loss and error per epoch](curves.png)" in md and (out / "curves.png").stat().st_size > 5000
 
@@ -101,7 +108,84 @@ def test_report_shows_the_best_epoch_not_the_last(tmp_path):
     best = {"epoch": 7, "val/top1_err": 0.3125, "val/top5_err": 0.125, "val/loss": 1.0}
     (tmp_path / "r" / "summary.json").write_text(json.dumps({**summary, "best": best}))
     md = (report(tmp_path) / "report.md").read_text()
-    assert "| abl | gap | 31.25 | 12.50 | 7 | 40.00 |" in md
+    assert "| abl |  |  |  | 31.25 | 12.50 | 7 | 40.00 |" in md
+
+
+def _tested_run(folder, head: str, seed: int, wrong: range, n: int = 100, name: str = "abl") -> None:
+    """A finished run with a test stage: wrong on the test images in `wrong`, right on the others."""
+    _fake_run(folder, name, {"name": head}, data="digits", overrides=[f"head={head}", f"seed={seed}"])
+    labels = np.arange(n) % 10
+    top5 = np.stack([(labels + k) % 10 for k in range(5)], 1)
+    top5[list(wrong)] = np.roll(top5[list(wrong)], -1, axis=1)  # the true class second: a top-1 error
+    predictions = Predictions(np.arange(n), labels, top5, np.full(n, 0.5, np.float32))
+    predictions.save(folder / PREDICTIONS_FILE)
+    summary = json.loads((folder / "summary.json").read_text())
+    errors = predictions.errors()
+    test = {"images": n, "metrics": {"test/top1_err": errors["top1_err"], "test/top5_err": errors["top5_err"]}}
+    (folder / "summary.json").write_text(json.dumps({**summary, "seed": seed, "selected_on": "val", "test": test}))
+
+
+def test_seeds_form_one_row_with_intervals_and_paired_tests_with_known_answers(tmp_path):
+    """Two configurations x three seeds on 100 test images. A is wrong on the first 10, 12, 14 images
+    (error 0.10, 0.12, 0.14), B on the first 20, 22, 24: B's errors contain A's, so per seed pair only
+    A is right on 10 images (exact McNemar p = 2 * 0.5**10) and error A - B = -0.10 on every pair."""
+    for seed in range(3):
+        _tested_run(tmp_path / "a" / str(seed), "isqrt", seed, range(10 + 2 * seed))
+        _tested_run(tmp_path / "b" / str(seed), "gap", seed, range(20 + 2 * seed))
+    runs, _ = collect(tmp_path)
+    configs = configurations(runs)
+    assert [(c.label, [r.seed for r in c.runs]) for c in configs] == [
+        ("head=isqrt", [0, 1, 2]),
+        ("head=gap", [0, 1, 2]),
+    ]
+    a = configs[0].top1()
+    # mean 0.12, sd 0.02, half width t(0.975, 2) * 0.02 / sqrt(3) with t(0.975, 2) = 4.302652729911275 (tables)
+    assert (a.n, a.mean, a.sd) == (3, pytest.approx(0.12, abs=1e-12), pytest.approx(0.02, abs=1e-12))
+    half = 4.302652729911275 * 0.02 / 3**0.5
+    assert (a.low, a.high) == (pytest.approx(0.12 - half, abs=1e-9), pytest.approx(0.12 + half, abs=1e-9))
+    (found,) = comparisons(configs)
+    assert [(who, m.only_a_right, m.only_b_right) for who, m in found.mcnemar] == [
+        ("seed 0", 10, 0),
+        ("seed 1", 10, 0),
+        ("seed 2", 10, 0),
+    ]
+    assert all(m.p_value == pytest.approx(2 * 0.5**10, rel=1e-12) for _, m in found.mcnemar)
+    assert found.difference.estimate == pytest.approx(-0.10, abs=1e-12)
+    assert (found.seeds.mean, found.seeds.low, found.seeds.high) == pytest.approx((-0.10, -0.10, -0.10), abs=1e-12)
+    # per image, the seed-averaged difference (A wrong minus B wrong): -1 on images 14-19, -2/3 on 12-13
+    # and 20-21, -1/3 on 10-11 and 22-23, else 0;
+    # against a percentile bootstrap of it written out here (100,000 resamples): within 0.5 points
+    # (the Monte Carlo error of 10,000 resamples at these quantiles is about 0.2 points)
+    d = np.zeros(100)
+    d[14:20], d[[12, 13, 20, 21]], d[[10, 11, 22, 23]] = -1, -2 / 3, -1 / 3
+    means = d[np.random.default_rng(1).integers(0, 100, (100_000, 100))].mean(1)
+    assert found.difference.low == pytest.approx(np.quantile(means, 0.025), abs=0.005)
+    assert found.difference.high == pytest.approx(np.quantile(means, 0.975), abs=0.005)
+    assert found.verdict == "head=isqrt lower"
+    out = report(tmp_path, compare_pairs=[("head=gap", "head=isqrt")])
+    md = (out / "report.md").read_text()
+    assert (
+        f"| head=isqrt | isqrt | 3 | 12.00 | [{100 * (0.12 - half):.2f}, {100 * (0.12 + half):.2f}] (t) | 2.00 |" in md
+    )
+    rows = list(csv.DictReader((out / "comparisons.csv").open()))
+    assert [(r["A"], r["B"], r["error A - B (pts)"], r["verdict"]) for r in rows] == [
+        ("head=gap", "head=isqrt", "+10.00", "head=isqrt lower")  # the requested pair, once
+    ]
+    assert (out / "errors.png").stat().st_size > 5000
+    with pytest.raises(NotComparable, match="no configuration 'head=sop'"):
+        report(tmp_path, compare_pairs=[("head=sop", "head=gap")])
+
+
+def test_a_single_run_shows_its_binomial_interval_and_unpaired_sets_are_not_compared(tmp_path):
+    _tested_run(tmp_path / "a", "isqrt", 0, range(29), name="one")
+    _tested_run(tmp_path / "b", "gap", 0, range(10), n=50, name="other")  # another test set (50 images)
+    configs = configurations(collect(tmp_path)[0])
+    one = next(c for c in configs if c.runs[0].summary["name"] == "one")
+    low, high, kind = one.interval()
+    # Clopper-Pearson for 29 of 100: the beta quantiles (independent of binomtest's own method)
+    assert kind == "binomial" and low == pytest.approx(beta.ppf(0.025, 29, 72), abs=1e-9)
+    assert high == pytest.approx(beta.ppf(0.975, 30, 71), abs=1e-9)
+    assert comparisons(configs) == []
 
 
 def test_runs_that_would_share_a_label_keep_their_own_rows_and_curves(tmp_path):

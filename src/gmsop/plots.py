@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -41,23 +42,43 @@ def _save(fig, out: Path) -> None:
         plt.close(fig)
 
 
-def error_bars(labels: Sequence[str], top1: Sequence, top5: Sequence, published_top1: Sequence, out: Path) -> None:
-    """Grouped bars of top-1 and top-5 validation error per run; published top-1 as markers."""
+def error_bars(
+    labels: Sequence[str],
+    top1: Sequence,
+    top5: Sequence,
+    published_top1: Sequence,
+    out: Path,
+    top1_intervals: Optional[Sequence] = None,
+    ylabel: str = "validation error (%)",
+) -> None:
+    """Grouped bars of top-1 and top-5 error per configuration, top-1 with its 95% interval
+    ((low, high) or None each); published top-1 as markers."""
     n = len(labels)
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * n + 2), 3.6))
     xs = range(n)
     ax.bar([x - 0.2 for x in xs], [100 * (v or 0) for v in top1], 0.4, label="top-1 error")
     ax.bar([x + 0.2 for x in xs], [100 * (v or 0) for v in top5], 0.4, label="top-5 error")
+    bars = [(x, v, i) for x, v, i in zip(xs, top1, top1_intervals or [None] * n) if v is not None and i is not None]
+    if bars:
+        ax.errorbar(
+            [x - 0.2 for x, _, _ in bars],
+            [100 * v for _, v, _ in bars],
+            yerr=[[100 * (v - i[0]) for _, v, i in bars], [100 * (i[1] - v) for _, v, i in bars]],
+            fmt="none",
+            ecolor="k",
+            capsize=4,
+            label="95% interval",
+        )
     pub = [(x, 100 * v) for x, v in zip(xs, published_top1) if v is not None]
     if pub:
         ax.scatter(
-            [x - 0.2 for x, _ in pub], [v for _, v in pub], marker="_", s=400, color="k", label="published top-1"
+            [x - 0.2 for x, _ in pub], [v for _, v in pub], marker="_", s=400, color="tab:red", label="published top-1"
         )
     for x, v in zip(xs, top1):
         if v is not None:
-            ax.text(x - 0.2, 100 * v, f"{100 * v:.1f}", ha="center", va="bottom", fontsize=8)
+            ax.text(x - 0.2, 100 * v, f"{100 * v:.1f}", ha="right", va="bottom", fontsize=8)
     ax.set_xticks(list(xs), labels, rotation=20, ha="right", fontsize=8)
-    ax.set(ylabel="validation error (%)")
+    ax.set(ylabel=ylabel)
     ax.legend(fontsize=8)
     _save(fig, out)
 

@@ -405,6 +405,7 @@ def _write_summary(
     """summary.json: what ran, how it ended (finished / interrupted / failed), and its metrics."""
     summary = {
         "name": cfg.name,
+        "seed": cfg.seed,
         "status": status,
         "head": container["head"],
         "backbone": container["model"]["backbone"],
