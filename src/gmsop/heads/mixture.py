@@ -250,7 +250,13 @@ class GMSOPHead(GatedMixtureHead):
 
 @HEADS.register("gmgap")
 class GMGAPHead(GatedMixtureHead):
-    """GM-GAP-N-K: first-order components (1x1 conv 512 + ReLU, then GAP); GAP gating."""
+    """GM-GAP-N-K: first-order components (1x1 conv 512 + ReLU, then GAP); GAP gating.
+
+    First-order like GAP: the backbone keeps its last downsampling (8x8 maps at 64x64 inputs),
+    as the release builds every first-order head (cnn_init_resnet_GM.m strides stage 5 when
+    order == 1)."""
+
+    second_order = False
 
     def __init__(
         self,
