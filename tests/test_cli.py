@@ -182,10 +182,12 @@ def test_ddp_on_two_cpu_processes_writes_one_run(cli, tmp_path):
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
+        "data.batch_size=32",
         f"hydra.run.dir={run_dir}",
         *QUIET,
     )
     _ok(proc)
+    assert "global batch 32: 2 processes x 16 images" in proc.stdout  # data.batch_size is the global batch
     assert [p.name for p in (tmp_path / "runs" / "isqrt_digits").iterdir()] == ["ddp"]  # no extra Hydra folders
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1  # non-zero ranks create no W&B run
     summary = _summary(run_dir)

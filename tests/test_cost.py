@@ -10,7 +10,7 @@ from torch import nn
 from gmsop.analysis.cost import experiment_cost, parameter_breakdown, training_flops_per_image
 from gmsop.data import MissingDataError
 from gmsop.run.compose import compose_train
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 class _TwoLinear(nn.Module):
@@ -78,10 +78,40 @@ def test_markdown_table_puts_the_published_count_beside_ours():
 def test_cli_prints_one_experiment_and_rejects_ambiguous_arguments(tmp_path):
     proc = run_cli("gmsop.cost", "experiment=paper/imagenet64_resnet18_srsop", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # backbone 700,176 + BN 2*8256 + linear 8256*1000+1000
+    # backbone 700,176 + linear 8256*1000+1000 (no BN before the classifier: the release's baseline)
     assert (
-        "imagenet64_resnet18_srsop: 8,973,688 parameters" in proc.stdout
+        "imagenet64_resnet18_srsop: 8,957,176 parameters" in proc.stdout
         and "60 epochs x 1,281,167 images" in proc.stdout
     )
     proc = run_cli("gmsop.cost", cwd=tmp_path)
     assert proc.returncode == 2 and "give Hydra overrides" in proc.stderr
+
+
+def test_measured_rates_give_gpu_hours_for_the_rows_they_measured(tmp_path):
+    from gmsop.analysis.cost import markdown_table, measured_rates
+
+    bench = tmp_path / "bench.json"
+    bench.write_text(
+        '{"env": {"gpu": "TestGPU"}, "batch": 256, "amp": true, "rows": ['
+        '{"section": "d", "cfg": {"name": "gap"}, "images_per_s": 1281.167},'
+        '{"section": "e", "cfg": {"name": "gap"}, "ms": 1.0}]}'
+    )
+    rates = measured_rates(bench)
+    assert rates.rates == {"resnet18_64@64/gap": 1281.167} and rates.label == "TestGPU, B=256, AMP"
+    costs = [experiment_cost(compose_train([f"experiment=paper/{n}"])) for n in ("imagenet64_resnet18_gap",)]
+    # 75 epochs x 1,281,167 images at 1,281.167 images/s: 75,000 s = 20.8 h
+    assert "| 0.4 | 20.8 (1281 img/s) |" in markdown_table(costs, 50, rates)
+
+
+@pytest.mark.slow
+def test_the_readme_cost_table_is_what_gmsop_cost_prints(tmp_path):
+    """The README's table between its markers is `gmsop.cost --paper --throughput ...`'s output, so
+    neither the code nor the README can drift from the other."""
+    readme = (REPO / "README.md").read_text()
+    start, end = "<!-- gmsop.cost --paper: start -->\n", "<!-- gmsop.cost --paper: end -->"
+    assert start in readme and end in readme
+    committed = readme.split(start, 1)[1].split(end, 1)[0]
+    bench = REPO / "docs" / "results" / "benchmarks" / "cuda_h200_b256.json"
+    proc = run_cli("gmsop.cost", "--paper", "--throughput", str(bench), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert committed == proc.stdout

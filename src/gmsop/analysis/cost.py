@@ -8,16 +8,20 @@ FLOPs are torch's FlopCounterMode count for one training step, forward and backw
 image: matmuls and convolutions only (elementwise ops and eigendecompositions are not
 counted). With the number of training images (known for the paper's data sets, else
 --train-images) it also gives the recipe's total and the GPU-hours that total needs at a
-sustained --tflops: an estimate, not a measurement.
+sustained --tflops: an estimate, not a measurement. With --throughput FILE (a benchmark results
+file, e.g. docs/results/benchmarks/cuda_h200_b256.json), the rows that file measured also get
+GPU-hours at their measured training rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -44,6 +48,7 @@ class Cost:
     gflop_per_image: float  # one training step, forward + backward
     epochs: int
     train_images: Optional[int]
+    measured_as: str = ""  # the key a throughput benchmark names this model by ("" if none applies)
 
     @property
     def total_params(self) -> int:
@@ -55,6 +60,42 @@ class Cost:
     def gpu_hours(self, tflops: float) -> Optional[float]:
         total = self.total_flop()
         return None if total is None else total / (tflops * 1e12) / 3600
+
+    def measured_hours(self, rates: Mapping[str, float]) -> Optional[float]:
+        """GPU-hours for the recipe at a measured training rate (images/s), where one applies."""
+        rate = rates.get(self.measured_as)
+        if rate is None or self.train_images is None:
+            return None
+        return self.epochs * self.train_images / rate / 3600
+
+
+def head_key(backbone: str, image_size: int, head: Mapping[str, Any]) -> str:
+    """How the throughput benchmark (benchmarks/suite.py, section d: the paper's ResNet-18 at
+    64x64) names a model: backbone, input size, head name, and N-K for a mixture."""
+    mixture = f"-{head['num_components']}-{head['k']}" if "num_components" in head else ""
+    return f"{backbone}@{image_size}/{head['name']}{mixture}"
+
+
+class MeasuredRates(NamedTuple):
+    rates: dict[str, float]  # head_key -> training images/s
+    label: str  # where they were measured (GPU, batch, precision)
+
+
+def measured_rates(path: Path) -> MeasuredRates:
+    """Training images/s per model from a benchmark results file (section d of benchmarks/suite.py)."""
+    found = json.loads(Path(path).read_text())
+    rates = {}
+    for row in found.get("rows", []):
+        if row.get("section") == "d":
+            head = {"name": row["cfg"]["name"], **row["cfg"]}
+            if head["name"] in ("gmsop", "gmgap"):
+                head.setdefault("num_components", 16)
+                head.setdefault("k", 8)
+            rates[head_key("resnet18_64", 64, head)] = float(row["images_per_s"])
+    env = found.get("env", {})
+    precision = "AMP" if found.get("amp") else "fp32"
+    label = f"{env.get('gpu') or env.get('device', '?')}, B={found.get('batch')}, {precision}"
+    return MeasuredRates(rates, label)
 
 
 def parameter_breakdown(model: nn.Module) -> dict[str, int]:
@@ -117,23 +158,32 @@ def experiment_cost(
         training_flops_per_image(model, channels, size) / 1e9,
         cfg.trainer.max_epochs,
         train_images,
+        head_key(container["model"]["backbone"], size, container["head"]),
     )
 
 
-def markdown_table(costs: Sequence[Cost], tflops: float) -> str:
+def markdown_table(costs: Sequence[Cost], tflops: float, measured: Optional[MeasuredRates] = None) -> str:
+    """The --paper table; with `measured`, also GPU-hours at the measured training rates."""
+    extra = f" GPU-hours, measured rate ({measured.label}) |" if measured else ""
     lines = [
         "| experiment | params (M) | published (M) | feature map | dim | GFLOP / image / step | epochs "
-        f"| total FLOP | GPU-hours at {tflops:g} TFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| total FLOP | GPU-hours at {tflops:g} TFLOP/s (estimate) |{extra}",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if measured else ""),
     ]
     for c in costs:
         pub = PUBLISHED.get(c.experiment)
         total, hours = c.total_flop(), c.gpu_hours(tflops)
-        lines.append(
+        row = (
             f"| {c.experiment} | {c.total_params / 1e6:.2f} | {pub.params_m if pub and pub.params_m else ''} "
             f"| {'x'.join(map(str, c.feature_map))} | {c.feature_dim} | {c.gflop_per_image:.2f} | {c.epochs} "
             f"| {'' if total is None else f'{total:.1e}'} | {'' if hours is None else f'{hours:.1f}'} |"
         )
+        if measured:
+            at_rate = c.measured_hours(measured.rates)
+            rate = measured.rates.get(c.measured_as)
+            row += "" if at_rate is None else f" {at_rate:.1f} ({rate:.0f} img/s)"
+            row += " |"
+        lines.append(row)
     return "\n".join(lines) + "\n"
 
 
@@ -161,13 +211,20 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=None, help="input channels when the data is not here")
     p.add_argument("--train-images", type=int, default=None, help="training-set size, for the total")
     p.add_argument("--tflops", type=float, default=50.0, help="sustained TFLOP/s assumed for GPU-hours")
+    p.add_argument(
+        "--throughput",
+        type=Path,
+        default=None,
+        help="a benchmark results file (benchmarks/suite.py, section d) whose measured training rates "
+        "give GPU-hours beside the FLOP estimate, for the rows it measured",
+    )
     args = p.parse_args()
     if args.paper == bool(args.overrides):
         p.error("give Hydra overrides (e.g. experiment=...) or --paper, not both or neither")
     if args.paper:
         names = sorted(f.stem for f in PAPER_DIR.glob("*.yaml"))
         costs = [experiment_cost(compose_train([f"experiment=paper/{n}"])) for n in names]
-        print(markdown_table(costs, args.tflops))
+        print(markdown_table(costs, args.tflops, measured_rates(args.throughput) if args.throughput else None), end="")
         return
     cost = experiment_cost(compose_train(args.overrides), args.classes, args.channels, args.train_images)
     print(describe(cost, args.tflops))

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from gmsop.data.sampling import Position, ResumableSampler, SeededPerSample
 from gmsop.data.splits import SELECTED_ON_TEST, SELECTED_ON_VAL, check_hold_out, stratified_hold_out
-from gmsop.registry import Registry
+from gmsop.registry import ConfigError, Registry
 from gmsop.stop_signals import StopSignalSafeLoader
 
 DATA: Registry[ImageDataModule] = Registry("data")
@@ -81,6 +81,7 @@ class ImageDataModule(L.LightningDataModule, ABC):
         # drawn from the (seeded) global generator, then carried by checkpoints
         self.shuffle_seed = int(torch.randint(0, 2**31 - 1, ()).item())
         self._resume_at: Optional[Position] = None
+        self._said_batch = False
 
     # -- to implement -------------------------------------------------------------------
     @abstractmethod
@@ -136,12 +137,10 @@ class ImageDataModule(L.LightningDataModule, ABC):
         if isinstance(ds, SeededPerSample):
             ds.seed = self.shuffle_seed
         trainer = self.trainer
+        world_size = trainer.world_size if trainer else 1
+        batch = self.per_process_batch(world_size)
         sampler = ResumableSampler(
-            ds,
-            self.batch_size,
-            self.shuffle_seed,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
+            ds, batch, self.shuffle_seed, num_replicas=world_size, rank=trainer.global_rank if trainer else 0
         )
         if self._resume_at is not None:
             sampler.resume_at(self._resume_at)
@@ -153,13 +152,26 @@ class ImageDataModule(L.LightningDataModule, ABC):
         return StopSignalSafeLoader(
             ds,
             rank=trainer.global_rank if trainer else 0,
-            batch_size=self.batch_size,
+            batch_size=batch,
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.shuffle_seed),
-            drop_last=len(ds) > self.batch_size,
+            drop_last=sampler.num_samples > batch,
         )  # no size-1 BN batches in training
+
+    def per_process_batch(self, world_size: int) -> int:
+        """data.batch_size is the global batch (the paper's 256): each of the world_size processes of
+        a DDP job takes batch_size / world_size images per step."""
+        if world_size < 1 or self.batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is the global batch, split evenly over the {world_size} "
+                f"processes (trainer.devices x trainer.num_nodes): give a multiple of {world_size}"
+            )
+        if world_size > 1 and self.trainer is not None and self.trainer.is_global_zero and not self._said_batch:
+            print(f"global batch {self.batch_size}: {world_size} processes x {self.batch_size // world_size} images")
+            self._said_batch = True
+        return self.batch_size // world_size
 
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_loader(self._val)

@@ -92,7 +92,8 @@ class GatedMixtureHead(PoolingHead):
 
     aux_loss is the balance loss: balance_weight * CV^2 of per-component importance (or
     of the smooth load estimate, balance="load"), divided by the batch size when
-    balance_per_image (the release's effective scaling: mean CE + (w/B) CV^2).
+    balance_per_image (the release's effective scaling: mean CE + (w/B) CV^2). Under DDP both
+    are the global batch's (importance summed over the processes; ops.across_processes).
     """
 
     second_order = True
@@ -129,6 +130,15 @@ class GatedMixtureHead(PoolingHead):
         self.num_components, self.k = num_components, k
         self.balance, self.balance_weight, self.balance_per_image = Balance(balance), balance_weight, balance_per_image
         self.dispatch = Dispatch(dispatch)
+        gate_cfg = dict(gate or {"name": "noisy_top_k"})
+        noisy_per_image = gate_cfg.get("name") == "noisy_top_k" and gate_cfg.get("noise", Noise.image) == Noise.image
+        if self.balance == Balance.load and noisy_per_image:
+            warnings.warn(
+                "head.balance=load estimates each component's chance of staying in the top K assuming "
+                "independent noise per component (head.noise=component); with head.noise=image one draw "
+                "is shared by all components, and the estimate is not the selection probability",
+                stacklevel=2,
+            )
         self.gate = build_gate(dict(gate or {"name": "noisy_top_k"}), in_channels, num_components, k)
         pooling = HEADS.validate(component_pooling or {"name": "isqrt"}, path="head.component_pooling")
         self.components = nn.ModuleList(Component(in_channels, component_dims, pooling) for _ in range(num_components))
@@ -210,6 +220,7 @@ class GatedMixtureHead(PoolingHead):
             per_component = ops.load_estimate(gates.clean, gates.noisy, gates.noise_std, self.k)
         else:
             per_component = ops.importance(gates.dense)
+        per_component, batch = ops.across_processes(per_component, batch)  # the global batch under DDP
         cv2 = ops.cv_squared(per_component.to(torch.promote_types(per_component.dtype, torch.float32)))
         scale = self.balance_weight / batch if self.balance_per_image else self.balance_weight
         return scale * cv2, cv2

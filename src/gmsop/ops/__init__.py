@@ -1,7 +1,7 @@
 """Pure tensor functions for second-order pooling (batched; any float dtype)."""
 
 from gmsop.ops import sqrtm
-from gmsop.ops.balance import cv_squared, importance, load_estimate
+from gmsop.ops.balance import across_processes, cv_squared, importance, load_estimate
 from gmsop.ops.bilinear import bilinear, count_sketch, random_sketch, signed_sqrt_l2, tensor_sketch
 from gmsop.ops.covariance import covariance
 from gmsop.ops.eig import matrix_power, mpncov
@@ -21,6 +21,7 @@ __all__ = [
     "signed_sqrt_l2",
     "tensor_sketch",
     "covariance",
+    "across_processes",
     "cv_squared",
     "importance",
     "load_estimate",

@@ -32,3 +32,25 @@ def load_estimate(clean: torch.Tensor, noisy: torch.Tensor, noise_std: torch.Ten
     normal = torch.distributions.Normal(clean.new_zeros(()), clean.new_ones(()))
     prob = normal.cdf((clean - threshold) / noise_std.clamp_min(1e-9))
     return prob.sum(dim=0)
+
+
+def across_processes(per_component: torch.Tensor, batch: int) -> tuple[torch.Tensor, int]:
+    """Per-component sums and the batch size of the global batch: summed over the processes of a
+    distributed job (DDP), so that the balance loss and its gradients are those of one process on
+    the whole batch; unchanged in a single process.
+
+    The sum is exchanged in the forward pass only (a collective inside the backward pass could
+    interleave with DDP's own gradient all-reduces differently on different processes). Each
+    process returns world_size x its own sums, plus the other processes' as a constant: the value
+    is the global sum, and the gradient, once DDP averages it over the processes, is exactly the
+    gradient of the global loss."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return per_component, batch
+    world = dist.get_world_size()
+    total = per_component.detach().clone()
+    dist.all_reduce(total)
+    count = torch.tensor([batch], device=per_component.device)
+    dist.all_reduce(count)
+    own = world * per_component
+    return own + (total - own).detach(), int(count.item())

@@ -123,6 +123,7 @@ def run_training(
     rank_zero = rank_zero_only.rank == 0
     check_logger_config(cfg.logger)
     check_run_length(cfg.trainer, cfg.optim)
+    check_global_batch(cfg.trainer, cfg.data)
     container, datamodule, model = build_run(cfg)
     run_dir = run_dir.resolve()
     locks = [RunLock(run_dir, "train a run in it")] if rank_zero else []
@@ -447,6 +448,22 @@ def check_run_length(trainer: DictConfig, optim: DictConfig) -> None:
         raise ConfigError(
             f"optim.scheduler=cosine anneals over trainer.max_epochs epochs, and trainer.max_epochs={epochs} "
             "gives it no length: set trainer.max_epochs (>= 1), or use optim.scheduler=multistep or none"
+        )
+
+
+def check_global_batch(trainer: DictConfig, data: DictConfig) -> None:
+    """data.batch_size is the global batch: fail before anything is written when the processes the
+    trainer config names (an integer trainer.devices x trainer.num_nodes) cannot share it evenly.
+    (Other device specs are checked by the data module once Lightning knows the process count.)"""
+    devices, nodes = trainer.get("devices"), trainer.get("num_nodes") or 1
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    if isinstance(devices, (list, tuple)) or (hasattr(devices, "__len__") and not isinstance(devices, str)):
+        devices = len(devices)
+    if isinstance(devices, int) and devices > 0 and data.batch_size % (devices * nodes):
+        raise ConfigError(
+            f"data.batch_size={data.batch_size} is the global batch, split evenly over the {devices * nodes} "
+            f"processes (trainer.devices={devices} x trainer.num_nodes={nodes}): give a multiple of {devices * nodes}"
         )
 
 
