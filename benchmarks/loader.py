@@ -70,7 +70,8 @@ def loader_rows(device: torch.device, batch: int, batches: int, workers: int | N
         (root / "imagenet64").mkdir()
         _imagenet64_files(root / "imagenet64", per_file=max(1, images // len(TRAIN_FILES) + 1), rng=rng)
         _image_folder(root / "folder", classes=10, per_class=images // 10 + 1, size=80, rng=rng)
-        common = {"batch_size": batch, "num_workers": workers}
+        # every synthetic image trains (no val hold-out: these few random labels cannot be stratified)
+        common = {"batch_size": batch, "num_workers": workers, "select_on_test": True}
         for path, cfg in (
             ("imagenet64 memmap", {"name": "imagenet64", "root": str(root / "imagenet64"), **common}),
             (

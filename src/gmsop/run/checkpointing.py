@@ -160,10 +160,16 @@ class SaveOnInterrupt(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._take_signals()
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "test":  # (before Lightning installs its own SIGTERM handler for the stage)
+            self._sigterm_before_test = signal.getsignal(signal.SIGTERM)
+
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The test stage stops on the same signals, at a batch's end; nothing is saved (training
-        has finished, and a resumed run tests again from the start)."""
+        has finished, and a resumed run tests again from the start). SIGTERM is restored to what it
+        was before Lightning's handler, as in training."""
         self._take_signals()
+        self._previous[signal.SIGTERM] = getattr(self, "_sigterm_before_test", self._previous[signal.SIGTERM])
         signal.signal(signal.SIGTERM, self._on_signal)
 
     def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
