@@ -3,8 +3,10 @@
 
 - `Pace` slows training (and `test_seconds`: the test stage) down without changing it, for tests
   that signal a run mid-epoch: a run on digits is otherwise done before a signal lands.
-- `ScriptedValidation` replaces each epoch's val/top1_err with a given sequence before the
-  checkpoint callbacks read it: which epoch is "best on val" is then known in advance.
+- `ScriptedValidation` logs val/top1_err a second time each epoch with a scripted value; Lightning
+  averages the two logs, so the epoch's value is (real + scripted) / 2. With scripted values 0.05
+  and 0.9 and real errors in [0, 1], the epoch scripted 0.05 is the best on val whatever the
+  model does: which checkpoint is chosen is known in advance.
 """
 
 from __future__ import annotations

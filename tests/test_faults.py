@@ -192,7 +192,7 @@ def test_stop_signals_to_the_process_group_or_the_loader_processes_save_and_resu
         "head=gap",
         "data.num_workers=2",
         "data.flip=true",
-        "trainer.max_epochs=4",
+        "trainer.max_epochs=6",  # room for five stops: under load one stop can take a few steps
         f"trainer.limit_train_batches={STEPS_PER_EPOCH}",
         "trainer.limit_val_batches=2",
         "trainer.checkpoint_every_n_steps=1",
@@ -226,9 +226,9 @@ def test_stop_signals_to_the_process_group_or_the_loader_processes_save_and_resu
         assert _step(last) == summary["global_step"] > stopped_at  # saved where it stopped
         assert "killed by signal" not in _output(job)
         stopped_at = summary["global_step"]
-    assert stopped_at < 4 * STEPS_PER_EPOCH
+    assert stopped_at < 6 * STEPS_PER_EPOCH
     _ok(_train(tmp_path, *common, f"hydra.run.dir={cut}", env=env))
-    assert _summary(cut)["status"] == "finished" and _summary(cut)["global_step"] == 4 * STEPS_PER_EPOCH
+    assert _summary(cut)["status"] == "finished" and _summary(cut)["global_step"] == 6 * STEPS_PER_EPOCH
     assert logged_rows(cut) == logged_rows(full)
     weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for d in (full, cut)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
