@@ -37,6 +37,9 @@ def test_cifar10_and_100_from_python_pickles(tmp_path):
     dm.setup()
     assert (len(dm._train), len(dm._val), len(dm._test), dm.num_classes) == (15, 5, 6, 10)  # val: 1 per class
     assert sorted(dm._val.tensors[1].tolist()) == [1, 2, 3, 4, 5]
+    training_rows = {_rows(4, 32, i)[j].tobytes() for i in range(1, 6) for j in range(4)}
+    held = [x.flatten().numpy().tobytes() for ds in (dm._train, dm._val) for x in ds.tensors[0]]
+    assert len(held) == len(set(held)) == 20 and set(held) == training_rows  # train + val: the training batches
     images, labels, _ = next(iter(dm.test_dataloader()))  # test: the test batch
     assert images.shape == (6, 3, 32, 32) and labels.tolist() == list(range(6))
     # channel-major rows: the first 1024 values are the red plane
