@@ -261,7 +261,12 @@ def test_two_variant_ablation_then_report_through_the_cli(cli, tmp_path):
     rep = run_cli("gmsop.report", str(sweep_dir), cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr[-3000:]
     md = (sweep_dir / "report" / "report.md").read_text()
-    assert "| head.num_components=4 | gmsop |" in md and "| head.num_components=8 | gmsop |" in md
+    assert "| head.num_components=4 | gmsop | 1 |" in md and "| head.num_components=8 | gmsop | 1 |" in md
+    assert "(binomial) |" in md and "| val |" in md  # each run's test error with its interval, chosen on val
+    # both tested on digits' 360 test images: compared image by image (one seed pair)
+    (pair,) = list(csv.DictReader((sweep_dir / "report" / "comparisons.csv").open()))
+    assert (pair["A"], pair["B"], pair["seed pairs"]) == ("head.num_components=4", "head.num_components=8", "1")
+    assert pair["verdict"] in ("not resolved", "head.num_components=4 lower", "head.num_components=8 lower")
     assert (sweep_dir / "report" / "errors.png").is_file() and (sweep_dir / "report" / "component_usage.png").is_file()
     assert (sweep_dir / "report" / "curves.png").is_file()  # from each run's csv/metrics.csv
     assert all((run.parent / "plots" / "curves.png").is_file() for run in runs)
