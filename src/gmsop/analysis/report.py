@@ -379,11 +379,18 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        low, high = self.difference.low, self.difference.high
-        if low > 0:
-            return f"{self.b} lower"
-        if high < 0:
-            return f"{self.a} lower"
+        """Which makes fewer errors, when the images and the seeds both say so: the bootstrap interval
+        over images excludes 0 and, with two seed pairs or more, so does the seed-pair t-interval
+        (differences between seeds are not in the image bootstrap). With one seed pair only the
+        images can speak, and the verdict says so."""
+        intervals = [(self.difference.low, self.difference.high)]
+        if self.seeds is not None:
+            intervals.append((self.seeds.low, self.seeds.high))
+        caveat = " (one seed pair: images only)" if self.seeds is None else ""
+        if all(low > 0 for low, _ in intervals):
+            return f"{self.b} lower{caveat}"
+        if all(high < 0 for _, high in intervals):
+            return f"{self.a} lower{caveat}"
         return "not resolved"
 
 
@@ -611,7 +618,9 @@ def report(root: Path, out: Optional[Path] = None, compare_pairs: Sequence[tuple
             "resampled over images (percentile interval, 10,000 resamples). Seed-pair t: the interval of the per-pair "
             "differences (two pairs or more). McNemar: exact two-sided test per seed pair, with the images "
             "only A and only B classify correctly. Verdict: which makes fewer errors when the bootstrap "
-            "interval excludes 0, else not resolved.\n\n" + markdown_table(COMPARISON_COLUMNS, comparison_rows(found))
+            "interval excludes 0 and, with two seed pairs or more, the seed-pair interval does too (the "
+            "image bootstrap does not see differences between seeds); else not resolved.\n\n"
+            + markdown_table(COMPARISON_COLUMNS, comparison_rows(found))
         )
     md += "\n## Runs\n\n" + markdown_table(RUN_COLUMNS, per_run)
     if plot_curves(runs, out / "curves.png"):
