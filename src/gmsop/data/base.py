@@ -163,15 +163,11 @@ class ImageDataModule(L.LightningDataModule, ABC):
     def per_process_batch(self, world_size: int) -> int:
         """data.batch_size is the global batch (the paper's 256): each of the world_size processes of
         a DDP job takes batch_size / world_size images per step."""
-        if world_size < 1 or self.batch_size % world_size:
-            raise ConfigError(
-                f"data.batch_size={self.batch_size} is the global batch, split evenly over the {world_size} "
-                f"processes (trainer.devices x trainer.num_nodes): give a multiple of {world_size}"
-            )
+        share = split_global_batch(self.batch_size, world_size)
         if world_size > 1 and self.trainer is not None and self.trainer.is_global_zero and not self._said_batch:
             print(f"global batch {self.batch_size}: {world_size} processes x {self.batch_size // world_size} images")
             self._said_batch = True
-        return self.batch_size // world_size
+        return share
 
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_loader(self._val)
@@ -263,6 +259,17 @@ class TensorImageDataModule(ImageDataModule):
 
     def channel_stats(self) -> tuple[Sequence[float], Sequence[float]]:
         return self._stats
+
+
+def split_global_batch(batch_size: int, world_size: int, processes: str = "trainer.devices x trainer.num_nodes") -> int:
+    """Each process's share of the global batch data.batch_size; a ConfigError naming the keys when
+    the `world_size` processes (named by `processes`) cannot share it evenly."""
+    if world_size < 1 or batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size={batch_size} is the global batch, split evenly over the {world_size} "
+            f"processes ({processes}): give a multiple of {world_size}"
+        )
+    return batch_size // world_size
 
 
 class Indexed(Dataset):

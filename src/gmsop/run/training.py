@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gmsop.config import RUN_CONTROL_KEYS
 from gmsop.data import ImageDataModule, build_datamodule
+from gmsop.data.base import split_global_batch
 from gmsop.errors import UserError
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import held_lock, write_text_atomic
@@ -458,13 +459,10 @@ def check_global_batch(trainer: DictConfig, data: DictConfig) -> None:
     devices, nodes = trainer.get("devices"), trainer.get("num_nodes") or 1
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
-    if isinstance(devices, (list, tuple)) or (hasattr(devices, "__len__") and not isinstance(devices, str)):
+    elif hasattr(devices, "__len__") and not isinstance(devices, str):  # a list of device indices
         devices = len(devices)
-    if isinstance(devices, int) and devices > 0 and data.batch_size % (devices * nodes):
-        raise ConfigError(
-            f"data.batch_size={data.batch_size} is the global batch, split evenly over the {devices * nodes} "
-            f"processes (trainer.devices={devices} x trainer.num_nodes={nodes}): give a multiple of {devices * nodes}"
-        )
+    if isinstance(devices, int) and devices > 0:
+        split_global_batch(data.batch_size, devices * nodes, f"trainer.devices={devices} x trainer.num_nodes={nodes}")
 
 
 def check_logger_config(logger: DictConfig) -> None:
