@@ -11,7 +11,7 @@ import torch
 from gmsop.config import OptimConfig
 from gmsop.data import build_datamodule
 from gmsop.heads import HeadOutput
-from gmsop.models.classifier import NonFiniteLossError, SecondOrderClassifier, build_optimiser
+from gmsop.models.classifier import PARTS, NonFiniteLossError, SecondOrderClassifier, build_optimiser
 from gmsop.registry import ConfigError
 
 SGD = asdict(OptimConfig(milestones=[2, 4]))  # the schema's defaults, but milestones=[2, 4]
@@ -23,7 +23,7 @@ def _model(head="gap", optim=SGD):
 
 def test_multistep_schedule_matches_the_recipe():
     params = [torch.nn.Parameter(torch.zeros(1))]
-    cfg = build_optimiser(params, SGD, max_epochs=6)
+    cfg = build_optimiser(params, SGD, max_epochs=6, global_batch=256)
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and not opt.defaults["nesterov"]
     lrs = []
@@ -37,10 +37,10 @@ def test_multistep_schedule_matches_the_recipe():
 
 def test_adamw_cosine_and_no_schedule():
     params = [torch.nn.Parameter(torch.zeros(1))]
-    cfg = build_optimiser(params, {**SGD, "name": "adamw", "lr": 1e-3, "scheduler": "cosine", "min_lr": 1e-5}, 10)
+    cfg = build_optimiser(params, {**SGD, "name": "adamw", "lr": 1e-3, "scheduler": "cosine", "min_lr": 1e-5}, 10, 256)
     assert isinstance(cfg["optimizer"], torch.optim.AdamW)
     assert isinstance(cfg["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
-    assert isinstance(build_optimiser(params, {**SGD, "scheduler": "none"}, 10), torch.optim.SGD)
+    assert isinstance(build_optimiser(params, {**SGD, "scheduler": "none"}, 10, 256), torch.optim.SGD)
 
 
 def test_fine_tuning_recipe_part_learning_rates_no_decay_groups_and_frozen_stages():
@@ -56,8 +56,7 @@ def test_fine_tuning_recipe_part_learning_rates_no_decay_groups_and_frozen_stage
     model = SecondOrderClassifier(
         {"backbone": "resnet18_64", "freeze_stages": 2}, {"name": "isqrt", "reduce_dim": 8}, optim, 10, 1
     )
-    model.trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False)
-    opt = model.configure_optimizers()["optimizer"]
+    opt = build_optimiser({part: getattr(model, part) for part in PARTS}, optim, 3, global_batch=256)["optimizer"]
     groups = {g["name"]: g for g in opt.param_groups}
     assert {n: g["lr"] for n, g in groups.items()} == pytest.approx(
         {
@@ -84,7 +83,7 @@ def test_fine_tuning_recipe_part_learning_rates_no_decay_groups_and_frozen_stage
     after = model.backbone.model.stem.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics unchanged
     with pytest.raises(ConfigError, match=r"optim.lr_mult has unknown part\(s\) \['neck'\]"):
-        build_optimiser({"head": torch.nn.Linear(2, 2)}, {**SGD, "lr_mult": {"neck": 2.0}}, 3)
+        build_optimiser({"head": torch.nn.Linear(2, 2)}, {**SGD, "lr_mult": {"neck": 2.0}}, 3, 256)
     with pytest.raises(ConfigError, match="model.freeze_stages=9; resnet18_64 has 5 stages"):
         SecondOrderClassifier({"backbone": "resnet18_64", "freeze_stages": 9}, {"name": "gap"}, SGD, 10, 1)
 

@@ -192,6 +192,16 @@ def test_ddp_on_two_cpu_processes_writes_one_run(cli, tmp_path):
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1  # non-zero ranks create no W&B run
     summary = _summary(run_dir)
     assert summary["global_step"] == 2 and (run_dir / "train_ddp_process_1.log").is_file()
+    # optim.lr (isqrt_digits: 0.01 stated for batch 64) scaled to the global batch 32, in every process
+    assert summary["learning_rate"] == {
+        "base": 0.01,
+        "reference_batch": 64,
+        "global_batch": 32,
+        "scaling": "linear",
+        "rate": pytest.approx(0.005, rel=1e-12),
+    }
+    line = "learning rate 0.005 = optim.lr 0.01 x (32 / 64)"
+    assert line in (run_dir / "train.log").read_text() and line in (run_dir / "train_ddp_process_1.log").read_text()
 
 
 @pytest.mark.parametrize("debug", ["fast_dev_run", "overfit"])

@@ -225,3 +225,24 @@ def test_interrupted_mid_epoch_validations_resume_exactly(tmp_path):
     assert resumed["logged"] == uninterrupted["logged"]  # every validation's row, once, at its step
     for name, value in uninterrupted["weights"].items():
         assert torch.equal(resumed["weights"][name], value), name
+
+
+@pytest.mark.slow
+def test_learning_rate_warm_up_resumes_exactly(tmp_path):
+    """optim.warmup_epochs=1.5 (12 steps, past the first epoch's end) multiplies into the step schedule;
+    runs killed inside the warm-up (mid-epoch, and after the first epoch) resume it where it was."""
+    model = ("head=gap",)
+    warm = ("optim.warmup_epochs=1.5", "optim.milestones=[2]")
+    uninterrupted = _train(tmp_path / "whole", [], "null", *warm, model=model)
+    resumed = _train(tmp_path / "resumed", [(5, "train", "kill"), (10, "train", "kill")], 1, *warm, model=model)
+    rows = sorted(
+        (int(r["step"]), float(r["lr-SGD/backbone"]))
+        for r in map(dict, uninterrupted["logged"])
+        if "lr-SGD/backbone" in r
+    )
+    rates = [rate for _, rate in rows]
+    rate = 0.1 * 64 / 256  # digits' batch 64; logged at each epoch's start: steps 0, 8 (warming up) and 16
+    assert rates == pytest.approx([rate * 0.1, rate * (0.1 + 0.9 * 8 / 12), rate * 0.1], rel=1e-9)
+    assert resumed["logged"] == uninterrupted["logged"]
+    for name, value in uninterrupted["weights"].items():
+        assert torch.equal(resumed["weights"][name], value), name

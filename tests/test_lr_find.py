@@ -21,6 +21,11 @@ def test_lr_find_writes_the_curve_and_suggests_a_learning_rate(tmp_path):
     assert len(lrs) == 12 and lrs[0] == pytest.approx(1e-5) and all(a < b for a, b in zip(lrs, lrs[1:]))
     assert (out / "lr_find.png").stat().st_size > 0
     assert ("suggested learning rate" in proc.stdout) == (result["suggestion"] is not None)
+    # the finder sweeps the rate trained at; optim.lr is the base rate for 256 images, linear scaling
+    assert (result["global_batch"], result["lr_reference_batch"], result["lr_scaling"]) == (32, 256, "linear")
+    if result["suggestion"] is not None:
+        assert result["base_lr"] == pytest.approx(result["suggestion"] * 256 / 32, rel=1e-12)
+        assert f"optim.lr={result['base_lr']:.3g}" in proc.stdout
     assert not list(tmp_path.glob("runs")) and not list(tmp_path.rglob("*.ckpt"))  # nothing of a run is written
 
 

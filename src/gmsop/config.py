@@ -42,7 +42,14 @@ class OptimConfig:
     """Optimiser and per-epoch LR schedule."""
 
     name: str = "sgd"  # sgd | adamw
+    # a base rate for a batch of lr_reference_batch images, scaled to the run's global batch
+    # (gmsop.models.learning_rate): linear | sqrt | none (none: lr is the rate as written)
     lr: float = 0.1
+    lr_reference_batch: int = 256
+    lr_scaling: str = "linear"
+    # linear warm-up from warmup_start_factor x the rate over this many epochs (0: none), per step
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4

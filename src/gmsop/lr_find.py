@@ -1,5 +1,9 @@
 """Entry point: `python -m gmsop.lr_find experiment=NAME key=value ... [--steps 100]` suggests optim.lr.
 
+The finder sweeps the rate actually trained at, at the global batch data.batch_size; optim.lr is a
+base rate for optim.lr_reference_batch images (gmsop.models.learning_rate), so the suggestion is
+printed both ways: the rate, and the optim.lr that gives it at this batch and optim.lr_scaling.
+
 Lightning's learning-rate finder (`Tuner.lr_find`) on the composed training config: `--steps`
 training steps with the learning rate growing exponentially from --min-lr to --max-lr (every
 part's group alike), the smoothed loss recorded at each. It prints a suggestion and writes the
@@ -33,7 +37,8 @@ from gmsop.run.training import build_run
 
 
 def find_lr(overrides: list[str], out: Path, min_lr: float, max_lr: float, steps: int) -> dict[str, Any]:
-    """Run the finder; return {suggestion, lrs, losses} (suggestion None when the curve has none)."""
+    """Run the finder; return {suggestion, base_lr, global_batch, lrs, losses}: the suggested rate
+    and the optim.lr that trains at it (both None when the curve has none)."""
     if not 0 < min_lr < max_lr:
         raise ConfigError(f"need 0 < --min-lr < --max-lr, got {min_lr} and {max_lr}")
     if steps < 10:
@@ -57,7 +62,17 @@ def find_lr(overrides: list[str], out: Path, min_lr: float, max_lr: float, steps
         raise ConfigError("the learning-rate finder returned nothing (no training batches?)")
     lrs, losses = finder.results["lr"], finder.results["loss"]
     suggestion = steepest_descent(lrs, losses, skip_begin=max(1, steps // 10))
-    result = {"suggestion": suggestion, "lrs": lrs, "losses": losses}
+    scaling = model.lr_used  # set when the finder configured the optimiser
+    base = None if suggestion is None else scaling.base_for(suggestion)
+    result = {
+        "suggestion": suggestion,
+        "base_lr": base,
+        "global_batch": scaling.global_batch,
+        "lr_reference_batch": scaling.reference_batch,
+        "lr_scaling": scaling.scaling,
+        "lrs": lrs,
+        "losses": losses,
+    }
     out.mkdir(parents=True, exist_ok=True)
     fig = finder.plot(suggest=False, show=False)
     ax = fig.axes[0]
@@ -99,7 +114,11 @@ def main() -> None:
     if result["suggestion"] is None:
         print("no suggestion: the loss never fell steadily; widen --min-lr/--max-lr or take more --steps")
     else:
-        print(f"suggested learning rate: {result['suggestion']:.3g}  ->  optim.lr={result['suggestion']:.3g}")
+        print(
+            f"suggested learning rate: {result['suggestion']:.3g} at global batch {result['global_batch']}  ->  "
+            f"optim.lr={result['base_lr']:.3g} (the base rate for optim.lr_reference_batch="
+            f"{result['lr_reference_batch']}, optim.lr_scaling={result['lr_scaling']})"
+        )
 
 
 if __name__ == "__main__":

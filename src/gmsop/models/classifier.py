@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
@@ -16,10 +17,18 @@ from gmsop.config import ModelConfig, OptimConfig
 from gmsop.heads import HEADS, HeadOutput
 from gmsop.models.compiling import compile_in_place, compile_options
 from gmsop.models.factory import SMALL_IMAGE_BACKBONES, create_backbone, weights_from_checkpoint
+from gmsop.models.learning_rate import (
+    LearningRate,
+    learning_rate,
+    trainer_global_batch,
+    validate_lr_keys,
+    warmup_scheduler,
+)
 from gmsop.models.predictions import Predictions
 from gmsop.models.usage import ComponentUsage, UsageSummary
 from gmsop.registry import ConfigError, complete
 
+log = logging.getLogger(__name__)
 OPTIMISERS = ("sgd", "adamw")
 # What every run logs once per epoch (keys in trainer.callback_metrics), e.g. for a sweep's metric.
 EPOCH_METRICS = (
@@ -85,6 +94,9 @@ class SecondOrderClassifier(L.LightningModule):
         # the backbone parameters a warm-up holds (not those model.freeze_stages froze for good)
         self._warm_up_held = [p for p in self.backbone.parameters() if p.requires_grad]
         self.channels_last = model["channels_last"]
+        self.lr_used: Optional[LearningRate] = (
+            None  # set by configure_optimizers: the rate and how it follows from optim.lr
+        )
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         compile_opts = compile_options(model["compile"])
@@ -249,7 +261,13 @@ class SecondOrderClassifier(L.LightningModule):
         for p in self._warm_up_held:  # in the optimiser from the start; the warm-up only withholds gradients
             p.requires_grad_(True)
         parts = {name: getattr(self, name) for name in PARTS}
-        return build_optimiser(parts, self.hparams.optim, self.trainer.max_epochs)
+        global_batch, steps_per_epoch = trainer_global_batch(self.trainer)
+        configured = build_optimiser(
+            parts, self.hparams.optim, self.trainer.max_epochs, global_batch, steps_per_epoch=steps_per_epoch
+        )
+        self.lr_used = learning_rate(complete_optim(self.hparams.optim), global_batch)
+        log.info(self.lr_used.describe())  # every process: each DDP process's log says what it trains at
+        return configured
 
 
 def validate_optim(optim: Mapping[str, Any]) -> None:
@@ -258,6 +276,7 @@ def validate_optim(optim: Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown optim.name={optim['name']!r}; allowed: {', '.join(OPTIMISERS)}")
     if optim["scheduler"] not in SCHEDULERS:
         raise ConfigError(f"unknown optim.scheduler={optim['scheduler']!r}; allowed: {', '.join(SCHEDULERS)}")
+    validate_lr_keys(optim)
     unknown = set(optim["lr_mult"]) - set(PARTS)
     if unknown:
         raise ConfigError(f"optim.lr_mult has unknown part(s) {sorted(unknown)}; allowed: {', '.join(PARTS)}")
@@ -272,14 +291,14 @@ def validate_optim(optim: Mapping[str, Any]) -> None:
             raise ConfigError(f"optim.{key}={optim[key]!r}; allowed: {allowed}")
 
 
-def param_groups(parts: Mapping[str, nn.Module], optim: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One optimiser group per part (backbone, head, classifier) at lr * optim.lr_mult[part]; with
+def param_groups(parts: Mapping[str, nn.Module], optim: Mapping[str, Any], rate: float) -> list[dict[str, Any]]:
+    """One optimiser group per part (backbone, head, classifier) at rate * optim.lr_mult[part]; with
     optim.no_decay_bn_bias, each part's 1-d parameters (BatchNorm weights, biases) get their own
     group without weight decay. Frozen parameters are left out."""
     groups = []
     for name, module in parts.items():
         params = [p for p in module.parameters() if p.requires_grad]
-        lr = optim["lr"] * optim["lr_mult"].get(name, 1.0)
+        lr = rate * optim["lr_mult"].get(name, 1.0)
         exempt = [optim["no_decay_bn_bias"] and p.ndim <= 1 for p in params]
         no_decay = [p for p, e in zip(params, exempt) if e]
         decay = [p for p, e in zip(params, exempt) if not e]
@@ -288,27 +307,43 @@ def param_groups(parts: Mapping[str, nn.Module], optim: Mapping[str, Any]) -> li
     return groups
 
 
-def build_optimiser(params, optim: Mapping[str, Any], max_epochs: int):
-    """SGD + MultiStepLR (the paper's recipe) or AdamW + cosine; the schedule steps per epoch.
-    `params`: parameters (one group), or {part name: module} for per-part groups (`param_groups`)."""
+def complete_optim(optim: Mapping[str, Any]) -> dict[str, Any]:
+    """An optim mapping with the schema's defaults filled in, checked."""
     optim = complete(OptimConfig, optim, "optim", "the optimiser")
     validate_optim(optim)
+    return optim
+
+
+def build_optimiser(params, optim: Mapping[str, Any], max_epochs: int, global_batch: int, steps_per_epoch: int = 0):
+    """SGD + MultiStepLR (the paper's recipe) or AdamW + cosine, at optim.lr scaled to the global batch
+    (gmsop.models.learning_rate); the schedule steps per epoch, an optional warm-up per step.
+    `params`: parameters (one group), or {part name: module} for per-part groups (`param_groups`)."""
+    optim = complete_optim(optim)
+    rate = learning_rate(optim, global_batch).rate
     if isinstance(params, Mapping):
-        params = param_groups(params, optim)
+        params = param_groups(params, optim, rate)
     if optim["name"] == "sgd":
         opt = torch.optim.SGD(
             params,
-            lr=optim["lr"],
+            lr=rate,
             momentum=optim["momentum"],
             nesterov=optim["nesterov"],
             weight_decay=optim["weight_decay"],
         )
     else:
-        opt = torch.optim.AdamW(params, lr=optim["lr"], weight_decay=optim["weight_decay"])
-    if optim["scheduler"] == "none":
-        return opt
+        opt = torch.optim.AdamW(params, lr=rate, weight_decay=optim["weight_decay"])
+    schedules = []
     if optim["scheduler"] == "multistep":
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(optim["milestones"]), gamma=optim["gamma"])
-    else:
+        schedules.append({"scheduler": sched, "interval": "epoch"})
+    elif optim["scheduler"] == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs), eta_min=optim["min_lr"])
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        schedules.append({"scheduler": sched, "interval": "epoch"})
+    warmup = warmup_scheduler(opt, optim, steps_per_epoch)  # after the epoch schedule: it multiplies into it
+    if warmup is not None:
+        schedules.append({"scheduler": warmup, "interval": "step", "name": "warmup"})
+    if not schedules:
+        return opt
+    if len(schedules) == 1:
+        return {"optimizer": opt, "lr_scheduler": schedules[0]}
+    return [opt], schedules

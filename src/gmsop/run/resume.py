@@ -30,7 +30,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from gmsop.config import ModelConfig
+from gmsop.config import ModelConfig, OptimConfig
 from gmsop.data import DATA
 from gmsop.errors import UserError
 from gmsop.heads import HEADS
@@ -244,7 +244,7 @@ def config_differences(checkpoint: dict, current: Mapping[str, Any]) -> list[str
         return {
             "model": model,
             "head": part("head", HEADS),
-            "optim": h.get("optim"),
+            "optim": _optim_with_defaults(h.get("optim")),
             "data": data,
             "num_classes": h.get("num_classes"),
             "in_chans": h.get("in_chans"),
@@ -259,6 +259,23 @@ def _model_with_defaults(cfg: Optional[Mapping[str, Any]]) -> dict:
         return complete(ModelConfig, cfg or {}, "model", "the model")
     except ConfigError:
         return dict(cfg or {})
+
+
+# What optim.lr meant in checkpoints made before it became a base rate scaled to the batch
+# (gmsop.models.learning_rate): the rate itself.
+OPTIM_BEFORE_LR_SCALING = {"lr_scaling": "none"}
+
+
+def _optim_with_defaults(cfg: Optional[Mapping[str, Any]]) -> dict:
+    """The optim config with the schema's defaults; an older checkpoint's, without optim.lr_scaling,
+    as it trained: at optim.lr unscaled (resuming it asks for optim.lr_scaling=none)."""
+    cfg = dict(cfg or {})
+    if cfg and "lr_scaling" not in cfg:
+        cfg.update(OPTIM_BEFORE_LR_SCALING)
+    try:
+        return complete(OptimConfig, cfg, "optim", "the optimiser")
+    except ConfigError:
+        return cfg
 
 
 def _with_defaults(registry: Registry, cfg: Optional[Mapping[str, Any]]) -> dict:

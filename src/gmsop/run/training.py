@@ -422,6 +422,7 @@ def _write_summary(
         "best_checkpoint": best.best_model_path or None,
         "best_score": None if best.best_model_score is None else float(best.best_model_score),
         "best": best_of_run,  # the epoch of the lowest val/top1_err, with its validation values
+        "learning_rate": model.lr_used.as_dict() if model.lr_used else None,  # optim.lr scaled to the global batch
         "selected_on": datamodule.selected_on,  # the split best.ckpt was chosen on: val, or test (select_on_test)
         "test": test,  # the test stage (test_stage.py): best.ckpt on the test split, once
         "metrics": metrics,  # the last epoch's, and test/*
