@@ -87,7 +87,8 @@ def test_curves_match_the_logged_metrics_and_the_schedule(tmp_path):
     _fit(tmp_path, max_epochs=2)
     curves = read_curves(tmp_path)
     assert sorted(curves) == [0, 1]
-    assert [curves[e]["lr"] for e in (0, 1)] == pytest.approx([0.1, 0.01])  # milestone at epoch 1
+    rate = 0.1 * 16 / 256  # optim.lr 0.1 for 256 images, at a batch of 16
+    assert [curves[e]["lr"] for e in (0, 1)] == pytest.approx([rate, rate / 10])  # milestone at epoch 1
     for column, logged_key in [
         ("train/loss", "train/loss_epoch"),
         ("train/top1_err", "train/top1_err"),
@@ -116,7 +117,7 @@ def test_resumed_run_keeps_the_earlier_epochs(tmp_path):
     moved.mkdir()
     shutil.copy(ckpt, moved / "last.ckpt")
     _fit(third, max_epochs=3, ckpt_path=moved / "last.ckpt")
-    assert sorted(read_curves(third)) == [2] and read_curves(third)[2]["lr"] == pytest.approx(0.01)
+    assert sorted(read_curves(third)) == [2] and read_curves(third)[2]["lr"] == pytest.approx(0.01 * 16 / 256)
 
 
 def test_best_epoch_is_the_lowest_validation_error_earliest_on_ties():

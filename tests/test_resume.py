@@ -269,3 +269,19 @@ def test_a_cosine_run_resumed_for_another_length_is_refused_naming_the_key(tmp_p
             run_training(longer, tmp_path / f"longer_{allow}")
     same = run_training(compose_train(*common, "trainer.max_epochs=2", f"trainer.resume={run_dir}"), tmp_path / "same")
     assert same.metrics["val/top1_err"] >= 0
+
+
+def test_checkpoints_from_before_lr_scaling_resume_as_the_fixed_rate_they_trained_at(tmp_path):
+    """Before optim.lr became a base rate scaled to the batch, optim.lr was the rate: such a
+    checkpoint resumes with optim.lr_scaling=none, and the error says so for the new default."""
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = _checkpoint(path)
+    plan = plan_resume(str(tmp_path / "run"), tmp_path / "new", tmp_path)
+    optim = saved["hyper_parameters"]["optim"]
+    new_keys = ("lr_reference_batch", "lr_scaling", "warmup_epochs", "warmup_start_factor")
+    plan.checkpoint["hyper_parameters"]["optim"] = {k: v for k, v in optim.items() if k not in new_keys}
+    current = {**saved["hyper_parameters"], "optim": {**optim, "lr_scaling": "linear"}}
+    with pytest.raises(CheckpointError, match="optim.lr_scaling: 'none' in the checkpoint, 'linear' now"):
+        check_compatible(plan, current, allow_changes=False)
+    fixed = {**saved["hyper_parameters"], "optim": {**optim, "lr_scaling": "none"}}
+    assert check_compatible(plan, fixed, allow_changes=False) == []
