@@ -95,6 +95,25 @@ def test_unknown_optimiser_or_scheduler_fails_at_construction():
         _model(optim={**SGD, "scheduler": "poly"})
 
 
+@pytest.mark.parametrize(
+    "head, bn, expected",
+    [
+        ({"name": "gmsop", "num_components": 4, "k": 2, "component_dims": [16, 8], "gate_dims": [8]}, None, True),
+        ({"name": "gmgap", "num_components": 4, "k": 2, "component_dims": [16], "gate_dims": [8]}, None, True),
+        ({"name": "isqrt"}, None, False),
+        ({"name": "gap"}, None, False),
+        ({"name": "isqrt"}, True, True),  # model.bn, when set, wins
+        ({"name": "gmsop", "num_components": 4, "k": 2, "component_dims": [16, 8], "gate_dims": [8]}, False, False),
+    ],
+)
+def test_classifier_batchnorm_defaults_to_the_heads_choice(head, bn, expected):
+    """model.bn=null: BN after a mixture's fusion, none for the baselines (as the release builds them);
+    the checkpoint records the resolved value."""
+    model = SecondOrderClassifier({"backbone": "resnet18_64", "bn": bn}, head, SGD, 10, 1)
+    assert isinstance(model.classifier[0], torch.nn.BatchNorm1d) == expected
+    assert model.hparams["model"]["bn"] is expected
+
+
 def test_forward_shapes_and_checkpoint_hparams():
     model = _model("isqrt")
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)

@@ -27,7 +27,9 @@ class ModelConfig:
     last_stride: Optional[int] = None  # small-image backbones: null = 1 for second-order heads, else 2
     output_stride: Optional[int] = None  # other timm CNNs: e.g. 16 removes the last downsampling
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    bn: bool = True  # BatchNorm1d on the pooled vector before the classifier
+    # BatchNorm1d on the pooled vector before the classifier; null: the head's choice (the release's:
+    # after a mixture's fusion, none for the baselines; PoolingHead.classifier_bn)
+    bn: Optional[bool] = None
     dropout: float = 0.0
     freeze_stages: int = 0  # fine-tuning: freeze the first N backbone stages (timm feature_info; 1 = the stem)
     freeze_backbone_epochs: int = 0  # fine-tuning warm-up: train only the head and classifier for N epochs

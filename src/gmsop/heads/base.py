@@ -44,10 +44,18 @@ class PoolingHead(nn.Module, ABC):
 
     `second_order` tells the model factory that the backbone should keep its last stage at
     full resolution (the paper removes the last downsampling for second-order heads).
+
+    `classifier_bn` is the head's default for model.bn (BatchNorm1d on the pooled vector before the
+    classifier), as the release builds each network: BN after a mixture's fusion, none for the
+    baselines. It matters most for high-dimensional outputs: BN gives each of SR-SOP's 8,256
+    dimensions unit variance, so one SGD step moves the logits in proportion to the dimension (on
+    Fashion-MNIST at the default rate, SR-SOP ended 5 points behind without BN's help; GM-SOP without
+    BN did not train: docs/results/defaults_new_data).
     """
 
     out_dim: int
     second_order: bool = False
+    classifier_bn: bool = False
     num_components: int = 0  # components a gated head routes images to (its HeadOutput.routing); 0: none
 
     @abstractmethod

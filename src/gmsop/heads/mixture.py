@@ -97,6 +97,7 @@ class GatedMixtureHead(PoolingHead):
     """
 
     second_order = True
+    classifier_bn = True  # the release: BN (then dropout) after the fusion
 
     def __init__(
         self,

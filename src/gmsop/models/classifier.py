@@ -77,6 +77,7 @@ class SecondOrderClassifier(L.LightningModule):
     ) -> None:
         super().__init__()  # `data` is only recorded, so a checkpoint names its data set (gmsop.eval)
         model = complete(ModelConfig, model, "model", "the model")  # defaults from the schema, not restated here
+        model["bn"] = classifier_bn(model, head.get("name") if isinstance(head, Mapping) else None)  # recorded resolved
         optim = complete(OptimConfig, optim, "optim", "the optimiser")
         self.save_hyperparameters()
         head_cfg = HEADS.validate(head, path="head")
@@ -268,6 +269,15 @@ class SecondOrderClassifier(L.LightningModule):
         self.lr_used = learning_rate(complete_optim(self.hparams.optim), global_batch)
         log.info(self.lr_used.describe())  # every process: each DDP process's log says what it trains at
         return configured
+
+
+def classifier_bn(model: Mapping[str, Any], head_name: Optional[str]) -> bool:
+    """Whether BatchNorm1d normalises the pooled vector before the classifier: model.bn, or when it
+    is null (the default) the head's own choice, `classifier_bn` (the release's networks: after a
+    mixture's fusion, not for the baselines)."""
+    if model.get("bn") is not None:
+        return bool(model["bn"])
+    return bool(HEADS.get(head_name).classifier_bn) if head_name in HEADS.names() else True
 
 
 def validate_optim(optim: Mapping[str, Any]) -> None:

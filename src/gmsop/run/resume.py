@@ -34,6 +34,7 @@ from gmsop.config import ModelConfig, OptimConfig
 from gmsop.data import DATA
 from gmsop.errors import UserError
 from gmsop.heads import HEADS
+from gmsop.models.classifier import classifier_bn
 from gmsop.registry import ConfigError, Registry, complete
 from gmsop.run.checkpointing import BEST, CHECKPOINT_DIR, LAST
 from gmsop.run.folder import (
@@ -239,7 +240,7 @@ def config_differences(checkpoint: dict, current: Mapping[str, Any]) -> list[str
 
         data = part("data", DATA)
         data = {k: v for k, v in data.items() if k not in DATA_KEYS_FREE_ON_RESUME}
-        model = _model_with_defaults(h.get("model"))
+        model = _model_with_defaults(h.get("model"), (h.get("head") or {}).get("name"))
         model = {k: v for k, v in model.items() if k not in MODEL_KEYS_FREE_ON_RESUME}
         return {
             "model": model,
@@ -253,12 +254,15 @@ def config_differences(checkpoint: dict, current: Mapping[str, Any]) -> list[str
     return differences(comparable(saved, current), comparable(current, saved))
 
 
-def _model_with_defaults(cfg: Optional[Mapping[str, Any]]) -> dict:
-    """The model config with the schema's defaults (checkpoints of older versions lack newer keys)."""
+def _model_with_defaults(cfg: Optional[Mapping[str, Any]], head_name: Optional[str]) -> dict:
+    """The model config with the schema's defaults (checkpoints of older versions lack newer keys),
+    model.bn resolved for the head (null: the head's choice; checkpoints record it resolved)."""
     try:
-        return complete(ModelConfig, cfg or {}, "model", "the model")
+        model = complete(ModelConfig, cfg or {}, "model", "the model")
     except ConfigError:
         return dict(cfg or {})
+    model["bn"] = classifier_bn(model, head_name)
+    return model
 
 
 # What optim.lr meant in checkpoints made before it became a base rate scaled to the batch
