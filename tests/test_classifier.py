@@ -11,7 +11,8 @@ import torch
 from gmsop.config import OptimConfig
 from gmsop.data import build_datamodule
 from gmsop.heads import HeadOutput
-from gmsop.models.classifier import PARTS, NonFiniteLossError, SecondOrderClassifier, build_optimiser
+from gmsop.models.classifier import NonFiniteLossError, SecondOrderClassifier
+from gmsop.models.optimisation import PARTS, build_optimiser
 from gmsop.registry import ConfigError
 
 SGD = asdict(OptimConfig(milestones=[2, 4]))  # the schema's defaults, but milestones=[2, 4]

@@ -12,8 +12,9 @@ import torch
 
 from gmsop.config import OptimConfig
 from gmsop.data import build_datamodule
-from gmsop.models.classifier import SecondOrderClassifier, build_optimiser
+from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.models.learning_rate import learning_rate
+from gmsop.models.optimisation import build_optimiser
 from gmsop.registry import ConfigError
 from tests.test_config import compose_train
 

@@ -261,7 +261,7 @@ def check_trial_config(spec: SweepSpec, extra: list[str]) -> None:
     (Values that are each fine but do not fit together, e.g. K > N, fail their trial alone.)"""
     from gmsop.data import DATA
     from gmsop.heads import HEADS
-    from gmsop.models.classifier import validate_optim
+    from gmsop.models.optimisation import validate_optim
 
     for what, values in spec.values_to_check():
         try:
