@@ -196,3 +196,16 @@ def test_a_run_folder_that_cannot_be_created_is_named_before_hydra_tries(tmp_pat
         check_output_folder(["head=gap", f"hydra.run.dir={read_only / 'x' / 'y'}", f"runs_dir={tmp_path}"])
     check_output_folder([f"runs_dir={tmp_path / 'new' / 'runs'}"])  # a folder to be made in a writable one
     assert not (tmp_path / "new").exists()
+
+
+def test_an_optional_logger_without_its_package_names_the_extra(monkeypatch):
+    import sys
+
+    from gmsop.errors import MissingExtraError
+    from gmsop.run.training import check_logger_config
+
+    cfg = config.compose_train(["logger=mlflow"])
+    check_logger_config(cfg.logger)  # installed here (requirements.txt)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as in an install without the extra
+    with pytest.raises(MissingExtraError, match=r"logger=mlflow .* pip install 'gmsop\[mlflow\]'"):
+        check_logger_config(cfg.logger)

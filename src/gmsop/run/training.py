@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from gmsop.config import RUN_CONTROL_KEYS
 from gmsop.data import ImageDataModule, build_datamodule
 from gmsop.data.base import split_global_batch
-from gmsop.errors import UserError
+from gmsop.errors import UserError, require_extra
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import held_lock, write_text_atomic
 from gmsop.registry import ConfigError
@@ -468,6 +468,8 @@ def check_global_batch(trainer: DictConfig, data: DictConfig) -> None:
 
 def check_logger_config(logger: DictConfig) -> None:
     """Fail before anything is written, naming the key, for logger settings that cannot work."""
+    if logger.mlflow.enabled:
+        require_extra("mlflow", "mlflow", "logger=mlflow (logger.mlflow.enabled=true)")
     w = logger.wandb
     if w.mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logger.wandb.mode={w.mode!r}; allowed: offline, online, disabled")
