@@ -149,3 +149,15 @@ def test_the_paper_rate_table_covers_every_paper_experiment():
     from tests.test_config import CONFIG_DIR
 
     assert set(PAPER_RATES) == {p.stem for p in (CONFIG_DIR / "experiment" / "paper").glob("*.yaml")}
+
+
+def test_a_heads_default_base_rate_gives_way_to_any_rate_stated_later():
+    """head=isqrt and head=gmsop bring their own default optim.lr (configs/head/); the command line,
+    an experiment or another optim option replaces it, and other heads keep the schema's."""
+    assert compose_train("head=isqrt").optim.lr == 0.2
+    assert compose_train("head=gmsop").optim.lr == 0.05
+    assert compose_train("head=gmgap").optim.lr == compose_train("head=gap").optim.lr == DEFAULTS["lr"]
+    assert compose_train("head=isqrt", "optim.lr=0.3").optim.lr == 0.3
+    assert compose_train("head=isqrt", "optim=adamw_cosine").optim.lr == 1e-3
+    assert compose_train("experiment=isqrt_digits").optim.lr == 0.01
+    assert compose_train("experiment=ablations/fashion_heads", "head=isqrt").optim.lr == 0.01
