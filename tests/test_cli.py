@@ -209,7 +209,8 @@ def test_debug_presets_run_through_the_whole_pipeline(cli, tmp_path, debug):
     """fast_dev_run (Lightning turns checkpoints and loggers off) and overfit_batches (Lightning
     takes over the sampler) both change what a run writes; the run still ends cleanly."""
     run_dir = tmp_path / debug
-    extra = ["trainer.max_epochs=6", "optim.lr=0.05"] if debug == "overfit" else []
+    # overfit: a rate of 0.05 at digits' batch of 64 (optim.lr is the base rate for 256 images), with BN
+    extra = ["trainer.max_epochs=6", "optim.lr=0.2", "model.bn=true"] if debug == "overfit" else []
     proc = cli("gmsop.train", "head=gap", f"debug={debug}", *extra, f"hydra.run.dir={run_dir}", *QUIET)
     _ok(proc)
     summary = _summary(run_dir)
