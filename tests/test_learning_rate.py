@@ -161,3 +161,17 @@ def test_a_heads_default_base_rate_gives_way_to_any_rate_stated_later():
     assert compose_train("head=isqrt", "optim=adamw_cosine").optim.lr == 1e-3
     assert compose_train("experiment=isqrt_digits").optim.lr == 0.01
     assert compose_train("experiment=ablations/fashion_heads", "head=isqrt").optim.lr == 0.01
+
+
+@pytest.mark.parametrize("batch, world_size", [(32, 1), (64, 1), (64, 2), (1024, 1)])
+def test_the_data_modules_batches_per_epoch_are_what_its_loader_yields(batch, world_size):
+    """The warm-up's length comes from the data module without building a loader (a loader built
+    in configure_optimizers, before a resumed run's state is restored, trained from the wrong place)."""
+    dm = build_datamodule({"name": "digits", "batch_size": batch, "image_size": 8})
+    dm.setup("fit")
+    per_process = batch // world_size
+    samples = math.ceil(len(dm._train) / world_size)
+    expected = samples // per_process if samples > per_process else 1
+    assert dm.train_batches_per_epoch(world_size) == expected
+    if world_size == 1:
+        assert dm.train_batches_per_epoch(1) == len(dm.train_dataloader())

@@ -10,6 +10,7 @@ batches an uninterrupted run would have seen, also when it stopped in the middle
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Optional
@@ -159,6 +160,13 @@ class ImageDataModule(L.LightningDataModule, ABC):
             generator=torch.Generator().manual_seed(self.shuffle_seed),
             drop_last=sampler.num_samples > batch,
         )  # no size-1 BN batches in training
+
+    def train_batches_per_epoch(self, world_size: int) -> int:
+        """The batches each of world_size processes trains on per epoch (what train_dataloader's
+        loader yields), without building the loader."""
+        batch = split_global_batch(self.batch_size, world_size)
+        samples = math.ceil(len(self._dataset(self._train)) / world_size)  # the sampler's share
+        return samples // batch if samples > batch else 1  # the loader drops a last partial batch
 
     def per_process_batch(self, world_size: int) -> int:
         """data.batch_size is the global batch (the paper's 256): each of the world_size processes of

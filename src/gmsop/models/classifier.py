@@ -253,7 +253,9 @@ class SecondOrderClassifier(L.LightningModule):
         for p in self._warm_up_held:  # in the optimiser from the start; the warm-up only withholds gradients
             p.requires_grad_(True)
         parts = {name: getattr(self, name) for name in PARTS}
-        global_batch, steps_per_epoch = trainer_global_batch(self.trainer)
+        global_batch, steps_per_epoch = trainer_global_batch(
+            self.trainer, need_steps=self.hparams.optim["warmup_epochs"] > 0
+        )
         self.lr_used = learning_rate(self.hparams.optim, global_batch)
         log.info(self.lr_used.describe())  # every process: each DDP process's log says what it trains at
         return build_optimiser(parts, self.hparams.optim, self.trainer.max_epochs, global_batch, steps_per_epoch)

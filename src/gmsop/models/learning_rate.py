@@ -82,10 +82,20 @@ def validate_lr_keys(optim: Mapping[str, Any]) -> None:
             raise ConfigError(f"optim.{key}={optim[key]!r}; allowed: {allowed}")
 
 
-def trainer_global_batch(trainer: Any) -> tuple[int, int]:
-    """(global batch, optimiser steps per epoch) of a fitting trainer: its train loader's batch x
-    world size x accumulate_grad_batches. Sets up the train loader (as Lightning's
-    `estimated_stepping_batches` does), which fit then reuses."""
+def trainer_global_batch(trainer: Any, need_steps: bool) -> tuple[int, int]:
+    """(global batch, optimiser steps per epoch; 0 unless need_steps) of a fitting trainer.
+
+    With a data module that states its global batch (gmsop.data: data.batch_size) both come from
+    it, without building a loader: the run's loaders are set up by Lightning after the checkpoint
+    is restored (a loader built here, before that, trained a resumed run from the wrong place and
+    lost its stop signals). Loaders passed to `fit` directly are set up as Lightning's
+    `estimated_stepping_batches` does: their batch x world size, x accumulate_grad_batches."""
+    accumulate = trainer.accumulate_grad_batches
+    datamodule = trainer.datamodule
+    if datamodule is not None and hasattr(datamodule, "train_batches_per_epoch"):
+        batches = datamodule.train_batches_per_epoch(trainer.world_size) if need_steps else 0
+        steps = math.ceil(_limited(batches, trainer.limit_train_batches) / accumulate)
+        return datamodule.batch_size * accumulate, steps
     trainer.fit_loop.setup_data()
     loader = trainer.train_dataloader
     batch = getattr(loader, "batch_size", None)
@@ -96,9 +106,18 @@ def trainer_global_batch(trainer: Any) -> tuple[int, int]:
             "cannot tell the training batch size (the train loader has no batch_size) to scale optim.lr to it; "
             "set optim.lr_scaling=none to train at optim.lr as written"
         )
-    accumulate = trainer.accumulate_grad_batches
-    steps = math.ceil(trainer.num_training_batches / accumulate) if math.isfinite(trainer.num_training_batches) else 0
+    batches = trainer.num_training_batches
+    steps = math.ceil(batches / accumulate) if math.isfinite(batches) else 0
     return batch * trainer.world_size * accumulate, steps
+
+
+def _limited(batches: int, limit: int | float | None) -> int:
+    """Lightning's trainer.limit_train_batches applied: an int is a number of batches, a float a fraction."""
+    if limit is None:
+        return batches
+    if isinstance(limit, int):
+        return min(batches, limit)
+    return int(batches * limit)
 
 
 def warmup_scheduler(
