@@ -84,3 +84,23 @@ def test_the_checks_see_imports_and_rooms():
     """The checker itself (else the tests above could never fail)."""
     assert {"lightning", "gmsop.run.callbacks"} <= _imports(SRC / "run" / "training.py")
     assert _room("gmsop.run.training") > _room("gmsop.models.classifier") > _room("gmsop.heads.base")
+
+
+def test_importing_the_run_layer_changes_no_warning_or_log_filter():
+    """Filters are installed when a run starts (quiet_known_noise), not as a side effect of an import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, warnings\n"
+        "import gmsop.run.training as t\n"
+        "patterns = [f[1].pattern for f in warnings.filters if f[1] is not None]\n"
+        "assert not any(p in patterns for p in t.KNOWN_NOISE), patterns\n"
+        "assert not logging.getLogger('lightning.pytorch.utilities.rank_zero').filters\n"
+        "t.quiet_known_noise(); t.quiet_known_noise()\n"
+        "patterns = [f[1].pattern for f in warnings.filters if f[1] is not None]\n"
+        "assert all(patterns.count(p) == 1 for p in t.KNOWN_NOISE), patterns\n"
+        "assert len(logging.getLogger('lightning.pytorch.utilities.rank_zero').filters) == 1\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

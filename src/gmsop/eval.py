@@ -26,7 +26,7 @@ from gmsop.paths import CONFIG_DIR, write_text_atomic
 from gmsop.registry import ConfigError
 from gmsop.run.compose import register_configs, run_entry_point
 from gmsop.run.resume import CheckpointError, read_checkpoint
-from gmsop.run.training import normalise_like_the_weights
+from gmsop.run.training import normalise_like_the_weights, quiet_known_noise
 
 register_configs()
 
@@ -83,6 +83,7 @@ def evaluate(
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    quiet_known_noise()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     metrics = evaluate(
         Path(cfg.ckpt_path).expanduser(),

@@ -33,7 +33,7 @@ from gmsop.errors import exit_on_user_error
 from gmsop.paths import replace_atomically, write_text_atomic
 from gmsop.registry import ConfigError
 from gmsop.run.compose import compose_train
-from gmsop.run.training import build_run
+from gmsop.run.training import build_run, quiet_known_noise
 
 
 def find_lr(overrides: list[str], out: Path, min_lr: float, max_lr: float, steps: int) -> dict[str, Any]:
@@ -43,6 +43,7 @@ def find_lr(overrides: list[str], out: Path, min_lr: float, max_lr: float, steps
         raise ConfigError(f"need 0 < --min-lr < --max-lr, got {min_lr} and {max_lr}")
     if steps < 10:
         raise ConfigError(f"--steps={steps}; the finder needs at least 10 steps to suggest anything")
+    quiet_known_noise()
     cfg = compose_train(overrides)
     _, datamodule, model = build_run(cfg)
     with tempfile.TemporaryDirectory(prefix="gmsop-lr-find-") as scratch:

@@ -91,18 +91,32 @@ class _QuietLightning(logging.Filter):
         return not str(record.msg).startswith(self.NOISE)
 
 
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_QuietLightning())
-# Lightning 2.6 with torch >= 2.10, once per run; not ours to fix
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
-# A resume continues in its own checkpoints folder (fresh runs refuse a used folder, run/folder.py)
-warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-# The data module restores the data position itself (data/sampling.py; tests/test_exact_resume.py),
-# which Lightning cannot see: its warning that a mid-epoch resume is unreliable would be false
-warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
-# Checkpoints made before the curves were read from the CSV log hold a removed callback's state
-warnings.filterwarnings("ignore", message=r".*Please add the following callbacks: \['LearningCurves'\]")
-# ThroughputMonitor would also log FLOPs/s given a model's flops_per_batch (`gmsop.cost` counts them)
-warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`")
+# Known messages that say nothing about a run, each with why; installed when a run (or another
+# command that drives Lightning) starts, not on import.
+KNOWN_NOISE = (
+    # Lightning 2.6 with torch >= 2.10, once per run; not ours to fix
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+    # A resume continues in its own checkpoints folder (fresh runs refuse a used folder, run/folder.py)
+    r"Checkpoint directory .* exists and is not empty",
+    # The data module restores the data position itself (data/sampling.py; tests/test_exact_resume.py),
+    # which Lightning cannot see: its warning that a mid-epoch resume is unreliable would be false
+    r"You're resuming from a checkpoint that ended before the epoch ended",
+    # Checkpoints made before the curves were read from the CSV log hold a removed callback's state
+    r".*Please add the following callbacks: \['LearningCurves'\]",
+    # ThroughputMonitor would also log FLOPs/s given a model's flops_per_batch (`gmsop.cost` counts them)
+    r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`",
+)
+_quiet = _QuietLightning()
+
+
+def quiet_known_noise() -> None:
+    """Silence KNOWN_NOISE and Lightning's start-up noise for this process (idempotent)."""
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _quiet not in rank_zero_logger.filters:
+        rank_zero_logger.addFilter(_quiet)
+    for message in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message)
+
 
 PLAN_ENV = "GMSOP_RESUME_PLAN"  # rank 0's resume decision, inherited by the DDP processes it launches
 
@@ -121,6 +135,7 @@ def run_training(
     saved to run_dir/.hydra/. `extra_callbacks` join the run's own (e.g. a sweep's pruning).
     Raises RunInterrupted after SIGTERM/SIGUSR1/Ctrl-C (a resumable last.ckpt is saved).
     """
+    quiet_known_noise()
     rank_zero = rank_zero_only.rank == 0
     check_logger_config(cfg.logger)
     check_run_length(cfg.trainer, cfg.optim)
