@@ -15,6 +15,8 @@ from gmsop.heads.base import HEADS, HeadOutput, PoolingHead, Routing
 from gmsop.heads.gating import Gates, Noise, build_gate, conv_relu_stack
 from gmsop.ops import Backward, Side
 
+PAPER_N, PAPER_K = 16, 8  # GM-*-16-8: the paper's N components, K chosen per image (every mixture's default)
+
 
 class Balance(StrEnum):
     importance = "importance"  # CV^2 of the summed gate weights (the paper)
@@ -102,8 +104,8 @@ class GatedMixtureHead(PoolingHead):
     def __init__(
         self,
         in_channels: int,
-        num_components: int = 16,
-        k: int = 8,
+        num_components: int = PAPER_N,
+        k: int = PAPER_K,
         component_dims: Sequence[int] = (256, 128),
         component_pooling: Optional[Mapping[str, Any]] = None,
         gate: Optional[Mapping[str, Any]] = None,
@@ -237,8 +239,8 @@ class GMSOPHead(GatedMixtureHead):
     def __init__(
         self,
         in_channels: int,
-        num_components: int = 16,
-        k: int = 8,
+        num_components: int = PAPER_N,
+        k: int = PAPER_K,
         component_dims: list[int] = [256, 128],  # noqa: B006  (config default; copied)
         gate_dims: list[int] = [256, 128],  # noqa: B006
         iterations: int = 3,
@@ -273,8 +275,8 @@ class GMGAPHead(GatedMixtureHead):
     def __init__(
         self,
         in_channels: int,
-        num_components: int = 16,
-        k: int = 8,
+        num_components: int = PAPER_N,
+        k: int = PAPER_K,
         component_dims: list[int] = [512],  # noqa: B006
         gate_dims: list[int] = [256, 128],  # noqa: B006
         gate_pooling: GatePooling = GatePooling.gap,
@@ -300,8 +302,8 @@ class AnyMixtureHead(GatedMixtureHead):
         self,
         in_channels: int,
         component_pooling: Optional[dict] = None,  # default: isqrt
-        num_components: int = 16,
-        k: int = 8,
+        num_components: int = PAPER_N,
+        k: int = PAPER_K,
         component_dims: list[int] = [],  # noqa: B006
         gate: Optional[dict] = None,  # default: noisy_top_k with GAP pooling (configs/head/gate/)
         **options: Any,
