@@ -484,7 +484,11 @@ def test_sigusr1_under_slurm_requeues_and_the_requeued_job_continues(tmp_path):
     }
     args = (*SHORT, "data.num_workers=2", "name=cluster", "trainer=slurm", "trainer.max_epochs=100")
     run_dir = tmp_path / "runs" / "cluster" / "slurm_4242"
-    job = _start(tmp_path, *args, env=env, session=True)
+    # 1 s a step: the next epoch's last.ckpt, which deletes the superseded hpc_ckpt_1.ckpt (as it
+    # should), is then 8 s or more after the signal; on a fast machine it came within the checks' 3 s
+    paced = ("+callbacks.pace._target_=tests.pace.Pace", "+callbacks.pace.seconds=1.0")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    job = _start(tmp_path, *args, *paced, env=env, session=True)
     _wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").is_file(), what="the first checkpoint")
     os.killpg(job.pid, signal.SIGUSR1)
     _wait_for(lambda: (tmp_path / "scontrol.calls").is_file(), what="the requeue")
