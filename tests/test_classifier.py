@@ -12,6 +12,7 @@ from gmsop.config import OptimConfig
 from gmsop.data import build_datamodule
 from gmsop.heads import HeadOutput
 from gmsop.models.classifier import NonFiniteLossError, SecondOrderClassifier
+from gmsop.models.learning_rate import learning_rate
 from gmsop.models.optimisation import PARTS, build_optimiser
 from gmsop.registry import ConfigError
 
@@ -24,7 +25,7 @@ def _model(head="gap", optim=SGD):
 
 def test_multistep_schedule_matches_the_recipe():
     params = [torch.nn.Parameter(torch.zeros(1))]
-    cfg = build_optimiser(params, SGD, max_epochs=6, global_batch=256)
+    cfg = build_optimiser(params, SGD, max_epochs=6, lr=learning_rate(SGD, 256))
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and not opt.defaults["nesterov"]
     lrs = []
@@ -38,10 +39,13 @@ def test_multistep_schedule_matches_the_recipe():
 
 def test_adamw_cosine_and_no_schedule():
     params = [torch.nn.Parameter(torch.zeros(1))]
-    cfg = build_optimiser(params, {**SGD, "name": "adamw", "lr": 1e-3, "scheduler": "cosine", "min_lr": 1e-5}, 10, 256)
+    adamw = {**SGD, "name": "adamw", "lr": 1e-3, "scheduler": "cosine", "min_lr": 1e-5}
+    cfg = build_optimiser(params, adamw, 10, learning_rate(adamw, 256))
     assert isinstance(cfg["optimizer"], torch.optim.AdamW)
     assert isinstance(cfg["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
-    assert isinstance(build_optimiser(params, {**SGD, "scheduler": "none"}, 10, 256), torch.optim.SGD)
+    assert isinstance(
+        build_optimiser(params, {**SGD, "scheduler": "none"}, 10, learning_rate(SGD, 256)), torch.optim.SGD
+    )
 
 
 def test_fine_tuning_recipe_part_learning_rates_no_decay_groups_and_frozen_stages():
@@ -57,7 +61,8 @@ def test_fine_tuning_recipe_part_learning_rates_no_decay_groups_and_frozen_stage
     model = SecondOrderClassifier(
         {"backbone": "resnet18_64", "freeze_stages": 2}, {"name": "isqrt", "reduce_dim": 8}, optim, 10, 1
     )
-    opt = build_optimiser({part: getattr(model, part) for part in PARTS}, optim, 3, global_batch=256)["optimizer"]
+    parts = {part: getattr(model, part) for part in PARTS}
+    opt = build_optimiser(parts, optim, 3, lr=learning_rate(optim, 256))["optimizer"]
     groups = {g["name"]: g for g in opt.param_groups}
     assert {n: g["lr"] for n, g in groups.items()} == pytest.approx(
         {
@@ -84,7 +89,7 @@ def test_fine_tuning_recipe_part_learning_rates_no_decay_groups_and_frozen_stage
     after = model.backbone.model.stem.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics unchanged
     with pytest.raises(ConfigError, match=r"optim.lr_mult has unknown part\(s\) \['neck'\]"):
-        build_optimiser({"head": torch.nn.Linear(2, 2)}, {**SGD, "lr_mult": {"neck": 2.0}}, 3, 256)
+        build_optimiser({"head": torch.nn.Linear(2, 2)}, {**SGD, "lr_mult": {"neck": 2.0}}, 3, learning_rate(SGD, 256))
     with pytest.raises(ConfigError, match="model.freeze_stages=9; resnet18_64 has 5 stages"):
         SecondOrderClassifier({"backbone": "resnet18_64", "freeze_stages": 9}, {"name": "gap"}, SGD, 10, 1)
 

@@ -52,7 +52,7 @@ def _lrs_of_a_run(optim: dict, steps_per_epoch: int, epochs: int) -> list[float]
     """The rate at each optimiser step, schedules stepped as Lightning steps them: the warm-up after
     every optimiser step, the epoch schedule after every epoch."""
     params = [torch.nn.Parameter(torch.zeros(1))]
-    configured = build_optimiser(params, optim, epochs, global_batch=64, steps_per_epoch=steps_per_epoch)
+    configured = build_optimiser(params, optim, epochs, lr=learning_rate(optim, 64), steps_per_epoch=steps_per_epoch)
     opt, (epoch_schedule, warmup) = configured[0][0], (c["scheduler"] for c in configured[1])
     lrs = []
     for _ in range(epochs):

@@ -158,15 +158,15 @@ class ImageDataModule(L.LightningDataModule, ABC):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.shuffle_seed),
-            drop_last=sampler.num_samples > batch,
-        )  # no size-1 BN batches in training
+            drop_last=_drops_last_batch(sampler.num_samples, batch),
+        )
 
     def train_batches_per_epoch(self, world_size: int) -> int:
         """The batches each of world_size processes trains on per epoch (what train_dataloader's
         loader yields), without building the loader."""
         batch = split_global_batch(self.batch_size, world_size)
-        samples = math.ceil(len(self._dataset(self._train)) / world_size)  # the sampler's share
-        return samples // batch if samples > batch else 1  # the loader drops a last partial batch
+        samples = ResumableSampler(self._dataset(self._train), batch, self.shuffle_seed, world_size).num_samples
+        return samples // batch if _drops_last_batch(samples, batch) else math.ceil(samples / batch)
 
     def per_process_batch(self, world_size: int) -> int:
         """data.batch_size is the global batch (the paper's 256): each of the world_size processes of
@@ -267,6 +267,11 @@ class TensorImageDataModule(ImageDataModule):
 
     def channel_stats(self) -> tuple[Sequence[float], Sequence[float]]:
         return self._stats
+
+
+def _drops_last_batch(samples: int, batch: int) -> bool:
+    """Training loaders drop a last partial batch (no size-1 BatchNorm batches), unless it is the only one."""
+    return samples > batch
 
 
 def split_global_batch(batch_size: int, world_size: int, processes: str = "trainer.devices x trainer.num_nodes") -> int:

@@ -69,10 +69,10 @@ class SecondOrderClassifier(L.LightningModule):
     ) -> None:
         super().__init__()  # `data` is only recorded, so a checkpoint names its data set (gmsop.eval)
         model = complete(ModelConfig, model, "model", "the model")  # defaults from the schema, not restated here
-        model["bn"] = classifier_bn(model, head.get("name") if isinstance(head, Mapping) else None)  # recorded resolved
+        head_cfg = HEADS.validate(head, path="head")
+        model["bn"] = classifier_bn(model, head_cfg["name"])  # recorded resolved
         optim = complete_optim(optim)  # the schema's defaults, checked
         self.save_hyperparameters()
-        head_cfg = HEADS.validate(head, path="head")
         self.head_name = head_cfg["name"]
         self.backbone = create_backbone(model, in_chans, HEADS.get(self.head_name).second_order)
         self.head = HEADS.construct(head_cfg, self.backbone.num_features, path="head")
@@ -258,7 +258,7 @@ class SecondOrderClassifier(L.LightningModule):
         )
         self.lr_used = learning_rate(self.hparams.optim, global_batch)
         log.info(self.lr_used.describe())  # every process: each DDP process's log says what it trains at
-        return build_optimiser(parts, self.hparams.optim, self.trainer.max_epochs, global_batch, steps_per_epoch)
+        return build_optimiser(parts, self.hparams.optim, self.trainer.max_epochs, self.lr_used, steps_per_epoch)
 
 
 def classifier_bn(model: Mapping[str, Any], head_name: Optional[str]) -> bool:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from gmsop.config import OptimConfig
-from gmsop.models.learning_rate import learning_rate, validate_lr_keys, warmup_scheduler
+from gmsop.models.learning_rate import LearningRate, validate_lr_keys, warmup_scheduler
 from gmsop.registry import ConfigError, complete
 
 OPTIMISERS = ("sgd", "adamw")
@@ -63,12 +63,12 @@ def complete_optim(optim: Mapping[str, Any]) -> dict[str, Any]:
     return optim
 
 
-def build_optimiser(params, optim: Mapping[str, Any], max_epochs: int, global_batch: int, steps_per_epoch: int = 0):
-    """SGD + MultiStepLR (the paper's recipe) or AdamW + cosine, at optim.lr scaled to the global batch
-    (gmsop.models.learning_rate); the schedule steps per epoch, an optional warm-up per step.
+def build_optimiser(params, optim: Mapping[str, Any], max_epochs: int, lr: LearningRate, steps_per_epoch: int = 0):
+    """SGD + MultiStepLR (the paper's recipe) or AdamW + cosine, at `lr.rate` (optim.lr scaled to the
+    global batch: gmsop.models.learning_rate); the schedule steps per epoch, an optional warm-up per step.
     `params`: parameters (one group), or {part name: module} for per-part groups (`param_groups`)."""
     optim = complete_optim(optim)
-    rate = learning_rate(optim, global_batch).rate
+    rate = lr.rate
     if isinstance(params, Mapping):
         params = param_groups(params, optim, rate)
     if optim["name"] == "sgd":
