@@ -10,7 +10,6 @@ into a save at the next batch boundary. `tests/test_faults.py` kills real CLI pr
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import os
@@ -75,10 +74,6 @@ GMSOP = ("head=gmsop", "head.num_components=4", "head.k=2", "head.component_dims
 
 def _train(folder: Path, interruptions, every_n_steps, *overrides: str, model: tuple[str, ...] = GMSOP) -> dict:
     """Train with the interruptions (resuming after each), then to the end; what the run left."""
-    # Loader processes left by an earlier test's in-process kill are shut down when collected; torch
-    # terminates slow ones with SIGTERM, which they pass on to this process: collect them now, while
-    # no run takes forwarded signals, not in the middle of this test's run (see the issue note).
-    gc.collect()
     cfg = compose_train(
         *model,
         "data.image_size=16",

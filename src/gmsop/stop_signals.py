@@ -13,10 +13,17 @@ it is already stopping: a group Ctrl-C then counts once, not as the second press
 once. Between its fork and its own handlers a loader process runs the training process's
 handlers, copied with it (Python's: they only take note), so no signal kills it there either:
 loader processes start after the run has installed its handlers.
+
+A loader process forwards only while the run it was started for takes forwarded signals: a
+byte of memory shared with it (`_run_taking`) says so. One process can hold several runs in turn
+(a sweep, a multirun, a resumed run after a stopped one); a persistent loader process of an
+earlier run, which torch terminates with SIGTERM once its loader is collected, must not stop
+whichever run is going on by then.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 from collections.abc import Callable
@@ -29,6 +36,8 @@ EXIT_CODES = {s.name: 128 + int(s) for s in (signal.SIGTERM, signal.SIGINT, sign
 
 # In a training process that takes forwarded signals: its pid (forked loader processes inherit it)
 _forward_to: Optional[int] = None
+# ...and the byte, shared with those loader processes, that is 1 while their run takes them
+_run_taking: Optional[mmap.mmap] = None
 
 
 def forwarded(signum: int) -> int:
@@ -44,25 +53,32 @@ def original(forwarded_signum: int) -> signal.Signals:
 def take_forwarded_signals(handler: Callable[[signal.Signals], None]) -> Callable[[], None]:
     """In the training process: call handler(original signal) when a loader process forwards one.
     Returns the function that stops taking them (forwarded signals are ignored from then on: a
-    persistent loader process may still send one while the run shuts down)."""
-    global _forward_to
+    persistent loader process may still send one while the run shuts down, and loader processes
+    started before this call never forward to this handler)."""
+    global _forward_to, _run_taking
+    if _run_taking is not None:  # an earlier run that did not stop taking: its loaders stop forwarding
+        _run_taking[0] = 0
+    taking = mmap.mmap(-1, 1)  # anonymous and shared: loader processes forked from here on see it
+    taking[0] = 1
     for signum in STOP_SIGNALS:
         signal.signal(forwarded(signum), lambda rt, frame: handler(original(rt)))
-    _forward_to = os.getpid()
+    _forward_to, _run_taking = os.getpid(), taking
 
     def stop() -> None:
-        global _forward_to
-        _forward_to = None
-        for signum in STOP_SIGNALS:
-            signal.signal(forwarded(signum), signal.SIG_IGN)
+        global _forward_to, _run_taking
+        taking[0] = 0
+        if _run_taking is taking:  # (not when a later run has taken them since)
+            _forward_to, _run_taking = None, None
+            for signum in STOP_SIGNALS:
+                signal.signal(forwarded(signum), signal.SIG_IGN)
 
     return stop
 
 
 def _forward(signum: int, frame: Any) -> None:
-    """A loader process's handler: pass the signal on to its training process if that takes them
-    (checked by parent pid: a loader process outliving its parent sends nothing)."""
-    if _forward_to is not None and os.getppid() == _forward_to:
+    """A loader process's handler: pass the signal on to its training process if the run it was
+    started for still takes them (a loader process outliving its parent, or its run, sends nothing)."""
+    if _forward_to is not None and _run_taking is not None and _run_taking[0] == 1 and os.getppid() == _forward_to:
         os.kill(_forward_to, forwarded(signum))
 
 
