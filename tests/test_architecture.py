@@ -45,8 +45,10 @@ ROOMS = [
     ("gmsop.ops",),
     ("gmsop.heads",),
     ("gmsop.models", "gmsop.data"),
-    ("gmsop.run",),  # the run loop and what keeps runs safe
-    ("gmsop.analysis",),  # reading finished runs
+    ("gmsop.run_folder",),  # the run folder's format: names, lock, reading checkpoints, logs, summary
+    ("gmsop.callbacks",),  # Lightning callbacks, the CSV logger, checkpoint IO; Lightning's internals
+    ("gmsop.run",),  # building a run and fitting it: loggers, resume plan, test stage
+    ("gmsop.sweeps", "gmsop.analysis"),  # many runs: Optuna studies; reading finished runs
     (
         "gmsop.train",
         "gmsop.eval",
@@ -82,8 +84,26 @@ def test_each_room_imports_only_from_rooms_below(path):
 
 def test_the_checks_see_imports_and_rooms():
     """The checker itself (else the tests above could never fail)."""
-    assert {"lightning", "gmsop.run.callbacks"} <= _imports(SRC / "run" / "training.py")
+    assert {"lightning", "gmsop.callbacks.checkpoints"} <= _imports(SRC / "run" / "training.py")
     assert _room("gmsop.run.training") > _room("gmsop.models.classifier") > _room("gmsop.heads.base")
+
+
+# The training loop: what evaluation, export and reading runs must not need
+TRAINING_LOOP = (
+    "gmsop.run.training",
+    "gmsop.run.resume",
+    "gmsop.run.loggers",
+    "gmsop.run.test_stage",
+    "gmsop.callbacks",
+)
+
+
+@pytest.mark.parametrize("module", ["eval.py", "export.py", "report.py", "analysis/report.py", "run_folder"])
+def test_evaluation_export_and_reports_read_run_folders_without_the_training_loop(module):
+    paths = sorted((SRC / module).glob("*.py")) if (SRC / module).is_dir() else [SRC / module]
+    for path in paths:
+        loop = sorted(m for m in _imports(path) if m.startswith(TRAINING_LOOP))
+        assert not loop, f"{path.relative_to(SRC)} imports the training loop: {loop}"
 
 
 def test_importing_the_run_layer_changes_no_warning_or_log_filter():
@@ -93,7 +113,8 @@ def test_importing_the_run_layer_changes_no_warning_or_log_filter():
 
     code = (
         "import logging, warnings\n"
-        "import gmsop.run.training as t\n"
+        "import gmsop.run.training, gmsop.sweeps.study, gmsop.train\n"
+        "import gmsop.run.noise as t\n"
         "patterns = [f[1].pattern for f in warnings.filters if f[1] is not None]\n"
         "assert not any(p in patterns for p in t.KNOWN_NOISE), patterns\n"
         "assert not logging.getLogger('lightning.pytorch.utilities.rank_zero').filters\n"

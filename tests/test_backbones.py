@@ -87,8 +87,8 @@ def test_pretrained_timm_weights_get_their_own_normalisation_not_the_data_sets(t
     import timm
     from safetensors.torch import save_file
 
+    from gmsop.run.build import build_run
     from gmsop.run.compose import compose_train
-    from gmsop.run.training import build_run
 
     save_file(timm.create_model("resnet18", num_classes=0).state_dict(), str(tmp_path / "r18.safetensors"))
     timm_model = ["model=timm", "model.backbone=resnet18", "head=gap", "data.image_size=32"]
@@ -130,7 +130,7 @@ def test_pretrained_timm_weights_get_their_own_normalisation_not_the_data_sets(t
 def test_a_backbone_that_wants_another_input_size_is_named_before_training(tmp_path):
     """A ViT built for 224 px on 32 px data: timm's assertion came once training had started."""
     from gmsop.registry import ConfigError
-    from gmsop.run.training import build_run
+    from gmsop.run.build import build_run
     from tests.test_config import compose_train
 
     cfg = compose_train("model.backbone=vit_tiny_patch16_224", "head=gap", f"runs_dir={tmp_path}")

@@ -135,7 +135,8 @@ def test_help_lists_what_users_pick_and_leaves_config_values_alone():
 def test_callbacks_compose_as_a_list_of_options():
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from gmsop.run.callbacks import ComponentUsagePlots, ModelSummaryWithoutFlops
+    from gmsop.callbacks.model_summary import ModelSummaryWithoutFlops
+    from gmsop.callbacks.usage_plots import ComponentUsagePlots
     from gmsop.run.compose import compose_train
     from gmsop.run.training import configured_callbacks
 
@@ -152,8 +153,8 @@ def test_callbacks_compose_as_a_list_of_options():
 def test_rich_model_summary_prints_the_table_without_flops(capsys):
     from lightning.pytorch.utilities.model_summary import get_human_readable_count, summarize
 
+    from gmsop.callbacks.model_summary import RichModelSummaryWithoutFlops
     from gmsop.models.classifier import SecondOrderClassifier
-    from gmsop.run.callbacks import RichModelSummaryWithoutFlops
 
     model = SecondOrderClassifier({"backbone": "resnet18_64"}, {"name": "gap"}, {}, 10, 1)
     summary = summarize(model, max_depth=1)
@@ -202,7 +203,7 @@ def test_an_optional_logger_without_its_package_names_the_extra(monkeypatch):
     import sys
 
     from gmsop.errors import MissingExtraError
-    from gmsop.run.training import check_logger_config
+    from gmsop.run.loggers import check_logger_config
 
     cfg = config.compose_train(["logger=mlflow"])
     check_logger_config(cfg.logger)  # installed here (requirements.txt)

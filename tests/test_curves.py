@@ -12,11 +12,12 @@ import lightning as L
 import pytest
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+from gmsop.callbacks.csv_logger import ContinuedCSVLogger
+from gmsop.callbacks.curves_plot import CurvesPlot
 from gmsop.config import OptimConfig
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
-from gmsop.run.csv_log import ContinuedCSVLogger, metrics_file
-from gmsop.run.curves import CurvesPlot, best_epoch, read_curves
+from gmsop.run_folder import best_epoch, metrics_file, read_curves
 
 SGD = asdict(OptimConfig(milestones=[1]))  # the schema's defaults, but milestones=[1]
 

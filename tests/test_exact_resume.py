@@ -20,8 +20,8 @@ import lightning as L
 import pytest
 import torch
 
-from gmsop.run.curves import read_curves
 from gmsop.run.training import RunInterrupted, run_training
+from gmsop.run_folder import read_curves
 from tests.conftest import logged_rows
 from tests.test_config import compose_train
 

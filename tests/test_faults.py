@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gmsop.run.curves import read_curves
+from gmsop.run_folder import read_curves
 from tests.conftest import logged_rows, run_cli, start_cli, tiny_lr_sweep
 
 QUIET = ("trainer.enable_progress_bar=false",)
@@ -372,7 +372,7 @@ replace_atomically(Path({str(target)!r}), slow)
     writer.wait()
     assert target.read_bytes() == b"old complete checkpoint"
     (leftover,) = target.parent.glob(".last.ckpt.tmp-*")  # what a killed writer leaves
-    from gmsop.run.folder import RunLock
+    from gmsop.run_folder import RunLock
 
     with RunLock(tmp_path, "test"):  # the next process to take the folder removes it
         assert not leftover.exists()
@@ -717,9 +717,9 @@ def test_a_full_disk_names_the_cause_once_says_what_is_intact_and_the_run_resume
         def on_train_batch_start(self, trainer, *args) -> None:
             full["now"] = full["now"] or trainer.global_step == 2
 
-    import gmsop.run.checkpointing
+    import gmsop.callbacks.checkpoints
 
-    for module in (gmsop.paths, gmsop.run.checkpointing):
+    for module in (gmsop.paths, gmsop.callbacks.checkpoints):
         monkeypatch.setattr(module, "replace_atomically", replace_on_a_full_disk)
     common = (
         "head=gap",

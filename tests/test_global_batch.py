@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gmsop.data import build_datamodule
 from gmsop.heads import HEADS
 from gmsop.registry import ConfigError
-from gmsop.run.training import check_global_batch
+from gmsop.run.build import check_global_batch
 
 BATCH, CHANNELS = 32, 8
 HEAD = {"name": "gmsop", "num_components": 4, "k": 2, "component_dims": [6], "gate_dims": [6], "noise": "none"}

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from gmsop.callbacks.checkpoints import BestCheckpoint
 from gmsop.config import OptimConfig
 from gmsop.eval import evaluate
 from gmsop.models.classifier import SecondOrderClassifier
-from gmsop.run.checkpointing import BestCheckpoint
-from gmsop.run.folder import RunFolderError, RunLock
-from gmsop.run.resume import CheckpointError, ResumeError, check_compatible, plan_resume, read_checkpoint
+from gmsop.run.resume import ResumeError, check_compatible, plan_resume
+from gmsop.run_folder import CheckpointError, RunFolderError, RunLock, read_checkpoint
 from tests.test_data import _image_tree
 
 MODEL = {
@@ -285,3 +285,45 @@ def test_checkpoints_from_before_lr_scaling_resume_as_the_fixed_rate_they_traine
         check_compatible(plan, current, allow_changes=False)
     fixed = {**saved["hyper_parameters"], "optim": {**optim, "lr_scaling": "none"}}
     assert check_compatible(plan, fixed, allow_changes=False) == []
+
+
+def test_the_plan_is_made_once_by_rank_zero_and_launched_processes_take_it_whole(tmp_path, monkeypatch):
+    from gmsop.run.resume import PLAN_ENV, open_plan
+    from gmsop.run_folder import MLFLOW_ID_FILE, WANDB_ID_FILE, is_locked
+
+    monkeypatch.delenv(PLAN_ENV, raising=False)
+    old, new = tmp_path / "runs" / "old", tmp_path / "runs" / "new"
+    _checkpoint(old / "checkpoints" / "last.ckpt")
+    (old / WANDB_ID_FILE).write_text("oldwandb")
+    (old / MLFLOW_ID_FILE).write_text("oldmlflow")
+    plan = open_plan(str(old), new, tmp_path / "runs", rank_zero=True)
+    try:
+        assert (plan.source, plan.step, plan.wandb_id, plan.mlflow_id, plan.in_place) == (
+            old,
+            3,
+            "oldwandb",
+            "oldmlflow",
+            False,
+        )
+        assert is_locked(new) and is_locked(old)  # this run's folder, and the one it continues
+        child = open_plan(str(old), new, tmp_path / "runs", rank_zero=False)  # as a launched DDP process
+        assert (child.ckpt, child.source, child.step, child.wandb_id, child.mlflow_id, child.in_place) == (
+            plan.ckpt,
+            plan.source,
+            plan.step,
+            plan.wandb_id,
+            plan.mlflow_id,
+            plan.in_place,
+        )
+        assert child.locks == [] and child.checkpoint is None  # (rank 0's alone)
+    finally:
+        plan.release()
+    assert not is_locked(new) and not is_locked(old)
+
+    monkeypatch.delenv(PLAN_ENV)
+    fresh = open_plan(None, tmp_path / "runs" / "fresh", tmp_path / "runs", rank_zero=True)
+    fresh.release(forget=True)
+    assert fresh.ckpt is None and len(fresh.wandb_id) == 8 and fresh.mlflow_id is None  # a new W&B run
+    with pytest.raises(RunFolderError, match="already holds a run"):  # refused: its lock is released
+        open_plan(None, old, tmp_path / "runs", rank_zero=True)
+    assert not is_locked(old)

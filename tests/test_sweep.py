@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from gmsop.registry import ConfigError
-from gmsop.run.sweep import SweepSpec
+from gmsop.sweeps.spec import SweepSpec
 from tests.conftest import REPO
 
 
@@ -86,7 +86,7 @@ def test_sweep_file_errors(tmp_path, body, message):
     [("optim.lrr=0.1", "does not compose"), ("head.kk=2", "head.kk"), ("optim.lr=-1", "optim.lr=-1")],
 )
 def test_trial_config_errors_are_found_before_the_first_trial(tmp_path, override, message):
-    from gmsop.run.sweep import run_sweep
+    from gmsop.sweeps.study import run_sweep
 
     sweep = _write(
         tmp_path,
@@ -110,7 +110,7 @@ def test_trial_config_errors_are_found_before_the_first_trial(tmp_path, override
 def test_every_value_of_every_parameter_is_checked_before_the_first_trial(tmp_path, parameter, message):
     """Not only the first value: a sweep file with a bad later value (drawn as trial 0 it ended the
     sweep with a traceback) fails before anything is written, naming the parameter and the value."""
-    from gmsop.run.sweep import run_sweep
+    from gmsop.sweeps.study import run_sweep
 
     sweep = _write(
         tmp_path,
@@ -131,7 +131,7 @@ class _FakeTrainer:
 
 
 def test_prune_callback_reports_each_epoch_and_stops_bad_trials():
-    from gmsop.run.sweep import PruneTrial
+    from gmsop.callbacks.prune_trial import PruneTrial
 
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.3))
     trial = study.ask()
@@ -158,7 +158,7 @@ def test_online_wandb_without_login_fails_before_training(tmp_path, monkeypatch)
 
 
 def test_study_summary_lists_every_trial_and_plots_the_search(tmp_path):
-    from gmsop.run.sweep import write_study_summary
+    from gmsop.sweeps.study import write_study_summary
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     write_study_summary(study, "val/top1_err", tmp_path)  # nothing finished yet: a header, no plots
@@ -249,7 +249,7 @@ def test_a_grid_runs_every_point_once(tmp_path, workers):
 
 
 def _open_together(spec_path: str, runs_dir: str, barrier, errors) -> None:
-    from gmsop.run.sweep import open_study
+    from gmsop.sweeps.study import open_study
 
     barrier.wait()
     try:
@@ -282,7 +282,7 @@ def test_workers_started_together_all_open_the_new_study(tmp_path):
 def test_only_interrupted_trials_with_a_checkpoint_are_continued_and_only_once(tmp_path):
     import json
 
-    from gmsop.run.sweep import requeue_interrupted_trials
+    from gmsop.sweeps.study import requeue_interrupted_trials
 
     study = optuna.create_study()
     cases = {  # trial run folder -> (summary status or None: killed before writing one, has last.ckpt)
@@ -340,7 +340,7 @@ command: [python, -m, gmsop.train, head=gmsop, head.num_components=4,
 
 def test_a_damaged_study_file_is_named(tmp_path):
     """A corrupt or truncated optuna.db: a message naming the file and what to do, not SQLAlchemy's traceback."""
-    from gmsop.run.sweep import open_study
+    from gmsop.sweeps.study import open_study
 
     body = "name: s\nmetric: {name: val/top1_err}\nparameters: {optim.lr: {values: [0.1]}}\n"
     spec = SweepSpec(_write(tmp_path, body))

@@ -24,9 +24,10 @@ from gmsop.models.factory import weights_from_checkpoint
 from gmsop.models.predictions import PREDICTIONS_FILE
 from gmsop.paths import CONFIG_DIR, write_text_atomic
 from gmsop.registry import ConfigError
+from gmsop.run.build import normalise_like_the_weights
 from gmsop.run.compose import register_configs, run_entry_point
-from gmsop.run.resume import CheckpointError, read_checkpoint
-from gmsop.run.training import normalise_like_the_weights, quiet_known_noise
+from gmsop.run.noise import quiet_known_noise
+from gmsop.run_folder import CheckpointError, read_checkpoint
 
 register_configs()
 

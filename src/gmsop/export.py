@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from gmsop.errors import exit_on_user_error
 from gmsop.paths import replace_atomically
-from gmsop.run.resume import read_checkpoint
+from gmsop.run_folder import read_checkpoint
 
 PREFIX = "backbone.model."
 

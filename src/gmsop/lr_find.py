@@ -32,8 +32,9 @@ from lightning.pytorch.tuner import Tuner
 from gmsop.errors import exit_on_user_error
 from gmsop.paths import replace_atomically, write_text_atomic
 from gmsop.registry import ConfigError
+from gmsop.run.build import build_run
 from gmsop.run.compose import compose_train
-from gmsop.run.training import build_run, quiet_known_noise
+from gmsop.run.noise import quiet_known_noise
 
 
 def find_lr(overrides: list[str], out: Path, min_lr: float, max_lr: float, steps: int) -> dict[str, Any]:

@@ -1,6 +1,35 @@
-"""Entry point: `python -m gmsop.report` (see gmsop.analysis.report)."""
+"""Entry point: `python -m gmsop.report` (what it does: gmsop.analysis.report)."""
 
-from gmsop.analysis.report import main
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gmsop.analysis import report as room
+from gmsop.analysis.report import report
+from gmsop.errors import exit_on_user_error
+
+
+@exit_on_user_error
+def main() -> None:
+    p = argparse.ArgumentParser(description=room.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", type=Path, help="an ablation/multirun folder or a single run folder")
+    p.add_argument("--out", type=Path, default=None, help="where to write (default FOLDER/report)")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("A", "B"),
+        help="compare two configurations (their labels in the table) image by image; repeatable",
+    )
+    args = p.parse_args()
+    if not args.folder.is_dir():
+        p.error(f"{args.folder} is not a folder")
+    out = report(args.folder, args.out, [tuple(pair) for pair in args.compare])
+    print((out / "report.md").read_text())
+    print(f"written to {out}")
+
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from gmsop.errors import UserError, exit_on_user_error
 from gmsop.paths import CONFIG_DIR
 from gmsop.run.compose import register_configs, run_entry_point
-from gmsop.run.training import RunInterrupted, own_wandb_service, run_training
+from gmsop.run.loggers import own_wandb_service
+from gmsop.run.training import RunInterrupted, run_training
 
 register_configs()
 own_wandb_service()

@@ -15,7 +15,6 @@ GPU-hours at their measured training rate.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -30,10 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gmsop.analysis.published import PAPER_DATA, PUBLISHED
 from gmsop.data import MissingDataError, build_datamodule
-from gmsop.errors import exit_on_user_error
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.paths import CONFIG_DIR
-from gmsop.run.compose import compose_train
 
 PAPER_DIR = CONFIG_DIR / "experiment" / "paper"
 HEAD_PARTS = ("gate", "components")
@@ -200,35 +197,3 @@ def describe(c: Cost, tflops: float) -> str:
             f"{c.gpu_hours(tflops):.1f} GPU-hours at a sustained {tflops:g} TFLOP/s (estimate)"
         )
     return "\n".join(lines)
-
-
-@exit_on_user_error
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper/imagenet64_resnet18_gap")
-    p.add_argument("--paper", action="store_true", help="every experiments/paper/ row, as a Markdown table")
-    p.add_argument("--classes", type=int, default=None, help="number of classes when the data is not here")
-    p.add_argument("--channels", type=int, default=None, help="input channels when the data is not here")
-    p.add_argument("--train-images", type=int, default=None, help="training-set size, for the total")
-    p.add_argument("--tflops", type=float, default=50.0, help="sustained TFLOP/s assumed for GPU-hours")
-    p.add_argument(
-        "--throughput",
-        type=Path,
-        default=None,
-        help="a benchmark results file (benchmarks/suite.py, section d) whose measured training rates "
-        "give GPU-hours beside the FLOP estimate, for the rows it measured",
-    )
-    args = p.parse_args()
-    if args.paper == bool(args.overrides):
-        p.error("give Hydra overrides (e.g. experiment=...) or --paper, not both or neither")
-    if args.paper:
-        names = sorted(f.stem for f in PAPER_DIR.glob("*.yaml"))
-        costs = [experiment_cost(compose_train([f"experiment=paper/{n}"])) for n in names]
-        print(markdown_table(costs, args.tflops, measured_rates(args.throughput) if args.throughput else None), end="")
-        return
-    cost = experiment_cost(compose_train(args.overrides), args.classes, args.channels, args.train_images)
-    print(describe(cost, args.tflops))
-
-
-if __name__ == "__main__":
-    main()

@@ -11,7 +11,6 @@ gated mixtures, component_usage.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -34,14 +33,20 @@ from gmsop.analysis.stats import (
     paired_seed_interval,
     seed_summary,
 )
-from gmsop.errors import UserError, exit_on_user_error
+from gmsop.errors import UserError
 from gmsop.models.predictions import PREDICTIONS_FILE, Predictions
 from gmsop.models.usage import usage_entropy, usage_key
 from gmsop.paths import write_csv_atomic, write_text_atomic
-from gmsop.run.csv_log import read_log
-from gmsop.run.curves import Curves, best_epoch, curves_from_log
-from gmsop.run.folder import checkpoint_files, is_locked, run_folder_of
-from gmsop.run.resume import continuation_of
+from gmsop.run_folder import (
+    Curves,
+    best_epoch,
+    checkpoint_files,
+    continuation_of,
+    curves_from_log,
+    is_locked,
+    read_log,
+    run_folder_of,
+)
 
 UsageHistory = dict[str, dict[int, list[float]]]  # split -> epoch -> usage per component
 IGNORED_OVERRIDE_PREFIXES = ("runs_dir=", "hydra.", "trainer.enable_progress_bar")
@@ -642,28 +647,3 @@ def report(root: Path, out: Optional[Path] = None, compare_pairs: Sequence[tuple
         md += "\n## Not included\n\n" + "".join(f"- `{os.path.relpath(k.folder, root)}`: {k.why}\n" for k in skipped)
     write_text_atomic(out / "report.md", md)
     return out
-
-
-@exit_on_user_error
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", type=Path, help="an ablation/multirun folder or a single run folder")
-    p.add_argument("--out", type=Path, default=None, help="where to write (default FOLDER/report)")
-    p.add_argument(
-        "--compare",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("A", "B"),
-        help="compare two configurations (their labels in the table) image by image; repeatable",
-    )
-    args = p.parse_args()
-    if not args.folder.is_dir():
-        p.error(f"{args.folder} is not a folder")
-    out = report(args.folder, args.out, [tuple(pair) for pair in args.compare])
-    print((out / "report.md").read_text())
-    print(f"written to {out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -94,7 +94,7 @@ class SecondOrderClassifier(L.LightningModule):
         compile_opts = compile_options(model["compile"])
         if compile_opts is not None:
             compile_in_place((self.backbone, self.head, self.classifier), compile_opts)
-        # Component usage of a gated head per split and epoch (see component_usage / gmsop.run.callbacks).
+        # Component usage of a gated head per split and epoch (see component_usage / gmsop.callbacks.usage_plots).
         self.usage = nn.ModuleDict(
             {f"{split}_usage": ComponentUsage(self.head.num_components) for split in ("train", "val")}
             if self.head.num_components

@@ -1,3 +1,3 @@
-"""The run loop and what keeps runs safe: one training run (training), its checkpoints
-(checkpointing), what it resumes from (resume), its folder and lock (folder), its callbacks
-and learning curves (callbacks, curves), and sweeps of many runs (sweep)."""
+"""One run: its parts built from the config (build), its loggers (loggers), what it resumes from
+(resume), the fit (training) and the test stage (test_stage). Its folder's format is
+gmsop.run_folder's; its callbacks are gmsop.callbacks'."""

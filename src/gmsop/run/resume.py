@@ -17,17 +17,14 @@ time is a fork and gets a W&B run of its own, so two diverging histories never s
 from __future__ import annotations
 
 import json
-import pickle
-import random
-import warnings
-import zipfile
+import os
+import secrets
+import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import lightning as L
-import numpy as np
 import torch
 
 from gmsop.config import ModelConfig, OptimConfig
@@ -36,19 +33,22 @@ from gmsop.errors import UserError
 from gmsop.heads import HEADS
 from gmsop.models.classifier import classifier_bn
 from gmsop.registry import ConfigError, Registry, complete
-from gmsop.run.checkpointing import BEST, CHECKPOINT_DIR, LAST
-from gmsop.run.folder import (
+from gmsop.run_folder import (
+    LAST_CKPT,
+    MLFLOW_ID_FILE,
+    RECORD_KEY,
     WANDB_ID_FILE,
+    CheckpointError,
     RunLock,
-    checkpoint_files,
+    continuation_of,
     is_locked,
+    logger_id_in,
+    read_checkpoint,
+    readable_checkpoint,
     require_fresh,
     run_folder_of,
 )
 
-LAST_CKPT = Path(CHECKPOINT_DIR) / f"{LAST}.ckpt"
-CONTINUED_FILE = "continued_in.json"  # in a run folder another folder continued: {run_dir, wandb_id}
-RECORD_KEY = "gmsop"
 # Data keys that change how data is read, not what the model learns: free to differ on resume.
 DATA_KEYS_FREE_ON_RESUME = ("root", "num_workers", "eval_batch_size", "verify_images")
 # how the model is run, not what it computes: a run may resume compiled, NHWC or not
@@ -59,23 +59,72 @@ class ResumeError(UserError, FileNotFoundError):
     """No checkpoint at the place trainer.resume names."""
 
 
-class CheckpointError(UserError, ValueError):
-    """A file is not a readable gmsop checkpoint, or does not fit the config or data."""
+PLAN_ENV = "GMSOP_RESUME_PLAN"  # rank 0's plan, inherited by the DDP processes it launches
+# What a DDP process launched by rank 0 inherits of the plan (the loaded checkpoint and the locks stay with rank 0)
+_INHERITED = ("ckpt", "source", "wandb_id", "in_place", "continued_in", "mlflow_id", "step")
 
 
 @dataclass
 class ResumePlan:
+    """Everything a run's start decides about what it continues: made once (`open_plan`), by rank 0
+    for every process of the run, and passed down; nothing downstream goes back to ask."""
+
     ckpt: Optional[Path] = None  # None: a fresh run
     source: Optional[Path] = None  # the run folder the checkpoint belongs to
-    wandb_id: Optional[str] = None
+    wandb_id: Optional[str] = None  # the W&B run to log to (continued, or new once open_plan has run)
     in_place: bool = False  # continuing in the run's own folder (trainer.resume=auto)
-    checkpoint: Optional[dict] = None  # the loaded checkpoint (for the compatibility check)
+    checkpoint: Optional[dict] = None  # the loaded checkpoint (for the compatibility check; rank 0)
     continued_in: Optional[str] = None  # another run already continued this one: this is a fork
+    mlflow_id: Optional[str] = None  # the MLflow run this one continues (a resume gets a new one, tagged with it)
+    step: Optional[int] = None  # the checkpoint's global step: where the CSV log continues
+    locks: list[RunLock] = field(default_factory=list)  # held by rank 0: this run's folder, and the source's
 
-    @property
-    def step(self) -> Optional[int]:
-        """The global step the checkpoint was saved at (None: a fresh run, or not loaded here)."""
-        return int(self.checkpoint["global_step"]) if self.checkpoint else None
+    def __post_init__(self) -> None:
+        if self.step is None and self.checkpoint:
+            self.step = int(self.checkpoint["global_step"])
+
+    def to_json(self) -> str:
+        """The plan as the DDP processes rank 0 launches inherit it."""
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(self).items() if k in _INHERITED})
+
+    @classmethod
+    def from_json(cls, text: str) -> ResumePlan:
+        d = json.loads(text)
+        return cls(**{k: Path(v) if k in ("ckpt", "source") and v else v for k, v in d.items()})
+
+    def release(self, forget: bool = False) -> None:
+        """Release the run folders' locks (`forget`: as RunLock.release, when nothing was written)."""
+        while self.locks:
+            self.locks.pop().release(forget=forget)
+
+
+def open_plan(resume: Optional[str], run_dir: Path, experiment_runs: Path, rank_zero: bool) -> ResumePlan:
+    """The run's plan. Rank 0 locks run_dir (and the folder it continues, if another), decides
+    (plan_resume), picks a new W&B run id if none is continued and leaves the plan in the
+    environment; the DDP processes it launched take that plan as it is."""
+    inherited = os.environ.get(PLAN_ENV)
+    if not rank_zero and inherited:
+        return ResumePlan.from_json(inherited)
+    lock = RunLock(run_dir, "train a run in it") if rank_zero else None
+    try:
+        plan = plan_resume(resume, run_dir, experiment_runs, lock)
+        plan.locks = [lock] if lock else []
+        if plan.source is not None and not plan.in_place and rank_zero:
+            plan.locks.append(RunLock(plan.source, "continue the run it holds"))
+    except BaseException:
+        if lock is not None:
+            lock.release(forget=True)
+        raise
+    plan.wandb_id = plan.wandb_id or new_wandb_id()
+    plan.mlflow_id = logger_id_in(plan.source or run_dir, MLFLOW_ID_FILE)
+    if rank_zero:
+        os.environ[PLAN_ENV] = plan.to_json()
+    return plan
+
+
+def new_wandb_id() -> str:
+    """A W&B run id (8 lowercase letters/digits, like W&B's own)."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
 def plan_resume(
@@ -115,35 +164,6 @@ def plan_resume(
     return _plan(*found, in_place=False)
 
 
-def readable_checkpoint(run_dir: Path) -> Optional[tuple[Path, dict]]:
-    """The newest checkpoint of a run folder that loads, with its contents; None if it has none.
-
-    last.ckpt or Lightning's SLURM hpc_ckpt_N.ckpt, newest first; if none of those loads (a damaged
-    disk, a partly copied folder), best.ckpt, which holds the full training state of its epoch:
-    the epochs after it are trained again, with a warning that names the unreadable files.
-    CheckpointError (naming each file and its problem) when the folder's checkpoints all fail."""
-    candidates = sorted(checkpoint_files(run_dir, resumable_only=True), key=lambda p: p.stat().st_mtime, reverse=True)
-    best = Path(run_dir) / CHECKPOINT_DIR / f"{BEST}.ckpt"
-    candidates += [best] if best.is_file() else []
-    problems = []
-    for ckpt in candidates:
-        try:
-            checkpoint = read_checkpoint(ckpt, for_resume=True)
-        except CheckpointError as e:
-            problems.append(str(e))
-            continue
-        if problems:
-            warnings.warn(
-                "; ".join(problems) + f". Continuing from {ckpt} (epoch {checkpoint.get('epoch')}, step "
-                f"{checkpoint.get('global_step')}): the steps after it are trained again",
-                stacklevel=2,
-            )
-        return ckpt, checkpoint
-    if problems:
-        raise CheckpointError(f"no checkpoint in {run_dir} can be resumed: " + "; ".join(problems))
-    return None
-
-
 def _plan(ckpt: Path, checkpoint: dict, in_place: bool) -> ResumePlan:
     """Continue from ckpt, as the same W&B run, unless another run already continued its folder:
     then this is a fork, and a new W&B run keeps the two histories apart."""
@@ -156,59 +176,8 @@ def _plan(ckpt: Path, checkpoint: dict, in_place: bool) -> ResumePlan:
     return ResumePlan(ckpt, source, wandb_id, in_place, checkpoint)
 
 
-def continuation_of(run_dir: Path) -> Optional[dict]:
-    """Where a run folder's training was continued into another folder ({run_dir, wandb_id}), or None."""
-    try:
-        return json.loads((run_dir / CONTINUED_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _wandb_id_in(run_dir: Path) -> Optional[str]:
     return logger_id_in(run_dir, WANDB_ID_FILE)
-
-
-def logger_id_in(run_dir: Path, id_file: str) -> Optional[str]:
-    """The logger run id a run folder keeps in id_file (WANDB_ID_FILE, MLFLOW_ID_FILE), or None."""
-    path = run_dir / id_file
-    return (path.read_text().strip() or None) if path.is_file() else None
-
-
-def newest_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The most recent of a run folder's last.ckpt and Lightning's SLURM hpc_ckpt_N.ckpt."""
-    candidates = checkpoint_files(run_dir, resumable_only=True)
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
-
-
-def read_checkpoint(path: Path, for_resume: bool = False) -> dict:
-    """Load a gmsop checkpoint on the CPU, or raise CheckpointError naming the file and the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was not written completely")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (
-        EOFError,
-        RuntimeError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        ValueError,
-        OSError,
-        AttributeError,
-        ModuleNotFoundError,
-    ) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, Mapping) or not {"model", "head"} <= set(hparams) or "state_dict" not in ckpt:
-        raise CheckpointError(
-            f"{path} is not a gmsop training checkpoint (no model/head hyperparameters and "
-            "state_dict); for weights of another model use model.pretrained_file"
-        )
-    if for_resume and not {"loops", "optimizer_states"} <= set(ckpt):
-        raise CheckpointError(f"{path} holds weights but no training state (loops, optimizer); it cannot be resumed")
-    return ckpt
 
 
 def differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -341,48 +310,3 @@ def check_weights_fit(plan: ResumePlan, model: torch.nn.Module) -> None:
     if problems:
         listed = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
         raise CheckpointError(f"the weights in {plan.ckpt} do not fit this model:\n  {listed}")
-
-
-class RunRecord(L.Callback):
-    """Writes the run's config, folder and W&B run id into every checkpoint (key `gmsop`)."""
-
-    def __init__(self, run_dir: Path, wandb_id: Optional[str], config: Mapping[str, Any]) -> None:
-        self.record = {"run_dir": str(run_dir), "wandb_id": wandb_id, "config": dict(config)}
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint[RECORD_KEY] = self.record
-
-
-class RandomState(L.Callback):
-    """Carries the random generators (torch CPU and CUDA, NumPy, Python) through checkpoints,
-    so a resumed run draws the same noise, dropout and flips as an uninterrupted one.
-
-    The saved states are applied when training starts (after the sanity check and the data
-    loaders are set up), right where the interrupted run stood.
-    """
-
-    def __init__(self) -> None:
-        self._loaded: Optional[dict[str, Any]] = None
-
-    def state_dict(self) -> dict[str, Any]:
-        name, keys, pos, has_gauss, gauss = np.random.get_state()  # as tensors and numbers: weights_only-loadable
-        numpy = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
-        state = {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._loaded = state_dict
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        state, self._loaded = self._loaded, None
-        if state is None:
-            return
-        torch.set_rng_state(state["torch"])
-        name, keys, pos, has_gauss, gauss = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        random.setstate(state["python"])
-        cuda = state.get("cuda")
-        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)

@@ -1,6 +1,6 @@
 """The test stage: Lightning's test loop, once per run, on the checkpoint chosen on val.
 
-After `fit`, the run's best.ckpt (lowest val/top1_err; see checkpointing) is evaluated on the
+After `fit`, the run's best.ckpt (lowest val/top1_err; see gmsop.callbacks.checkpoints) is evaluated on the
 test split. The per-image predictions go to RUN/predictions.npz, then the result (checkpoint,
 the split choices were made on, test metrics) to RUN/test.json; test/* also reach every
 logger and summary.json. A run interrupted before test.json exists runs its test stage when
@@ -19,19 +19,7 @@ from gmsop.data import ImageDataModule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.models.predictions import PREDICTIONS_FILE
 from gmsop.paths import write_text_atomic
-
-TEST_RESULT = "test.json"
-
-
-def read_test_result(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The test stage's record in a run folder, or None if it has not finished there."""
-    path = Path(run_dir) / TEST_RESULT
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:  # (written atomically: only a hand-edited file gets here)
-        return None
+from gmsop.run_folder import TEST_RESULT, read_test_result
 
 
 def test_once(

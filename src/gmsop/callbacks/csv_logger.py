@@ -22,40 +22,8 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from gmsop.paths import write_csv_atomic
-
-CSV_FOLDER = "csv"
-
-
-def metrics_file(run_dir: Path) -> Path:
-    """Where a run folder's CSV log is: RUN/csv/metrics.csv."""
-    return Path(run_dir) / CSV_FOLDER / ExperimentWriter.NAME_METRICS_FILE
-
-
-def read_log(run_dir: Path) -> list[dict[str, str]]:
-    """The rows of a run folder's CSV log, as written ([] if it has none)."""
-    path = metrics_file(run_dir)
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def rows_up_to(path: Path, step: int) -> tuple[list[str], list[dict[str, str]]]:
-    """The header and the complete rows of a Lightning metrics.csv whose step is <= `step`."""
-    if not path.is_file():
-        return [], []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        rows = []
-        for row in reader:
-            try:
-                complete = None not in row.values() and None not in row and int(row["step"]) <= step
-            except (KeyError, ValueError):
-                complete = False
-            if complete:
-                rows.append(row)
-    return header, rows
+from gmsop.run_folder.layout import CSV_FOLDER, metrics_file
+from gmsop.run_folder.log import rows_up_to
 
 
 class _ContinuedWriter(ExperimentWriter):

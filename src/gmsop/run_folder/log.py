@@ -1,23 +1,22 @@
-"""Learning curves: one row per epoch, read from the run's CSV log (csv/metrics.csv).
+"""Reading a run's CSV log (csv/metrics.csv): its rows, and its learning curves.
 
 Lightning's CSV logger writes one row per logged step; the per-epoch values are its epoch-level
 rows (train/loss_epoch, train/top1_err, val/...), and the learning rate is the row
 `LearningRateMonitor` writes as each epoch starts (it has no epoch column: it belongs to the
-next epoch logged). The log is continued across resumes (`gmsop.run.csv_log`), so the curves of
+next epoch logged). The log is continued across resumes (`gmsop.callbacks.csv_logger`), so the curves of
 a resumed run start at epoch 0. The run's plot (plots/curves.png), summary.json's best epoch,
 a continued sweep trial's earlier scores and `gmsop.report` all read them from here.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Optional
 
-import lightning as L
-
-from gmsop.run.csv_log import read_log
+from gmsop.run_folder.layout import metrics_file
 
 TRAIN_METRICS = ("train/loss", "train/top1_err")
 VAL_METRICS = ("val/loss", "val/top1_err", "val/top5_err")
@@ -26,6 +25,33 @@ LOGGED_AS = {"train/loss": "train/loss_epoch"}  # column -> its name in the log 
 LR_PREFIX = "lr-"  # LearningRateMonitor's columns, one per parameter group; the first (backbone) is plotted
 
 Curves = dict[int, dict[str, float]]  # epoch -> column -> value (NaN where not logged)
+
+
+def read_log(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run folder's CSV log, as written ([] if it has none)."""
+    path = metrics_file(run_dir)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def rows_up_to(path: Path, step: int) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the complete rows of a Lightning metrics.csv whose step is <= `step`."""
+    if not path.is_file():
+        return [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = []
+        for row in reader:
+            try:
+                complete = None not in row.values() and None not in row and int(row["step"]) <= step
+            except (KeyError, ValueError):
+                complete = False
+            if complete:
+                rows.append(row)
+    return header, rows
 
 
 def read_curves(run_dir: Path) -> Curves:
@@ -62,27 +88,3 @@ def best_epoch(curves: Mapping[int, Mapping[str, float]], metric: str = "val/top
     _, epoch = min(scored)
     values = {k: v for k, v in curves[epoch].items() if k in VAL_METRICS and not math.isnan(v)}
     return {"epoch": epoch, **values}
-
-
-class CurvesPlot(L.Callback):
-    """plots/curves.png (loss, error and learning rate per epoch) from the run's CSV log, redrawn
-    as each epoch starts (the previous epoch's values are logged by then) and when training ends."""
-
-    def __init__(self, run_dir: Path, title: str) -> None:
-        self.run_dir, self.title = Path(run_dir), title
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch > 0:
-            self.draw(trainer)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.draw(trainer)
-
-    def draw(self, trainer) -> None:
-        if not trainer.is_global_zero:  # (the CSV log is rank 0's)
-            return
-        curves = read_curves(self.run_dir)
-        if curves:
-            from gmsop.plots import learning_curves
-
-            learning_curves({self.title: curves}, self.run_dir / "plots" / "curves.png")

@@ -17,15 +17,7 @@ from typing import Optional
 
 from gmsop.errors import UserError
 from gmsop.paths import hold_lock_descriptor, release_lock_descriptor, remove_stale_temporaries
-from gmsop.run.checkpointing import CHECKPOINT_DIR, LAST, SLURM_CHECKPOINTS
-
-LOCK_FILE = ".run.lock"
-SUMMARY = "summary.json"
-WANDB_ID_FILE = "wandb_run_id.txt"
-MLFLOW_ID_FILE = "mlflow_run_id.txt"
-# What a training leaves in its folder from its first seconds (besides checkpoints): any of them
-# means the folder holds a run, even one killed before its first checkpoint
-RUN_TRACES = (SUMMARY, WANDB_ID_FILE, MLFLOW_ID_FILE, "csv/metrics.csv", ".hydra/config.yaml")
+from gmsop.run_folder.layout import LOCK_FILE, RUN_TRACES, checkpoint_files
 
 
 class RunFolderError(UserError, RuntimeError):
@@ -88,20 +80,6 @@ def is_locked(folder: Path) -> bool:
         return True
     finally:
         os.close(fd)
-
-
-def checkpoint_files(folder: Path, resumable_only: bool = False) -> list[Path]:
-    """The checkpoints a run folder holds: checkpoints/*.ckpt (last, best) and Lightning's SLURM
-    hpc_ckpt_N.ckpt; with resumable_only, last.ckpt and hpc_ckpt_N.ckpt (best.ckpt is a model to
-    evaluate, not where training stands)."""
-    folder = Path(folder)
-    ours = [folder / CHECKPOINT_DIR / f"{LAST}.ckpt"] if resumable_only else (folder / CHECKPOINT_DIR).glob("*.ckpt")
-    return [p for p in (*ours, *folder.glob(SLURM_CHECKPOINTS)) if p.is_file()]
-
-
-def run_folder_of(ckpt: Path) -> Path:
-    """The run folder a checkpoint was saved in (RUN/checkpoints/NAME.ckpt, or RUN/hpc_ckpt_N.ckpt)."""
-    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else ckpt.parent
 
 
 def run_traces(folder: Path, lock: Optional[RunLock] = None) -> list[str]:

@@ -7,8 +7,9 @@ the mean of only the batches after the resume. `EpochSums` saves those sums with
 checkpoint (the metrics' summed over DDP processes) and adds them back after the resumed run's
 first batch (the metrics' on rank 0 only), so the epoch reports what an uninterrupted one would.
 
-Lightning keeps its sums in the training loop's result collection (`_results`, private in
-Lightning 2.6; `tests/test_exact_resume.py` compares every logged row with an uninterrupted run).
+Lightning keeps its sums in the training loop's result collection (private: reached through
+`lightning_internals.epoch_results`; `tests/test_exact_resume.py` compares every logged row with an
+uninterrupted run).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from torchmetrics import Metric
+
+from gmsop.callbacks.lightning_internals import epoch_results
 
 KEY = "epoch_sums"
 
@@ -38,7 +41,7 @@ def _training_metrics(pl_module: L.LightningModule) -> dict[str, Metric]:
 
 def _sums(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
     logged = {}
-    for key, result in trainer.fit_loop.epoch_loop._results.items():
+    for key, result in epoch_results(trainer).items():
         additive = result.meta.is_mean_reduction or result.meta.is_sum_reduction
         if result.is_tensor and result.meta.on_epoch and additive:
             logged[key] = {name: value.detach().cpu().clone() for name, value in result.metric_state.items()}
@@ -79,7 +82,7 @@ class EpochSums(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._pending is None:
             return
-        results = trainer.fit_loop.epoch_loop._results
+        results = epoch_results(trainer)
         for key, sums in self._pending["logged"].items():
             if key in results:
                 _add(results[key], sums)

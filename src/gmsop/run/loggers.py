@@ -1,0 +1,157 @@
+"""The run's loggers: W&B (offline unless the user logs in), the continued CSV log, TensorBoard
+and MLflow, as `configs/logger` selects them, each continuing the logger run of a resumed run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig
+
+from gmsop.callbacks.csv_logger import ContinuedCSVLogger
+from gmsop.callbacks.lightning_internals import drop_wandb_init_argument, wandb_run_started
+from gmsop.errors import require_extra
+from gmsop.paths import held_lock, write_text_atomic
+from gmsop.registry import ConfigError
+from gmsop.run.resume import ResumePlan
+from gmsop.run_folder import MLFLOW_ID_FILE
+
+
+def check_logger_config(logger: DictConfig) -> None:
+    """Fail before anything is written, naming the key, for logger settings that cannot work."""
+    if logger.mlflow.enabled:
+        require_extra("mlflow", "mlflow", "logger=mlflow (logger.mlflow.enabled=true)")
+    w = logger.wandb
+    if w.mode not in ("offline", "online", "disabled"):
+        raise ConfigError(f"logger.wandb.mode={w.mode!r}; allowed: offline, online, disabled")
+    if w.log_model not in (False, True, "all"):
+        raise ConfigError(f"logger.wandb.log_model={w.log_model!r}; allowed: false, true, all")
+    if w.enabled and w.log_model and w.mode != "online":
+        raise ConfigError(
+            f"logger.wandb.log_model={w.log_model} uploads checkpoints as W&B artifacts, which needs "
+            "logger.wandb.mode=online (after `wandb login`); offline runs keep them in RUN/checkpoints"
+        )
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], plan: ResumePlan) -> list:
+    loggers: list = []
+    w = cfg.logger.wandb
+    if w.enabled and w.mode != "disabled":
+        if w.mode == "online" and not _wandb_logged_in():
+            raise RuntimeError(
+                "logger.wandb.mode=online but W&B has no API key: run `wandb login` (or set WANDB_API_KEY), "
+                "or keep the default logger.wandb.mode=offline and `wandb sync` the run folder later"
+            )
+        logger = WandbLogger(
+            save_dir=str(run_dir),
+            project=w.project,
+            entity=w.entity,
+            group=w.group or cfg.name,
+            tags=list(w.tags),
+            name=wandb_run_name(cfg.name, run_dir),
+            log_model=w.log_model,
+            offline=w.mode == "offline",
+            id=plan.wandb_id,
+            resume="allow",
+            config=container,
+        )
+        # Lightning 2.6 always passes anonymous=None, which W&B >= 0.22 warns about on every run
+        drop_wandb_init_argument(logger, "anonymous")
+        loggers.append(logger)
+    loggers.append(ContinuedCSVLogger(run_dir, plan.source, plan.step))
+    if cfg.logger.tensorboard:
+        loggers.append(
+            TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+        )
+    if cfg.logger.mlflow.enabled:
+        loggers.append(_mlflow_logger(cfg, run_dir, plan.mlflow_id))
+    return loggers
+
+
+def _mlflow_logger(cfg: DictConfig, run_dir: Path, earlier: Optional[str]):
+    """An MLflow run for this training (Lightning logs the model's hyperparameters to it). A resumed
+    training gets a run of its own, tagged with the MLflow run it continues (MLflow refuses changed
+    parameter values in one run, and a resume may change some: trainer.resume_allow_changes)."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    m = cfg.logger.mlflow
+    uri = m.tracking_uri or f"sqlite:///{(Path(cfg.runs_dir) / 'mlflow.db').resolve()}"
+    tags = {"run_dir": str(run_dir)}
+    if earlier:
+        tags["resumed_from_mlflow_run"] = earlier
+    Path(cfg.runs_dir).mkdir(parents=True, exist_ok=True)
+    # Creating the client and the first access create the database, its tables, the experiment
+    # and the run; runs started at once raced on that (all but one died with "duplicate column
+    # name"), so one process at a time.
+    with held_lock(Path(cfg.runs_dir) / ".mlflow.lock"):
+        logger = MLFlowLogger(
+            experiment_name=m.experiment or cfg.name,
+            run_name=wandb_run_name(cfg.name, run_dir),
+            tracking_uri=uri,
+            tags=tags,
+        )
+        run_id = logger.run_id if rank_zero_only.rank == 0 else None
+    if run_id:
+        write_text_atomic(run_dir / MLFLOW_ID_FILE, run_id)
+    return logger
+
+
+# overrides that say how a run is launched, not what it trains: left out of W&B run names
+LAUNCH_OVERRIDES = ("experiment=", "hydra.", "logger.", "trainer.enable_progress_bar", "runs_dir=")
+
+
+def wandb_run_name(name: str, run_dir: Path, limit: int = 120) -> str:
+    """The experiment name and the run's command-line overrides (in a multirun, what differs
+    between its runs), e.g. `ablation_fashion_heads head=gap`; else the name and the run folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    chosen = [o for o in overrides if not o.lstrip("+~").startswith(LAUNCH_OVERRIDES) and not o.startswith("name=")]
+    label = f"{name} {' '.join(chosen)}" if chosen else f"{name} {run_dir.name}"
+    return label if len(label) <= limit else label[: limit - 3] + "..."
+
+
+def _log_plots(logger: WandbLogger, run_dir: Path) -> None:
+    """The run's plots as W&B images (key plots/NAME), so the W&B page shows what the folder holds."""
+    for png in sorted((run_dir / "plots").glob("*.png")):
+        logger.log_image(key=f"plots/{png.stem}", images=[str(png)])
+
+
+def own_wandb_service() -> None:
+    """Entry points call this first: the process starts its own W&B service rather than one named
+    by WANDB_SERVICE, inherited from a parent process (a launcher script, a notebook, a test
+    runner). In a shared service, a training killed with kill -9 leaves its run's stream open,
+    and every resume then fails with "run ID ... is in use"."""
+    os.environ.pop("WANDB_SERVICE", None)
+
+
+def _wandb_logged_in() -> bool:
+    """An API key in the environment, or in ~/.netrc where `wandb login` stores it."""
+    return bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_wandb()
+
+
+def _netrc_has_wandb() -> bool:
+    import netrc
+
+    try:
+        hosts = netrc.netrc().hosts
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+    return any("wandb" in host for host in hosts)
+
+
+def finish_wandb(loggers: list, exit_code: int, run_dir: Path, images: bool) -> Optional[Path]:
+    """Close the W&B run (one per job, so multirun logs every job), after logging the run's plots
+    if `images`; return its local folder."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and wandb_run_started(logger):
+            if images:
+                _log_plots(logger, run_dir)
+            run = logger.experiment
+            run_dir = Path(run.dir).parent  # .../wandb/offline-run-*/files -> .../offline-run-*
+            run.finish(exit_code=exit_code)
+            return run_dir
+    return None
