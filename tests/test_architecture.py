@@ -98,7 +98,10 @@ TRAINING_LOOP = (
 )
 
 
-@pytest.mark.parametrize("module", ["eval.py", "export.py", "report.py", "analysis/report.py", "run_folder"])
+@pytest.mark.parametrize(
+    "module",
+    ["eval.py", "run/evaluate.py", "export.py", "analysis/export.py", "report.py", "analysis/report.py", "run_folder"],
+)
 def test_evaluation_export_and_reports_read_run_folders_without_the_training_loop(module):
     paths = sorted((SRC / module).glob("*.py")) if (SRC / module).is_dir() else [SRC / module]
     for path in paths:
@@ -125,3 +128,17 @@ def test_importing_the_run_layer_changes_no_warning_or_log_filter():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+ENTRY_POINTS = ("train", "eval", "export", "lr_find", "sweep", "report", "cost")
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_entry_points_have_one_shape_and_hand_the_work_to_a_room(name):
+    """Each is `main` (parse or compose, build, hand over) and `cli` (the command), nothing else public."""
+    tree = ast.parse((SRC / f"{name}.py").read_text())
+    public = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")}
+    assert public == {"main", "cli"}, f"gmsop.{name} defines {sorted(public)}; move the work into a room"
+    scripts = (SRC.parents[1] / "pyproject.toml").read_text()
+    assert f'= "gmsop.{name}:cli"' in scripts
+    assert f"{name}.py" in (SRC.parents[1] / "README.md").read_text()

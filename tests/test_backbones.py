@@ -103,8 +103,8 @@ def test_pretrained_timm_weights_get_their_own_normalisation_not_the_data_sets(t
     # is gone (the checkpoint holds every weight; gmsop.eval used to need the file)
     import lightning
 
-    from gmsop.eval import evaluate
     from gmsop.models.classifier import SecondOrderClassifier
+    from gmsop.run.evaluate import evaluate
 
     ckpt = tmp_path / "run.ckpt"
     torch.save(

@@ -36,7 +36,7 @@ def test_lr_find_refuses_a_range_or_step_count_it_cannot_use(tmp_path):
 
 
 def test_suggestion_is_the_steepest_fall_per_decade_before_the_minimum():
-    from gmsop.lr_find import steepest_descent
+    from gmsop.run.lr_find import steepest_descent
 
     lrs = [10.0**e for e in range(-6, 1)]  # 1e-6 .. 1
     losses = [

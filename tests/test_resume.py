@@ -11,8 +11,8 @@ import torch
 
 from gmsop.callbacks.checkpoints import BestCheckpoint
 from gmsop.config import OptimConfig
-from gmsop.eval import evaluate
 from gmsop.models.classifier import SecondOrderClassifier
+from gmsop.run.evaluate import evaluate
 from gmsop.run.resume import ResumeError, check_compatible, plan_resume
 from gmsop.run_folder import CheckpointError, RunFolderError, RunLock, read_checkpoint
 from tests.test_data import _image_tree

@@ -348,3 +348,20 @@ def test_a_damaged_study_file_is_named(tmp_path):
     (tmp_path / "runs" / "s" / "optuna.db").write_bytes(b"SQLite format 3\x00" + b"\x07" * 300)
     with pytest.raises(ConfigError, match=r"runs/s/optuna.db cannot be read .*move it away to start the sweep over"):
         open_study(spec, None, tmp_path / "runs")
+
+
+def test_the_private_optuna_attributes_sweeps_use_exist_in_the_installed_optuna():
+    """gmsop.sweeps reaches into Optuna (written against 5.0) in two places: the grid sampler's
+    random generator (seeded per trial) and the study's storage (a continued trial's grid point);
+    an Optuna without them fails here, naming the attribute, not in the middle of a sweep."""
+    import optuna
+
+    study = optuna.create_study()
+    trial = study.ask()
+    sampler = optuna.samplers.GridSampler({"x": [1, 2]}, seed=0)
+    for owner, path in ((sampler, "_rng.rng.seed"), (study, "_storage.set_trial_system_attr"), (study, "_study_id")):
+        obj = owner
+        for name in path.split("."):
+            assert hasattr(obj, name), f"optuna {optuna.__version__}: {type(owner).__name__}.{path} is gone ({name})"
+            obj = getattr(obj, name)
+    assert hasattr(trial, "_trial_id"), f"optuna {optuna.__version__}: Trial._trial_id is gone"

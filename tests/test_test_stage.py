@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from gmsop.eval import evaluate
 from gmsop.models.predictions import Predictions
+from gmsop.run.evaluate import evaluate
 from tests.conftest import REPO, run_cli, start_cli
 
 pytestmark = pytest.mark.slow

@@ -41,7 +41,7 @@ def test_exported_backbone_initialises_a_model_with_another_head(tmp_path):
 
 
 def test_weights_that_do_not_fit_or_do_not_exist_are_named(tmp_path):
-    from gmsop.export import export_backbone
+    from gmsop.analysis.export import export_backbone
 
     _, ckpt = _checkpoint(tmp_path, in_chans=3)
     out = tmp_path / "rgb.safetensors"

@@ -39,5 +39,10 @@ def main() -> None:
     print(describe(cost, args.tflops))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m gmsop.cost` and the `gmsop-cost` command."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -10,25 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from safetensors.torch import save_file
-
+from gmsop.analysis.export import export_backbone
 from gmsop.errors import exit_on_user_error
-from gmsop.paths import replace_atomically
-from gmsop.run_folder import read_checkpoint
-
-PREFIX = "backbone.model."
-
-
-def export_backbone(ckpt_path: Path, out: Path) -> dict:
-    """Write the checkpoint's backbone weights to `out` (safetensors, written atomically); returns
-    what was written: backbone name, tensor count and parameters."""
-    ckpt = read_checkpoint(Path(ckpt_path))
-    weights = {k[len(PREFIX) :]: v.contiguous() for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
-    backbone = ckpt["hyper_parameters"]["model"]["backbone"]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomically(out, lambda tmp: save_file(weights, str(tmp), metadata={"backbone": backbone}))
-    return {"backbone": backbone, "tensors": len(weights), "values": sum(v.numel() for v in weights.values())}
 
 
 @exit_on_user_error
@@ -43,5 +26,10 @@ def main() -> None:
     print(f"fine-tune from it: {use}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m gmsop.export` and the `gmsop-export` command."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

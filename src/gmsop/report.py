@@ -31,5 +31,10 @@ def main() -> None:
     print(f"written to {out}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m gmsop.report` and the `gmsop-report` command."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

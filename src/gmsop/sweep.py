@@ -46,5 +46,10 @@ def main() -> None:
     print(f"best trial #{best.number}: {best.value:.4f} with {best.params}; run folder {best.user_attrs['run_dir']}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m gmsop.sweep` and the `gmsop-sweep` command."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -38,6 +38,7 @@ from gmsop.models.predictions import PREDICTIONS_FILE, Predictions
 from gmsop.models.usage import usage_entropy, usage_key
 from gmsop.paths import write_csv_atomic, write_text_atomic
 from gmsop.run_folder import (
+    SUMMARY,
     Curves,
     best_epoch,
     checkpoint_files,
@@ -146,7 +147,7 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
     and the run folders left out (interrupted, failed, killed, continued in another folder, or
     unreadable), with the reason."""
     summaries, skipped = {}, []
-    for path in sorted(p for p in root.rglob("summary.json") if "report" not in p.relative_to(root).parts):
+    for path in sorted(p for p in root.rglob(SUMMARY) if "report" not in p.relative_to(root).parts):
         try:
             s = json.loads(path.read_text())
             if not isinstance(s, dict) or "metrics" not in s or "head" not in s:
@@ -171,7 +172,7 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
             continue
         summaries[path.parent] = s
     for folder in sorted({run_folder_of(p) for p in root.rglob("*.ckpt")}):
-        if folder not in summaries and not (folder / "summary.json").is_file() and checkpoint_files(folder):
+        if folder not in summaries and not (folder / SUMMARY).is_file() and checkpoint_files(folder):
             state = "running now" if is_locked(folder) else "killed before it could write summary.json"
             skipped.append(Skipped(folder, f"no summary.json ({state}); resume with trainer.resume={folder}"))
     if not summaries:

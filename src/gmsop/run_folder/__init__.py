@@ -7,6 +7,8 @@ its checkpoints (`checkpoints`), its CSV log and learning curves (`log`) and sum
 here and import nothing of the training loop.
 """
 
+# ruff: noqa: F401  (the package's interface: these names, from the modules that define them)
+
 from gmsop.run_folder.checkpoints import RECORD_KEY, CheckpointError, read_checkpoint, readable_checkpoint
 from gmsop.run_folder.layout import (
     BEST,
@@ -43,46 +45,3 @@ from gmsop.run_folder.log import (
     rows_up_to,
 )
 from gmsop.run_folder.summary import read_summary, write_summary
-
-__all__ = [
-    "BEST",
-    "CHECKPOINT_DIR",
-    "COLUMNS",
-    "CONTINUED_FILE",
-    "CSV_FOLDER",
-    "LAST",
-    "LAST_CKPT",
-    "LOCK_FILE",
-    "LR_PREFIX",
-    "MLFLOW_ID_FILE",
-    "RECORD_KEY",
-    "SLURM_CHECKPOINTS",
-    "SUMMARY",
-    "TEST_RESULT",
-    "TRAIN_METRICS",
-    "VAL_METRICS",
-    "WANDB_ID_FILE",
-    "CheckpointError",
-    "Curves",
-    "RunFolderError",
-    "RunLock",
-    "best_epoch",
-    "checkpoint_files",
-    "continuation_of",
-    "curves_from_log",
-    "is_locked",
-    "logger_id_in",
-    "metrics_file",
-    "newest_checkpoint",
-    "read_checkpoint",
-    "read_curves",
-    "read_log",
-    "read_summary",
-    "read_test_result",
-    "readable_checkpoint",
-    "require_fresh",
-    "rows_up_to",
-    "run_folder_of",
-    "run_traces",
-    "write_summary",
-]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from gmsop.paths import held_lock, run_uid, write_csv_atomic
 from gmsop.registry import ConfigError
 from gmsop.run.compose import compose_train
 from gmsop.run.training import RunInterrupted
-from gmsop.run_folder import LOCK_FILE, SUMMARY, checkpoint_files, is_locked, read_curves
+from gmsop.run_folder import LOCK_FILE, checkpoint_files, is_locked, read_curves, read_summary
 from gmsop.sweeps.spec import SweepSpec
 
 PRUNERS = ("median", "none")
@@ -130,7 +129,11 @@ def requeue_interrupted_trials(study: optuna.Study) -> list[int]:
     requeued = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         run_dir = t.user_attrs.get("run_dir")
-        if not run_dir or run_dir in continued or _run_status(Path(run_dir)) not in (None, "interrupted"):
+        if (
+            not run_dir
+            or run_dir in continued
+            or (read_summary(Path(run_dir)) or {}).get("status") not in (None, "interrupted")
+        ):
             continue
         if checkpoint_files(Path(run_dir), resumable_only=True):
             study.enqueue_trial(
@@ -138,13 +141,6 @@ def requeue_interrupted_trials(study: optuna.Study) -> list[int]:
             )
             requeued.append(t.number)
     return requeued
-
-
-def _run_status(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / SUMMARY).read_text()).get("status")
-    except (OSError, ValueError):
-        return None  # killed before its summary, or an unreadable one
 
 
 def open_study(spec: SweepSpec, storage: str | None, runs_dir: Path) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
