@@ -40,6 +40,16 @@ def complete(schema: type, cfg: Mapping[str, Any], path: str, what: str, extra_k
     return OmegaConf.to_container(merged)
 
 
+def option_defaults(cls: type) -> dict[str, Any]:
+    """The defaults a class gives options it inherits: its `option_defaults` over its bases' (a
+    data set's batch size, image size, ...). Its constructor applies them (`options | ...`); the
+    registry's schema shows them."""
+    merged: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        merged.update(vars(klass).get("option_defaults", {}))
+    return merged
+
+
 class Registry(Generic[T]):
     """Maps names to constructors; `build(cfg, *fixed)` validates cfg (with its `name`) first."""
 
@@ -70,8 +80,8 @@ class Registry(Generic[T]):
 
         A class constructor that forwards `**options` also gets the keyword-only parameters
         of its base classes' __init__ (up the chain while each forwards `**options` too), so
-        shared options are declared once, on the base; a subclass's own parameter of the same
-        name (another default) comes first.
+        shared options are declared once, on the base; a class changes the defaults of options
+        it inherits in `option_defaults` (see `option_defaults`), never by restating them.
         """
         ctor = self.get(name)
         target = ctor.__init__ if inspect.isclass(ctor) else ctor
@@ -84,6 +94,7 @@ class Registry(Generic[T]):
             params += [(p, hints) for p in base_params.values() if p.kind == p.KEYWORD_ONLY]
             if not any(p.kind == p.VAR_KEYWORD for p in base_params.values()):
                 break
+        changed = option_defaults(ctor) if inspect.isclass(ctor) else {}
         fields, seen = [], set()
         for param, hints in params:
             if param.name in ("self", *self.fixed_args, *seen) or param.kind in (
@@ -93,14 +104,13 @@ class Registry(Generic[T]):
                 continue
             seen.add(param.name)
             ftype = hints.get(param.name, Any)
-            if param.default is inspect.Parameter.empty:
+            default = changed.get(param.name, param.default)
+            if default is inspect.Parameter.empty:
                 fields.append((param.name, ftype))
-            elif isinstance(param.default, (list, dict)):
-                fields.append(
-                    (param.name, ftype, dataclasses.field(default_factory=lambda d=param.default: type(d)(d)))
-                )
+            elif isinstance(default, (list, dict)):
+                fields.append((param.name, ftype, dataclasses.field(default_factory=lambda d=default: type(d)(d))))
             else:
-                fields.append((param.name, ftype, dataclasses.field(default=param.default)))
+                fields.append((param.name, ftype, dataclasses.field(default=default)))
         return dataclasses.make_dataclass(f"{name}_{self.kind}_config", fields)
 
     def defaults(self, name: str) -> dict[str, Any]:

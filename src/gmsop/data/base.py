@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import lightning as L
 import numpy as np
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from gmsop.data.sampling import Position, ResumableSampler, SeededPerSample
 from gmsop.data.splits import SELECTED_ON_TEST, SELECTED_ON_VAL, check_hold_out, stratified_hold_out
-from gmsop.registry import ConfigError, Registry
+from gmsop.registry import ConfigError, Registry, option_defaults
 from gmsop.stop_signals import StopSignalSafeLoader
 
 DATA: Registry[ImageDataModule] = Registry("data")
@@ -41,7 +41,8 @@ class ImageDataModule(L.LightningDataModule, ABC):
     `datasets()` returns (train, val, test) datasets of (uint8 C x H x W image, int label) pairs:
     test the data set's own evaluation split, val held out of its training data (`hold_out`;
     gmsop.data.splits); `channel_stats()` returns per-channel mean and std in [0, 1] units.
-    The keyword-only options (how val is held out) are every data set's.
+    The options here (loading, and how val is held out) are every data set's: a data set declares
+    the defaults it changes in `option_defaults` and forwards `**options` (`with_defaults`).
     """
 
     num_classes: int
@@ -49,12 +50,12 @@ class ImageDataModule(L.LightningDataModule, ABC):
 
     def __init__(
         self,
+        *,
         batch_size: int = 64,
         image_size: int = 32,
         num_workers: int = 0,
         flip: bool = False,
         eval_batch_size: Optional[int] = None,
-        *,
         val_fraction: float = 0.1,
         val_size: Optional[int] = None,
         split_seed: int = 0,
@@ -83,6 +84,11 @@ class ImageDataModule(L.LightningDataModule, ABC):
         self.shuffle_seed = int(torch.randint(0, 2**31 - 1, ()).item())
         self._resume_at: Optional[Position] = None
         self._said_batch = False
+
+    @classmethod
+    def with_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """`options` over this data set's defaults for the options it inherits (`option_defaults`)."""
+        return option_defaults(cls) | options
 
     # -- to implement -------------------------------------------------------------------
     @abstractmethod

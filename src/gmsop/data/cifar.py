@@ -32,18 +32,10 @@ class CIFARDataModule(TensorImageDataModule):
 
     num_channels = 3
 
-    def __init__(
-        self,
-        root: str = "data/cifar",
-        classes: int = 10,
-        batch_size: int = 128,
-        image_size: int = 32,
-        num_workers: int = 0,
-        flip: bool = True,
-        eval_batch_size: int | None = None,
-        **split,
-    ) -> None:
-        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size, **split)
+    option_defaults = {"batch_size": 128, "flip": True}
+
+    def __init__(self, root: str = "data/cifar", classes: int = 10, **options) -> None:
+        super().__init__(**self.with_defaults(options))
         if classes not in LAYOUTS:
             raise ValueError(f"data.classes must be 10 or 100, got {classes}")
         layout = LAYOUTS[classes]

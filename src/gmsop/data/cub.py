@@ -11,7 +11,6 @@ Defaults are the fine-tuning recipe's: 448 px, random resized crops and flips in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from gmsop.data.base import DATA
 from gmsop.data.errors import MissingDataError
@@ -41,31 +40,10 @@ def _read_table(path: Path, columns: int) -> dict[int, list[str]]:
 class CUBDataModule(ImageFilesDataModule):
     """CUB-200-2011: 200 bird species, 5,994 training and 5,794 test images."""
 
-    def __init__(
-        self,
-        root: str = "data/CUB_200_2011",
-        batch_size: int = 10,
-        image_size: int = 448,
-        num_workers: int = 4,
-        flip: bool = True,
-        eval_batch_size: Optional[int] = None,
-        crop: Crop = Crop.fine_grained,
-        stats_sample: int = 2000,
-        verify_images: bool = True,
-        **split,
-    ) -> None:
-        super().__init__(
-            batch_size,
-            image_size,
-            num_workers,
-            flip,
-            eval_batch_size,
-            False,
-            stats_sample,
-            verify_images,
-            crop,
-            **split,
-        )
+    option_defaults = {"batch_size": 10, "image_size": 448, "num_workers": 4, "flip": True, "crop": Crop.fine_grained}
+
+    def __init__(self, root: str = "data/CUB_200_2011", **options) -> None:
+        super().__init__(**self.with_defaults(options))
         self.root = Path(root).expanduser()
         missing = [name for name in LISTS if not (self.root / name).is_file()]
         if missing:

@@ -21,18 +21,10 @@ class DigitsDataModule(TensorImageDataModule):
 
     num_classes = 10
     num_channels = 1
+    option_defaults = {"val_fraction": 0.2}
 
-    def __init__(
-        self,
-        batch_size: int = 64,
-        image_size: int = 32,
-        num_workers: int = 0,
-        flip: bool = False,
-        eval_batch_size: int | None = None,
-        val_fraction: float = 0.2,
-        **split,
-    ) -> None:
-        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size, val_fraction=val_fraction, **split)
+    def __init__(self, **options) -> None:
+        super().__init__(**self.with_defaults(options))
 
     def arrays(self):
         digits = load_digits()

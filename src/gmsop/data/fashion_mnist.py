@@ -55,21 +55,17 @@ class FashionMNISTDataModule(TensorImageDataModule):
 
     num_classes = 10
     num_channels = 1
+    option_defaults = {"batch_size": 128, "flip": True}
 
     def __init__(
         self,
         root: str = DEFAULT_ROOT,
-        batch_size: int = 128,
-        image_size: int = 32,
-        num_workers: int = 0,
-        flip: bool = True,
-        eval_batch_size: int | None = None,
         train_subset: int | None = None,
         test_subset: int | None = None,
         subset_seed: int = 0,
-        **split,
+        **options,
     ) -> None:
-        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size, **split)
+        super().__init__(**self.with_defaults(options))
         self.root = Path(root).expanduser()
         missing = [name for name in FILES.values() if not (self.root / name).is_file()]
         if missing:

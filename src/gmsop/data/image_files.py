@@ -90,18 +90,14 @@ class ImageFilesDataModule(ImageDataModule):
 
     def __init__(
         self,
-        batch_size: int,
-        image_size: int,
-        num_workers: int,
-        flip: bool,
-        eval_batch_size: Optional[int],
-        grayscale: bool,
-        stats_sample: int,
-        verify_images: bool,
-        crop: Crop,
-        **split,
+        grayscale: bool = False,
+        *,
+        stats_sample: int = 2000,
+        verify_images: bool = True,
+        crop: Crop = Crop.resize,
+        **options,
     ) -> None:
-        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size, **split)
+        super().__init__(**options)
         self.num_channels = 1 if grayscale else 3
         self.stats_sample, self.verify_images, self.crop = stats_sample, verify_images, Crop(crop)
         self._stats_ds: Optional[ImageFiles] = None

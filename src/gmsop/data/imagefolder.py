@@ -8,7 +8,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 from gmsop.data.base import DATA
 from gmsop.data.errors import MissingDataError
-from gmsop.data.image_files import Crop, ImageFilesDataModule, Sample
+from gmsop.data.image_files import ImageFilesDataModule, Sample
 from gmsop.data.splits import stratified_hold_out
 
 TEST_SEED = 0  # an unsplit folder's test split is the same for every run and split_seed
@@ -24,33 +24,10 @@ class ImageFolderDataModule(ImageFilesDataModule):
     random resized crops in training and centre crops in evaluation (see gmsop.data.image_files).
     """
 
-    def __init__(
-        self,
-        root: str,
-        batch_size: int = 64,
-        image_size: int = 64,
-        num_workers: int = 2,
-        flip: bool = True,
-        eval_batch_size: int | None = None,
-        test_fraction: float = 0.1,
-        grayscale: bool = False,
-        stats_sample: int = 2000,
-        verify_images: bool = True,
-        crop: Crop = Crop.resize,
-        **split,
-    ) -> None:
-        super().__init__(
-            batch_size,
-            image_size,
-            num_workers,
-            flip,
-            eval_batch_size,
-            grayscale,
-            stats_sample,
-            verify_images,
-            crop,
-            **split,
-        )
+    option_defaults = {"image_size": 64, "num_workers": 2, "flip": True}
+
+    def __init__(self, root: str, test_fraction: float = 0.1, grayscale: bool = False, **options) -> None:
+        super().__init__(grayscale, **self.with_defaults(options))
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise MissingDataError(

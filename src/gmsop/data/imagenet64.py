@@ -114,20 +114,10 @@ class ImageNet64DataModule(ImageDataModule):
 
     num_classes = 1000
     num_channels = 3
+    option_defaults = {"batch_size": 256, "image_size": 64, "num_workers": 8, "flip": True, "val_size": 10_000}
 
-    def __init__(
-        self,
-        root: str = "data/imagenet64",
-        batch_size: int = 256,
-        image_size: int = 64,
-        num_workers: int = 8,
-        flip: bool = True,
-        eval_batch_size: int | None = None,
-        cache_dir: str | None = None,
-        val_size: int | None = 10_000,
-        **split,
-    ) -> None:
-        super().__init__(batch_size, image_size, num_workers, flip, eval_batch_size, val_size=val_size, **split)
+    def __init__(self, root: str = "data/imagenet64", cache_dir: str | None = None, **options) -> None:
+        super().__init__(**self.with_defaults(options))
         self.root = Path(root).expanduser()
         self.train_files = [_find(self.root, n) for n in TRAIN_FILES]
         self.val_files = [_find(self.root, n) for n in VAL_FILES]
