@@ -137,7 +137,8 @@ ENTRY_POINTS = ("train", "eval", "export", "lr_find", "sweep", "report", "cost")
 def test_entry_points_have_one_shape_and_hand_the_work_to_a_room(name):
     """Each is `main` (parse or compose, build, hand over) and `cli` (the command), nothing else public."""
     tree = ast.parse((SRC / f"{name}.py").read_text())
-    public = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")}
+    defined = (n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)))
+    public = {name for name in defined if not name.startswith("_")}
     assert public == {"main", "cli"}, f"gmsop.{name} defines {sorted(public)}; move the work into a room"
     scripts = (SRC.parents[1] / "pyproject.toml").read_text()
     assert f'= "gmsop.{name}:cli"' in scripts
