@@ -102,9 +102,9 @@ def test_any_trainer_argument_passes_through_and_limits_keep_int_vs_fraction():
 
 def test_loggers_combine_as_a_list():
     cfg = compose_train("logger=[tensorboard,no_wandb]")
-    assert (cfg.logger.tensorboard, cfg.logger.wandb.enabled) == (True, False)
+    assert (cfg.logger.tensorboard.enabled, cfg.logger.wandb.enabled) == (True, False)
     cfg = compose_train("logger=tensorboard")
-    assert (cfg.logger.tensorboard, cfg.logger.wandb.enabled) == (True, True)
+    assert (cfg.logger.tensorboard.enabled, cfg.logger.wandb.enabled) == (True, True)
 
 
 def test_help_lists_what_users_pick_and_leaves_config_values_alone():

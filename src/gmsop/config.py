@@ -112,8 +112,10 @@ TrainerConfig = _trainer_config()
 RUN_CONTROL_KEYS = ("resume", "resume_allow_changes", "checkpoint_every_n_steps", "test")  # not passed to the Trainer
 
 
+# Each logger's `_target_` builds it from its options (gmsop.run.loggers.build_loggers)
 @dataclass
 class WandbConfig:
+    _target_: str = "gmsop.run.loggers.wandb_logger"
     enabled: bool = True
     mode: str = "offline"  # offline | online | disabled
     project: str = "gmsop"
@@ -125,7 +127,14 @@ class WandbConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    _target_: str = "gmsop.run.loggers.tensorboard_logger"
+    enabled: bool = False  # RUN/tensorboard (logger=tensorboard; `tensorboard --logdir runs`)
+
+
+@dataclass
 class MlflowConfig:
+    _target_: str = "gmsop.run.loggers.mlflow_logger"
     enabled: bool = False  # logger=mlflow
     # default: one SQLite database for every run, RUNS_DIR/mlflow.db (no server; `mlflow ui
     # --backend-store-uri sqlite:///runs/mlflow.db` shows them); or any MLflow tracking URI
@@ -138,7 +147,7 @@ class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     # (the CSV log, RUN/csv/metrics.csv, is always written: it is the run's own record, which
     # its learning curves, summary.json's best epoch and the report are read from)
-    tensorboard: bool = False  # RUN/tensorboard (logger=tensorboard; `tensorboard --logdir runs`)
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 

@@ -4,12 +4,14 @@ and MLflow, as `configs/logger` selects them, each continuing the logger run of 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra.utils import get_method
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gmsop.callbacks.csv_logger import ContinuedCSVLogger
 from gmsop.callbacks.lightning_internals import drop_wandb_init_argument, wandb_run_started
@@ -36,66 +38,100 @@ def check_logger_config(logger: DictConfig) -> None:
         )
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What every logger of a run is given besides its own options."""
+
+    name: str  # the experiment's (W&B group, MLflow experiment)
+    run_dir: Path
+    runs_dir: Path
+    plan: ResumePlan  # the logger runs it continues
+    config: dict[str, Any]  # the run's resolved config
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], plan: ResumePlan) -> list:
-    loggers: list = []
-    w = cfg.logger.wandb
-    if w.enabled and w.mode != "disabled":
-        if w.mode == "online" and not _wandb_logged_in():
-            raise RuntimeError(
-                "logger.wandb.mode=online but W&B has no API key: run `wandb login` (or set WANDB_API_KEY), "
-                "or keep the default logger.wandb.mode=offline and `wandb sync` the run folder later"
-            )
-        logger = WandbLogger(
-            save_dir=str(run_dir),
-            project=w.project,
-            entity=w.entity,
-            group=w.group or cfg.name,
-            tags=list(w.tags),
-            name=wandb_run_name(cfg.name, run_dir),
-            log_model=w.log_model,
-            offline=w.mode == "offline",
-            id=plan.wandb_id,
-            resume="allow",
-            config=container,
-        )
-        # Lightning 2.6 always passes anonymous=None, which W&B >= 0.22 warns about on every run
-        drop_wandb_init_argument(logger, "anonymous")
-        loggers.append(logger)
-    loggers.append(ContinuedCSVLogger(run_dir, plan.source, plan.step))
-    if cfg.logger.tensorboard:
-        loggers.append(
-            TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
-        )
-    if cfg.logger.mlflow.enabled:
-        loggers.append(_mlflow_logger(cfg, run_dir, plan.mlflow_id))
-    return loggers
+    """W&B (if enabled), the continued CSV log (always: the run's own record), then every other
+    logger `cfg.logger` enables, each built by its `_target_` (`instantiate_loggers`)."""
+    run = RunContext(cfg.name, run_dir, Path(cfg.runs_dir), plan, container)
+    built = instantiate_loggers(cfg.logger, run)
+    wandb = [built.pop("wandb")] if "wandb" in built else []
+    return [*wandb, ContinuedCSVLogger(run_dir, plan.source, plan.step), *built.values()]
 
 
-def _mlflow_logger(cfg: DictConfig, run_dir: Path, earlier: Optional[str]):
+def instantiate_loggers(specs: DictConfig, run: RunContext) -> dict[str, Any]:
+    """{key: logger} for each `logger.KEY` that is enabled: its `_target_` called with its other
+    options and the run (a target may return None: nothing to log, e.g. logger.wandb.mode=disabled).
+    (Hydra's `instantiate` would wrap every error the target raises; these name their keys.)"""
+    built = {}
+    for key, spec in specs.items():
+        options = OmegaConf.to_container(spec, resolve=True)
+        if not options.pop("enabled", True):
+            continue
+        logger = get_method(options.pop("_target_"))(run=run, **options)
+        if logger is not None:
+            built[key] = logger
+    return built
+
+
+def wandb_logger(
+    *, run: RunContext, mode: str, project: str, entity, group, tags, log_model, images: bool
+) -> Optional[WandbLogger]:
+    """The W&B run this training logs to (offline unless logger.wandb.mode=online), continued when
+    the plan continues one. (`images`: the run's plots, logged when it ends: finish_wandb.)"""
+    if mode == "disabled":
+        return None
+    if mode == "online" and not _wandb_logged_in():
+        raise RuntimeError(
+            "logger.wandb.mode=online but W&B has no API key: run `wandb login` (or set WANDB_API_KEY), "
+            "or keep the default logger.wandb.mode=offline and `wandb sync` the run folder later"
+        )
+    logger = WandbLogger(
+        save_dir=str(run.run_dir),
+        project=project,
+        entity=entity,
+        group=group or run.name,
+        tags=list(tags),
+        name=wandb_run_name(run.name, run.run_dir),
+        log_model=log_model,
+        offline=mode == "offline",
+        id=run.plan.wandb_id,
+        resume="allow",
+        config=run.config,
+    )
+    # Lightning 2.6 always passes anonymous=None, which W&B >= 0.22 warns about on every run
+    drop_wandb_init_argument(logger, "anonymous")
+    return logger
+
+
+def tensorboard_logger(*, run: RunContext) -> TensorBoardLogger:
+    """RUN/tensorboard (`tensorboard --logdir runs`)."""
+    return TensorBoardLogger(save_dir=str(run.run_dir), name="tensorboard", version="", default_hp_metric=False)
+
+
+def mlflow_logger(*, run: RunContext, tracking_uri: Optional[str], experiment: Optional[str]):
     """An MLflow run for this training (Lightning logs the model's hyperparameters to it). A resumed
     training gets a run of its own, tagged with the MLflow run it continues (MLflow refuses changed
     parameter values in one run, and a resume may change some: trainer.resume_allow_changes)."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    m = cfg.logger.mlflow
-    uri = m.tracking_uri or f"sqlite:///{(Path(cfg.runs_dir) / 'mlflow.db').resolve()}"
-    tags = {"run_dir": str(run_dir)}
-    if earlier:
-        tags["resumed_from_mlflow_run"] = earlier
-    Path(cfg.runs_dir).mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or f"sqlite:///{(run.runs_dir / 'mlflow.db').resolve()}"
+    tags = {"run_dir": str(run.run_dir)}
+    if run.plan.mlflow_id:
+        tags["resumed_from_mlflow_run"] = run.plan.mlflow_id
+    run.runs_dir.mkdir(parents=True, exist_ok=True)
     # Creating the client and the first access create the database, its tables, the experiment
     # and the run; runs started at once raced on that (all but one died with "duplicate column
     # name"), so one process at a time.
-    with held_lock(Path(cfg.runs_dir) / ".mlflow.lock"):
+    with held_lock(run.runs_dir / ".mlflow.lock"):
         logger = MLFlowLogger(
-            experiment_name=m.experiment or cfg.name,
-            run_name=wandb_run_name(cfg.name, run_dir),
+            experiment_name=experiment or run.name,
+            run_name=wandb_run_name(run.name, run.run_dir),
             tracking_uri=uri,
             tags=tags,
         )
         run_id = logger.run_id if rank_zero_only.rank == 0 else None
     if run_id:
-        write_text_atomic(run_dir / MLFLOW_ID_FILE, run_id)
+        write_text_atomic(run.run_dir / MLFLOW_ID_FILE, run_id)
     return logger
 
 
