@@ -44,9 +44,9 @@ ROOMS = [
     ("gmsop.config",),
     ("gmsop.ops",),
     ("gmsop.heads",),
-    ("gmsop.models", "gmsop.data"),
     ("gmsop.run_folder",),  # the run folder's format: names, lock, reading checkpoints, logs, summary
     ("gmsop.callbacks",),  # Lightning callbacks, the CSV logger, checkpoint IO; Lightning's internals
+    ("gmsop.models", "gmsop.data"),  # (a model adds its own callbacks: the fine-tuning warm-up)
     ("gmsop.run",),  # building a run and fitting it: loggers, resume plan, test stage
     ("gmsop.sweeps", "gmsop.analysis"),  # many runs: Optuna studies; reading finished runs
     (

@@ -9,10 +9,10 @@ from typing import Any, NamedTuple, Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from gmsop.callbacks.backbone_warm_up import BackboneWarmUp
 from gmsop.config import ModelConfig
 from gmsop.heads import HEADS, HeadOutput
 from gmsop.models.compiling import compile_in_place, compile_options
@@ -83,8 +83,6 @@ class SecondOrderClassifier(L.LightningModule):
         )
         if model["freeze_backbone_epochs"] < 0:
             raise ConfigError(f"model.freeze_backbone_epochs={model['freeze_backbone_epochs']}; allowed: >= 0")
-        # the backbone parameters a warm-up holds (not those model.freeze_stages froze for good)
-        self._warm_up_held = [p for p in self.backbone.parameters() if p.requires_grad]
         self.channels_last = model["channels_last"]
         self.lr_used: Optional[LearningRate] = (
             None  # set by configure_optimizers: the rate and how it follows from optim.lr
@@ -214,44 +212,15 @@ class SecondOrderClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_errors("train")
 
-    # -- fine-tuning warm-up (model.freeze_backbone_epochs) --------------------------------------
-    def backbone_held(self) -> bool:
-        """In the warm-up: the backbone is fixed (no gradients, BatchNorm statistics kept) while the
-        head and classifier train. Its parameters stay in the optimiser (and its schedule) with no
-        gradient, so SGD leaves them alone until the warm-up ends; resumes follow the epoch."""
-        trainer = self._trainer
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The fine-tuning warm-up (model.freeze_backbone_epochs), whichever Trainer fits this model."""
         epochs = self.hparams.model.get("freeze_backbone_epochs", 0)
-        fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
-        return bool(epochs) and fitting and self.current_epoch < epochs
-
-    def on_train_epoch_start(self) -> None:
-        self._hold_backbone_or_release()
-
-    def on_train_start(self) -> None:
-        """Also when training starts: a run resumed mid-epoch gets no on_train_epoch_start for that
-        epoch from Lightning, and its backbone would train for the rest of a warm-up epoch."""
-        self._hold_backbone_or_release()
-
-    def _hold_backbone_or_release(self) -> None:
-        held = self.backbone_held()
-        for p in self._warm_up_held:
-            p.requires_grad_(not held)
-        self.train(self.training)  # BatchNorm modes follow
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.backbone_held():
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+        return [BackboneWarmUp(epochs)] if epochs else []
 
     def on_validation_epoch_end(self) -> None:
         self._log_errors("val")
 
     def configure_optimizers(self):
-        for p in self._warm_up_held:  # in the optimiser from the start; the warm-up only withholds gradients
-            p.requires_grad_(True)
         parts = {name: getattr(self, name) for name in PARTS}
         global_batch, steps_per_epoch = trainer_global_batch(
             self.trainer, need_steps=self.hparams.optim["warmup_epochs"] > 0
