@@ -47,13 +47,20 @@ class Gates(NamedTuple):
     noise_std: Optional[torch.Tensor]
 
 
+def check_top_k(num_components: int, k: int) -> None:
+    """K of N components: N >= 1 and 1 <= K <= N (for gates, and the mixtures that hold them)."""
+    if num_components < 1:
+        raise ValueError(f"num_components (N) must be >= 1, got {num_components}")
+    if not 1 <= k <= num_components:
+        raise ValueError(f"K must satisfy 1 <= K <= N; got K={k}, N={num_components}")
+
+
 class Gate(nn.Module, ABC):
     """Base of every gate: routes each of a batch's images to K of N components."""
 
     def __init__(self, num_components: int, k: int) -> None:
         super().__init__()
-        if not 1 <= k <= num_components:
-            raise ValueError(f"need 1 <= K <= N, got K={k}, N={num_components}")
+        check_top_k(num_components, k)
         self.num_components, self.k = num_components, k
 
     @abstractmethod

@@ -12,7 +12,7 @@ from torch import nn
 
 from gmsop import ops
 from gmsop.heads.base import HEADS, HeadOutput, PoolingHead, Routing
-from gmsop.heads.gating import Gates, Noise, build_gate, conv_relu_stack
+from gmsop.heads.gating import Gates, Noise, build_gate, check_top_k, conv_relu_stack
 from gmsop.ops import Backward, Side
 
 PAPER_N, PAPER_K = 16, 8  # GM-*-16-8: the paper's N components, K chosen per image (every mixture's default)
@@ -120,10 +120,7 @@ class GatedMixtureHead(PoolingHead):
         # Config values are checked against the enums by the registry, naming the key; the
         # conversions below check values passed directly from Python.
         self.pool_batching = PoolBatching(pool_batching)
-        if num_components < 1:
-            raise ValueError(f"num_components (N) must be >= 1, got {num_components}")
-        if not 1 <= k <= num_components:
-            raise ValueError(f"K must satisfy 1 <= K <= N; got K={k}, N={num_components}")
+        check_top_k(num_components, k)  # (before the gate checks it: the error then names the head)
         if k == 1:
             warnings.warn(
                 "K=1: a softmax over one selected score is always 1, so the gate gets no gradient "
