@@ -17,7 +17,7 @@ from gmsop.callbacks.curves_plot import CurvesPlot
 from gmsop.config import OptimConfig
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
-from gmsop.run_folder import best_epoch, metrics_file, read_curves
+from gmsop.run_folder import best_epoch, earlier_log, metrics_file, read_curves
 
 SGD = asdict(OptimConfig(milestones=[1]))  # the schema's defaults, but milestones=[1]
 
@@ -68,7 +68,7 @@ def _fit(root, max_epochs, ckpt_path=None, resumed_from=None, step=None):
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=root,
-        logger=ContinuedCSVLogger(root, resumed_from, step),
+        logger=ContinuedCSVLogger(root, earlier_log(resumed_from, step) if resumed_from else None),
         callbacks=[
             CurvesPlot(root, "test"),
             LearningRateMonitor(logging_interval="epoch"),

@@ -22,8 +22,8 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from gmsop.paths import write_csv_atomic
-from gmsop.run_folder.layout import CSV_FOLDER, metrics_file
-from gmsop.run_folder.log import rows_up_to
+from gmsop.run_folder.layout import CSV_FOLDER
+from gmsop.run_folder.log import EarlierLog
 
 
 class _ContinuedWriter(ExperimentWriter):
@@ -69,24 +69,21 @@ def _keys(row: dict[str, str]) -> frozenset:
 
 
 class ContinuedCSVLogger(CSVLogger):
-    """CSVLogger writing RUN/csv/metrics.csv, each row as it is logged; a resumed run first copies
-    the rows of `resumed_from` (a run folder: this one, or the one continued into a new folder) up
-    to `step`."""
+    """CSVLogger writing RUN/csv/metrics.csv, each row as it is logged; a resumed run first writes
+    the `earlier` log it continues (the rows of its run folder up to its checkpoint's step:
+    run_folder.earlier_log; the resume plan carries them)."""
 
-    def __init__(self, run_dir: Path, resumed_from: Optional[Path] = None, step: Optional[int] = None) -> None:
+    def __init__(self, run_dir: Path, earlier: Optional[EarlierLog] = None) -> None:
         # every row to disk when logged: a row still in memory at kill -9 would be lost for good if a
         # checkpoint already covers its step (LearningRateMonitor's rows are not flushed by Lightning)
         super().__init__(save_dir=str(run_dir), name=CSV_FOLDER, version="", flush_logs_every_n_steps=1)
-        self._earlier = metrics_file(resumed_from) if resumed_from else None
-        self._step = step if resumed_from else None
+        self._earlier = earlier
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
-            header, rows = (
-                rows_up_to(self._earlier, self._step) if self._earlier and self._step is not None else ([], [])
-            )
+            header, rows, step = self._earlier or ([], [], None)
             Path(self.log_dir).mkdir(parents=True, exist_ok=True)
-            self._experiment = _ContinuedWriter(self.log_dir, header, rows, self._step)
+            self._experiment = _ContinuedWriter(self.log_dir, header, rows, step)
         return self._experiment

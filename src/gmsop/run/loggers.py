@@ -55,7 +55,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], pla
     run = RunContext(cfg.name, run_dir, Path(cfg.runs_dir), plan, container)
     built = instantiate_loggers(cfg.logger, run)
     wandb = [built.pop("wandb")] if "wandb" in built else []
-    return [*wandb, ContinuedCSVLogger(run_dir, plan.source, plan.step), *built.values()]
+    return [*wandb, ContinuedCSVLogger(run_dir, plan.earlier_log), *built.values()]
 
 
 def instantiate_loggers(specs: DictConfig, run: RunContext) -> dict[str, Any]:

@@ -39,8 +39,10 @@ from gmsop.run_folder import (
     RECORD_KEY,
     WANDB_ID_FILE,
     CheckpointError,
+    EarlierLog,
     RunLock,
     continuation_of,
+    earlier_log,
     is_locked,
     logger_id_in,
     read_checkpoint,
@@ -78,6 +80,7 @@ class ResumePlan:
     mlflow_id: Optional[str] = None  # the MLflow run this one continues (a resume gets a new one, tagged with it)
     step: Optional[int] = None  # the checkpoint's global step: where the CSV log continues
     locks: list[RunLock] = field(default_factory=list)  # held by rank 0: this run's folder, and the source's
+    earlier_log: Optional[EarlierLog] = None  # the source's CSV log up to `step`, which this run continues (rank 0)
 
     def __post_init__(self) -> None:
         if self.step is None and self.checkpoint:
@@ -117,6 +120,8 @@ def open_plan(resume: Optional[str], run_dir: Path, experiment_runs: Path, rank_
         raise
     plan.wandb_id = plan.wandb_id or new_wandb_id()
     plan.mlflow_id = logger_id_in(plan.source or run_dir, MLFLOW_ID_FILE)
+    if plan.source is not None and plan.step is not None:
+        plan.earlier_log = earlier_log(plan.source, plan.step)
     if rank_zero:
         os.environ[PLAN_ENV] = plan.to_json()
     return plan

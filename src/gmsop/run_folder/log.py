@@ -14,7 +14,7 @@ import csv
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from gmsop.run_folder.layout import metrics_file
 
@@ -34,6 +34,19 @@ def read_log(run_dir: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+class EarlierLog(NamedTuple):
+    """The CSV log a resumed run continues: the header and rows of its run folder up to `step`."""
+
+    header: list[str]
+    rows: list[dict[str, str]]
+    step: int
+
+
+def earlier_log(run_dir: Path, step: int) -> EarlierLog:
+    """What a run resumed from `run_dir`'s checkpoint at `step` keeps of that folder's CSV log."""
+    return EarlierLog(*rows_up_to(metrics_file(run_dir), step), step)
 
 
 def rows_up_to(path: Path, step: int) -> tuple[list[str], list[dict[str, str]]]:
