@@ -16,10 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from gmsop.callbacks.csv_logger import ContinuedCSVLogger
 from gmsop.callbacks.lightning_internals import drop_wandb_init_argument, wandb_run_started
 from gmsop.errors import require_extra
-from gmsop.paths import held_lock, write_text_atomic
+from gmsop.paths import held_lock
 from gmsop.registry import ConfigError
 from gmsop.run.resume import ResumePlan
-from gmsop.run_folder import MLFLOW_ID_FILE
+from gmsop.run_folder import MLFLOW_ID_FILE, write_logger_id
 
 
 def check_logger_config(logger: DictConfig) -> None:
@@ -131,7 +131,7 @@ def mlflow_logger(*, run: RunContext, tracking_uri: Optional[str], experiment: O
         )
         run_id = logger.run_id if rank_zero_only.rank == 0 else None
     if run_id:
-        write_text_atomic(run.run_dir / MLFLOW_ID_FILE, run_id)
+        write_logger_id(run.run_dir, MLFLOW_ID_FILE, run_id)
     return logger
 
 

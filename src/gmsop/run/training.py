@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import math
 import time
 import warnings
@@ -41,13 +40,14 @@ from gmsop.run.resume import (
 )
 from gmsop.run.test_stage import test_once
 from gmsop.run_folder import (
-    CONTINUED_FILE,
     WANDB_ID_FILE,
     CheckpointError,
     best_epoch,
     newest_checkpoint,
     read_checkpoint,
     read_curves,
+    record_continuation,
+    write_logger_id,
     write_summary,
 )
 from gmsop.stop_signals import EXIT_CODES
@@ -121,9 +121,9 @@ def _write_run_files(run_dir: Path, config_files: Optional[Mapping[str, str]], p
     """The W&B run id from the first second (so a crash at any point resumes the same W&B run),
     and the run config (kept as first written when a run continues in place)."""
     wandb_id = plan.wandb_id
-    write_text_atomic(run_dir / WANDB_ID_FILE, wandb_id)
+    write_logger_id(run_dir, WANDB_ID_FILE, wandb_id)
     if plan.source is not None and not plan.in_place and not plan.continued_in:  # we hold its lock
-        write_text_atomic(plan.source / CONTINUED_FILE, json.dumps({"run_dir": str(run_dir), "wandb_id": wandb_id}))
+        record_continuation(plan.source, run_dir, wandb_id)
     for name, text in (config_files or {}).items():
         path = run_dir / ".hydra" / name
         if not (plan.in_place and path.is_file()):

@@ -29,7 +29,9 @@ from gmsop.run_folder.layout import (
     metrics_file,
     newest_checkpoint,
     read_test_result,
+    record_continuation,
     run_folder_of,
+    write_logger_id,
 )
 from gmsop.run_folder.lock import RunFolderError, RunLock, is_locked, require_fresh, run_traces
 from gmsop.run_folder.log import (

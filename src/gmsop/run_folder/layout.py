@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from gmsop.paths import write_text_atomic
+
 CHECKPOINT_DIR = "checkpoints"
 SLURM_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's SIGUSR1 saves under SLURM, at the run folder's top
 LAST = "last"
@@ -62,12 +64,22 @@ def logger_id_in(run_dir: Path, id_file: str) -> Optional[str]:
     return (path.read_text().strip() or None) if path.is_file() else None
 
 
+def write_logger_id(run_dir: Path, id_file: str, run_id: str) -> None:
+    """Keep the logger run id this folder's training writes to (read back by logger_id_in)."""
+    write_text_atomic(run_dir / id_file, run_id)
+
+
 def continuation_of(run_dir: Path) -> Optional[dict]:
     """Where a run folder's training was continued into another folder ({run_dir, wandb_id}), or None."""
     try:
         return json.loads((run_dir / CONTINUED_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+def record_continuation(source: Path, run_dir: Path, wandb_id: str) -> None:
+    """Note in `source` that its training goes on in `run_dir` as W&B run `wandb_id` (continuation_of)."""
+    write_text_atomic(source / CONTINUED_FILE, json.dumps({"run_dir": str(run_dir), "wandb_id": wandb_id}))
 
 
 def metrics_file(run_dir: Path) -> Path:
