@@ -1,6 +1,5 @@
 """Sweeps: a W&B-schema sweep file run locally by Optuna, one training run per trial.
 
-
 The file is W&B's sweep schema (method grid/random/bayes, metric, parameters, command),
 so `wandb sweep FILE` works unchanged for users who are online. Locally each trial is a
 training run composed from the command's `key=value` overrides plus the trial's values,
