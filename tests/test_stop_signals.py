@@ -34,7 +34,7 @@ def loader_process():
         iterator._shutdown_workers()
 
 
-def _wait_for(received: list, seconds: float = 3.0) -> None:
+def _wait_for(received: list, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not received and time.monotonic() < deadline:
         time.sleep(0.02)  # (Python runs signal handlers between these)
