@@ -78,7 +78,7 @@ def take_forwarded_signals(handler: Callable[[signal.Signals], None]) -> Callabl
 def _forward(signum: int, frame: Any) -> None:
     """A loader process's handler: pass the signal on to its training process if the run it was
     started for still takes them (a loader process outliving its parent, or its run, sends nothing)."""
-    if _forward_to is not None and _run_taking is not None and _run_taking[0] == 1 and os.getppid() == _forward_to:
+    if _run_taking is not None and _run_taking[0] == 1 and os.getppid() == _forward_to:  # (set with _forward_to)
         os.kill(_forward_to, forwarded(signum))
 
 

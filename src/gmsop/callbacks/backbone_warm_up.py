@@ -27,9 +27,7 @@ class BackboneWarmUp(L.Callback):
     """
 
     def __init__(self, epochs: int) -> None:
-        if epochs < 0:
-            raise ValueError(f"model.freeze_backbone_epochs={epochs}; allowed: >= 0")
-        self.epochs = epochs
+        self.epochs = epochs  # (model.freeze_backbone_epochs, checked by the classifier with the rest of its config)
         self._held: Optional[list[nn.Parameter]] = None  # the backbone parameters a warm-up holds
         self._norms: list[nn.Module] = []
 

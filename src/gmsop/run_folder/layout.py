@@ -35,7 +35,8 @@ CSV_FOLDER = "csv"
 TEST_RESULT = "test.json"
 # What a training leaves in its folder from its first seconds (besides checkpoints): any of them
 # means the folder holds a run, even one killed before its first checkpoint
-RUN_TRACES = (SUMMARY, WANDB_ID_FILE, MLFLOW_ID_FILE, "csv/metrics.csv", ".hydra/config.yaml")
+CSV_LOG = f"{CSV_FOLDER}/{ExperimentWriter.NAME_METRICS_FILE}"  # RUN/csv/metrics.csv
+RUN_TRACES = (SUMMARY, WANDB_ID_FILE, MLFLOW_ID_FILE, CSV_LOG, ".hydra/config.yaml")
 
 
 def checkpoint_files(folder: Path, resumable_only: bool = False) -> list[Path]:
@@ -84,7 +85,7 @@ def record_continuation(source: Path, run_dir: Path, wandb_id: str) -> None:
 
 def metrics_file(run_dir: Path) -> Path:
     """Where a run folder's CSV log is: RUN/csv/metrics.csv."""
-    return Path(run_dir) / CSV_FOLDER / ExperimentWriter.NAME_METRICS_FILE
+    return Path(run_dir) / CSV_LOG
 
 
 def read_test_result(run_dir: Path) -> Optional[dict[str, Any]]:

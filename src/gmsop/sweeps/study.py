@@ -13,10 +13,13 @@ from omegaconf.errors import OmegaConfBaseException
 from sqlalchemy.exc import SQLAlchemyError
 
 from gmsop.callbacks.prune_trial import PruneTrial
+from gmsop.data import DATA
+from gmsop.heads import HEADS
+from gmsop.models.optimisation import validate_optim
 from gmsop.paths import held_lock, run_uid, write_csv_atomic
 from gmsop.registry import ConfigError
 from gmsop.run.compose import compose_train
-from gmsop.run.training import RunInterrupted
+from gmsop.run.training import RunInterrupted, run_training
 from gmsop.run_folder import LOCK_FILE, checkpoint_files, is_locked, read_curves, read_summary
 from gmsop.sweeps.spec import SweepSpec
 
@@ -40,10 +43,6 @@ def check_trial_config(spec: SweepSpec, extra: list[str]) -> None:
     """Compose and validate trial configs now, with every value of every searched parameter
     (SweepSpec.values_to_check), so a misspelled key or a bad value fails before trial 0 runs.
     (Values that are each fine but do not fit together, e.g. K > N, fail their trial alone.)"""
-    from gmsop.data import DATA
-    from gmsop.heads import HEADS
-    from gmsop.models.optimisation import validate_optim
-
     for what, values in spec.values_to_check():
         try:
             cfg = compose_train([*spec.trial_overrides(values), f"name={spec.name}", *extra])
@@ -60,8 +59,6 @@ def check_trial_config(spec: SweepSpec, extra: list[str]) -> None:
 def make_objective(
     spec: SweepSpec, runs_dir: Path, extra: list[str], study_uid: str
 ) -> Callable[[optuna.Trial], float]:
-    from gmsop.run.training import run_training
-
     def objective(trial: optuna.Trial) -> float:
         values = {k: SweepSpec.suggest(k, p, trial) for k, p in spec.searched.items()}
         overrides = [
