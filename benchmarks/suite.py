@@ -10,6 +10,8 @@
 (e) compiled / eager training step (ResNet-18, 32x32 input) for GAP, iSQRT and GM-SOP-16-8; channels_last /
     contiguous; compilation time; graphs and recompilations after step 3 of 50 (see compiled.py)
 (f) the data loader's training images/s (ImageNet-64 memmap, image folder) / the model's (GAP, from d)
+(g) the paper's Table-1 rows trained through the real data path, recipe and each speed-up (paper_rows.py):
+    images/s, TFLOP/s, share of peak, GPU memory, hours for the row's recipe
 Head shapes: B=64 and C x H x W in (256, 14, 14), (256, 8, 8), (128, 16, 16). Times are
 medians of --repeats runs after warm-up; on a GPU the same command gives the same table.
 """
@@ -31,6 +33,7 @@ from compiled import compiled_vs_eager  # noqa: E402
 from gmsop.heads import build_head  # noqa: E402
 from gmsop.models.classifier import SecondOrderClassifier  # noqa: E402
 from loader import loader_rows  # noqa: E402
+from paper_rows import ROWS, VARIANTS, markdown, paper_rows  # noqa: E402
 from reference_isqrt import StraightforwardISqrt  # noqa: E402
 from timing import environment, interleaved_median_seconds  # noqa: E402
 
@@ -38,7 +41,7 @@ SHAPES = [(256, 14, 14), (256, 8, 8), (128, 16, 16)]
 GMSOP_16_8 = {"name": "gmsop", "num_components": 16, "k": 8}
 TRAIN_HEADS = [{"name": "gap"}, {"name": "sop"}, {"name": "isqrt"}, {"name": "mpncov"}, {"name": "gmgap"}, GMSOP_16_8]
 COMPILE_HEADS = [{"name": "gap"}, {"name": "isqrt"}, GMSOP_16_8]
-SECTIONS = "abcdef"
+SECTIONS = "abcdefg"
 STRAIGHTFORWARD_NAME, STRAIGHTFORWARD = "straightforward_isqrt", StraightforwardISqrt  # (b)'s plain baseline
 
 
@@ -149,7 +152,7 @@ def _label(cfg: dict) -> str:
     return f"{name}({extra})" if extra else name
 
 
-def run(only: set[str], bench: Bench) -> dict[str, Any]:
+def run(only: set[str], bench: Bench, paper: argparse.Namespace) -> dict[str, Any]:
     ratios = bench.ratios
     print(f"{'section':<4}{'head':<34}{'C x H x W':>12}{'ms':>10}{'saved MB':>10}")
 
@@ -238,10 +241,43 @@ def run(only: set[str], bench: Bench) -> dict[str, Any]:
             print(f"    {row['path']:<36}{row['images_per_s']:>10.0f} img/s  {ratio:.1f} x the model")
             ratios[f"(f) loader / model img/s, {row['path']}"] = ratio
         bench.save()
+    if "g" in only:
+        run_paper_rows(bench, paper)
     print("\nratios (same run):")
     for k, v in ratios.items():
         print(f"  {k:<60} {v:.3f}")
     return ratios
+
+
+def run_paper_rows(bench: Bench, args: argparse.Namespace) -> None:
+    default = "recipe,bf16,channels_last,static,compile,graphs" if bench.device.type == "cuda" else "recipe,static"
+    variants = (args.variants or default).split(",")
+    print(f"\n(g) paper rows, {args.steps} steps after {args.warmup}, variants {','.join(variants)}")
+    found = []
+
+    def on_row(r: dict) -> None:
+        found.append(r)
+        bench.rows.append({"section": "g", **r})
+        shown = f"{r['images_per_s']:>10.1f} img/s {r['tflops']:>8.3f} TFLOP/s" if "images_per_s" in r else r["error"]
+        print(f"    {r['row']:<34}{r['variant']:<15}{shown}")
+        bench.save()
+
+    paper_rows(
+        bench.device,
+        variants,
+        rows=args.rows.split(",") if args.rows else ROWS,
+        steps=args.steps,
+        warmup=args.warmup,
+        batch=args.paper_batch,
+        workers=args.workers,
+        peak=args.peak_tflops,
+        on_row=on_row,
+    )
+    recipe = {r["row"]: r["images_per_s"] for r in found if r["variant"] == "recipe" and "images_per_s" in r}
+    for r in found:
+        if r["variant"] != "recipe" and "images_per_s" in r and r["row"] in recipe:
+            bench.ratios[f"(g) {r['variant']} / recipe img/s {r['row']}"] = r["images_per_s"] / recipe[r["row"]]
+    print(markdown(found))
 
 
 def main() -> None:
@@ -252,6 +288,19 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in the training steps (d, e)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "suite.json")
+    g = p.add_argument_group("(g) paper rows")
+    g.add_argument(
+        "--variants",
+        help=f"comma-separated, cumulative, among {','.join(VARIANTS)} (default: all on a GPU, recipe,static on a CPU)",
+    )
+    g.add_argument("--rows", help=f"comma-separated experiment names (default: all of Table 1: {','.join(ROWS)})")
+    g.add_argument("--steps", type=int, default=20, help="timed SGD steps per row and variant")
+    g.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, CUDA graph capture)")
+    g.add_argument("--paper-batch", type=int, help="batch size (default: each row's recipe, 256 or 150)")
+    g.add_argument("--workers", type=int, help="loader processes (default: the data module's)")
+    g.add_argument(
+        "--peak-tflops", type=float, help="the device's peak, for the share (default: known GPUs' bf16 dense peak)"
+    )
     args = p.parse_args()
     only = set(args.only.split(","))
     if not only <= set(SECTIONS):
@@ -259,7 +308,7 @@ def main() -> None:
     device = torch.device(args.device)
     bench = Bench(device, args.repeats, args.batch, args.amp, args.out)
     print(f"B={args.batch}, median of {args.repeats}, amp={args.amp}, {environment(device)}")
-    run(only, bench)
+    run(only, bench, args)
     bench.save()
     print(f"written to {args.out}")
 

@@ -72,3 +72,49 @@ def test_straightforward_baseline_computes_what_the_isqrt_head_computes():
     for side in ("channel", "position", "auto"):
         head = build_head({"name": "isqrt", "side": side, "iterations": 5}, 16).double()
         torch.testing.assert_close(head(x).features, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_paper_rows_section_trains_rows_through_the_data_path_and_tabulates_them(tmp_path):
+    """(g) in CI size: two Table-1 rows, the recipe and static dispatch, 1 step after 1 warm-up
+    at batch 2; every number the table shows is in the results file, and the table is made from it."""
+    out = tmp_path / "suite.json"
+    rows = "imagenet64_resnet18_gap,imagenet64_resnet18_gmsop_16_8"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "suite.py"), "--only", "g", "--rows", rows]
+    cmd += ["--paper-batch", "2", "--steps", "1", "--warmup", "1", "--workers", "0", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = [r for r in json.loads(out.read_text())["rows"] if r["section"] == "g"]
+    assert [(r["row"], r["variant"]) for r in found] == [
+        ("imagenet64_resnet18_gap", "recipe"),  # no mixture: static would change nothing, so it is skipped
+        ("imagenet64_resnet18_gmsop_16_8", "recipe"),
+        ("imagenet64_resnet18_gmsop_16_8", "static"),
+    ]
+    for r in found:
+        assert r["batch"] == 2 and r["images_per_s"] > 0 and r["gflop_per_image"] > 0, r
+        assert r["tflops"] == pytest.approx(r["gflop_per_image"] * r["images_per_s"] / 1e3)
+        assert r["recipe_hours"] == pytest.approx(r["epochs"] * 1_281_167 / r["images_per_s"] / 3600)
+    assert found[2]["overrides"] == ["head.dispatch=static"]
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from paper_rows import markdown
+
+    table = markdown(found)
+    printed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "paper_rows.py"), str(out)], capture_output=True, text=True
+    )
+    assert printed.stdout == table
+    assert f"| imagenet64_resnet18_gmsop_16_8 | static | 2 | {found[2]['images_per_s']:.1f} |" in table
+
+
+def test_paper_rows_variants_add_up_and_unknown_ones_are_refused():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from paper_rows import paper_rows, variant_overrides
+
+    order = ["recipe", "bf16", "static", "compile", "graphs"]
+    assert variant_overrides(order, "static") == ["trainer.precision=bf16-mixed", "head.dispatch=static"]
+    assert variant_overrides(order, "graphs") == [
+        "trainer.precision=bf16-mixed",
+        "head.dispatch=static",
+        "model.compile=reduce-overhead",  # replaces compile=true
+    ]
+    with pytest.raises(ValueError, match="unknown variant.*'fast'.*allowed: recipe"):
+        paper_rows(torch.device("cpu"), ["recipe", "fast"])

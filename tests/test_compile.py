@@ -170,3 +170,32 @@ def test_compile_values():
     assert compile_options(False) is None and compile_options(None) is None
     assert compile_options(True) == {} and compile_options("max-autotune") == {"mode": "max-autotune"}
     assert compile_options({"backend": "aot_eager", "dynamic": False}) == {"backend": "aot_eager", "dynamic": False}
+
+
+def test_static_dispatch_compiles_to_one_graph_that_equals_sparse_and_never_recompiles():
+    """dispatch=static: the whole mixture (gate, components, pooling, fusion) in one graph
+    (fullgraph=True fails on any graph break, as it does for the sparse path), equal to eager
+    sparse dispatch, and no recompilation when the routing changes."""
+    torch.manual_seed(0)
+    cfg = {"name": "gmsop", "num_components": 6, "k": 2, "component_dims": [6], "gate_dims": [6]}
+    sparse = build_head({**cfg, "dispatch": "sparse"}, 5).double().train()
+    static = build_head({**cfg, "dispatch": "static"}, 5).double().train()
+    static.load_state_dict(sparse.state_dict())
+    x = torch.randn(8, 5, 4, 4, dtype=torch.float64)
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        torch.compile(copy.deepcopy(sparse), backend="aot_eager", fullgraph=True)(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(static, backend="aot_eager", fullgraph=True)
+    patterns = set()
+    for step in range(12):
+        routing = torch.randn(static.gate.w_gate.weight.shape, generator=torch.Generator().manual_seed(step)) * 3
+        for head in (sparse, static):  # a new routing each step
+            head.gate.w_gate.weight.data = routing.to(torch.float64)
+        x = torch.randn(8, 5, 4, 4, dtype=torch.float64)
+        ys, gxs, _ = _forward_backward(sparse, x, seed=step)
+        yc, gxc, _ = _forward_backward(compiled, x, seed=step)
+        torch.testing.assert_close(yc, ys, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(gxc, gxs, rtol=RTOL, atol=ATOL)
+        patterns.add(tuple(static.gate(x).indices.flatten().tolist()))
+    assert len(patterns) > 5
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]

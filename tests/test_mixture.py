@@ -330,3 +330,64 @@ def test_sparse_equals_dense_with_parametric_component_pooling():
     dense.load_state_dict(sparse.state_dict())
     x = torch.randn(6, 7, 3, 3, dtype=torch.float64)
     torch.testing.assert_close(sparse(x).features, dense(x).features, rtol=1e-10, atol=1e-12)
+
+
+# ---- static dispatch (fixed shapes) against sparse and dense ----------------------------------
+@pytest.mark.parametrize("name", ["gmsop", "gmgap"])
+def test_static_dispatch_equals_sparse_and_dense_in_outputs_and_every_gradient(name):
+    heads = {d: _small(name, dispatch=d).double().train() for d in ("static", "sparse", "dense")}
+    _randomise_gate(heads["static"])
+    for d in ("sparse", "dense"):
+        heads[d].load_state_dict(heads["static"].state_dict())
+    x = torch.randn(9, 7, 4, 4, dtype=torch.float64)
+    w = torch.randn(9, heads["static"].out_dim, dtype=torch.float64)
+    results = {}
+    for d, head in heads.items():
+        torch.manual_seed(3)  # the same noise and tie-breaks for all three
+        xi = x.clone().requires_grad_(True)
+        out = head(xi)
+        ((out.features * w).sum() + out.aux_loss).backward()
+        grads = {n: p.grad.clone() for n, p in head.named_parameters()}
+        results[d] = (out.features.detach(), out.aux_loss.detach(), xi.grad, grads)
+    fs, ls, xs, gs = results["static"]
+    for d in ("sparse", "dense"):
+        f, loss, xg, g = results[d]
+        torch.testing.assert_close(fs, f, rtol=1e-10, atol=1e-12, msg=f"features, static vs {d}")
+        torch.testing.assert_close(ls, loss, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(xs, xg, rtol=1e-9, atol=1e-11, msg=f"input gradient, static vs {d}")
+        for n in gs:
+            torch.testing.assert_close(gs[n], g[n], rtol=1e-9, atol=1e-11, msg=f"gradient of {n}, static vs {d}")
+    unused = set(range(5)) - _used_components(heads["static"], x)
+    for c in unused:  # a zero gradient, not none (weight decay and momentum still apply)
+        assert all(torch.count_nonzero(p.grad) == 0 for p in heads["static"].components[c].parameters())
+
+
+def test_static_dispatch_three_sgd_steps_with_momentum_and_weight_decay_equal_sparse():
+    heads = [_small("gmsop", num_components=6, k=2, dispatch=d).double().train() for d in ("static", "sparse")]
+    _randomise_gate(heads[0])
+    heads[1].load_state_dict(heads[0].state_dict())
+    x = torch.randn(2, 7, 4, 4, dtype=torch.float64)  # 2 images x K=2: at least 2 of 6 components unused
+    assert len(_used_components(heads[0], x)) < 6
+    for head in heads:
+        opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+        for step in range(3):
+            torch.manual_seed(10 + step)
+            opt.zero_grad()
+            out = head(x)
+            (out.features.square().mean() + out.aux_loss).backward()
+            opt.step()
+    for (name, p), q in zip(heads[0].named_parameters(), heads[1].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=f"{name} after 3 SGD steps")
+
+
+def test_static_dispatch_gradcheck_float64():
+    head = _small("gmsop", num_components=3, k=2, dispatch="static").double().eval()
+    _randomise_gate(head)
+    x = torch.randn(3, 7, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda t: head(t).features, (x,), eps=1e-6, atol=1e-6)
+
+
+def test_static_dispatch_refuses_component_pooling_with_parameters():
+    cfg = {"name": "mixture", "component_pooling": {"name": "isqrt", "reduce_dim": 3}, "num_components": 4, "k": 2}
+    with pytest.raises(ValueError, match="dispatch=static needs parameter-free component pooling"):
+        build_head({**cfg, "dispatch": "static"}, 7)

@@ -26,6 +26,7 @@ class Balance(StrEnum):
 class Dispatch(StrEnum):
     sparse = "sparse"  # each component on the images that selected it
     dense = "dense"  # every component on every image (the reference)
+    static = "static"  # each (image, component) pair at once, fixed shapes: one CUDA graph captures it
 
 
 class PoolBatching(StrEnum):
@@ -91,6 +92,10 @@ class GatedMixtureHead(PoolingHead):
     selected gets zero gradients, exactly as in the dense path. dispatch="dense" runs
     every component on every image and weights by the (mostly zero) gate matrix; it is
     the reference the sparse path is tested against, with identical gradients.
+    dispatch="static" computes the same pairs as sparse, with every shape fixed by B and K
+    (each pair's 1x1 convs as one batched matmul with its component's weights), so a CUDA
+    graph or one compiled graph captures the whole head; it needs parameter-free component
+    pooling (SR-SOP, GAP), as the paper's mixtures have.
 
     aux_loss is the balance loss: balance_weight * CV^2 of per-component importance (or
     of the smooth load estimate, balance="load"), divided by the batch size when
@@ -145,10 +150,16 @@ class GatedMixtureHead(PoolingHead):
         self.out_dim = self.components[0].out_dim
         # Identical, parameter-free poolings (SR-SOP, GAP) run once over all pairs.
         self.shared_pool = not any(p.requires_grad for c in self.components for p in c.pool.parameters())
+        if self.dispatch == Dispatch.static and not self.shared_pool:
+            raise ValueError(
+                f"head.dispatch=static needs parameter-free component pooling (isqrt, gap, sop without "
+                f"reduce_dim); head.component_pooling={dict(pooling)} has parameters: use dispatch=sparse"
+            )
 
     def pool(self, x: torch.Tensor) -> HeadOutput:
         gates = self.gate(x)
-        combine = self._sparse if self.dispatch == "sparse" else self._dense
+        paths = {Dispatch.sparse: self._sparse, Dispatch.dense: self._dense, Dispatch.static: self._static}
+        combine = paths[self.dispatch]
         features = combine(x, gates)
         loss, cv2 = self._balance_loss(gates, x.shape[0])
         stats = {"balance_loss": loss.detach(), "cv": cv2.detach().sqrt()}
@@ -196,6 +207,28 @@ class GatedMixtureHead(PoolingHead):
             # sees every parameter used).
             y = y + (torch.stack([p.sum() for p in unused]).sum() * 0.0).to(y.dtype)
         return y
+
+    def _static(self, x: torch.Tensor, gates: Gates) -> torch.Tensor:
+        """The sparse path's pairs with shapes fixed by B and K: pair p = (image p // K, its
+        p % K-th selected component); each 1x1 conv layer is one batched matmul of every pair
+        with its component's weight (gathered per pair), then one batched pooling, then the
+        weighted sum over each image's K pairs. The same arithmetic as sparse dispatch (the
+        pairs' sums in another order); a component no image selected gets a zero gradient
+        through the gather, as in the other paths."""
+        b, k = x.shape[0], self.k
+        rows = torch.arange(b, device=x.device).repeat_interleave(k)
+        component = gates.indices.flatten()
+        h = x.index_select(0, rows).flatten(2)  # (B*K) x C x M
+        for i, layer in enumerate(self.components[0].convs):  # 1x1 conv (no bias), ReLU, ...
+            if isinstance(layer, nn.Conv2d):
+                stacked = torch.stack([c.convs[i].weight.flatten(1) for c in self.components])  # N x out x in
+                h = torch.bmm(stacked.index_select(0, component).to(h.dtype), h)
+            else:
+                h = layer(h)
+        y = self.components[0].pool(h.view(b * k, -1, *x.shape[2:])).features
+        out_dtype = torch.promote_types(y.dtype, torch.float32)
+        mixed = (y.to(out_dtype) * gates.weights.flatten().unsqueeze(1).to(out_dtype)).view(b, k, -1).sum(1)
+        return mixed.to(x.dtype) if x.dtype in (torch.float16, torch.bfloat16) else mixed
 
     def _dense(self, x: torch.Tensor, gates: Gates) -> torch.Tensor:
         n, b = self.num_components, x.shape[0]
