@@ -40,7 +40,7 @@ def test_suite_writes_ratios(tmp_path):
         assert f"(a) isqrt closed_form / autograd @ {shape}" in keys
         assert f"(b) isqrt / mpncov @ {shape}" in keys
         assert f"(b) isqrt / straightforward isqrt @ {shape}" in keys
-    assert "(c) gmsop-16-8 sparse / dense" in keys
+    assert {"(c) gmsop-16-8 sparse / dense", "(c) gmsop-16-8 static / sparse"} <= keys
     assert {
         "(f) loader / model img/s, imagenet64 memmap",
         "(f) loader / model img/s, image folder (JPEG 80px -> 64px)",
