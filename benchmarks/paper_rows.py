@@ -173,11 +173,16 @@ def paper_rows(
     with tempfile.TemporaryDirectory(prefix="gmsop-paper-rows-") as tmp:
         synthetic_imagenet64(Path(tmp), (batch or 256) * (steps + warmup + 1))
         for row in rows:
-            gflop = experiment_cost(compose_train([f"experiment=paper/{row}"])).gflop_per_image
             mixture = "_gm" in row
-            for variant in variants:
-                if (variant in MIXTURE_ONLY and not mixture) or (variant in NEEDS_CUDA and device.type != "cuda"):
-                    continue
+            applies = [
+                v
+                for v in variants
+                if not (v in MIXTURE_ONLY and not mixture) and not (v in NEEDS_CUDA and device.type != "cuda")
+            ]
+            if not applies:
+                continue
+            gflop = experiment_cost(compose_train([f"experiment=paper/{row}"])).gflop_per_image
+            for variant in applies:
                 try:
                     r = measure(
                         row, variant_overrides(variants, variant), Path(tmp), device, steps, warmup, batch, workers

@@ -200,8 +200,10 @@ def test_runs_that_would_share_a_label_keep_their_own_rows_and_curves(tmp_path):
     runs, _ = collect(tmp_path)
     labels = [r.label for r in runs]
     assert len(set(labels)) == 4, labels
-    assert labels[:2] == ["head=gap (imagenet64_resnet18_gap)", "head=gap (places365_resnet18_gap)"]
-    assert labels[2:] == ["head=isqrt [c]", "head=isqrt [d]"]
+    # runs of several experiments: each label starts with its experiment's name (before, a study of
+    # one experiment per head labelled its heads by their learning rates alone)
+    assert labels[:2] == ["imagenet64_resnet18_gap head=gap", "places365_resnet18_gap head=gap"]
+    assert labels[2:] == ["abl head=isqrt [c]", "abl head=isqrt [d]"]
     assert [r.published.row if r.published else None for r in runs] == ["ResNet-18 (GAP)", "GAP (512-d)", None, None]
 
 

@@ -17,7 +17,10 @@ JOBS=${JOBS:-2}
 export OMP_NUM_THREADS=${THREADS:-1} PYTHONWARNINGS=ignore
 PY=${PY:-python}
 COMMON="logger=no_wandb trainer.enable_progress_bar=false data.num_workers=0 trainer.resume=auto ${EXTRA:-}"
-declare -A RATES=([gap]="0.05 0.1 0.2" [sop]="0.05 0.1 0.2" [srsop]="0.1 0.2 0.4" [parametric_srsop]="0.1 0.2 0.4"
+# Base rates (for a batch of 256) around each head's default; a head whose best rate was at the
+# grid's top got the next doubling (SR-SOP: 0.8, 1.6, 3.2; parametric SR-SOP: 0.8, 1.6) until the best
+# is inside the grid.
+declare -A RATES=([gap]="0.05 0.1 0.2" [sop]="0.05 0.1 0.2" [srsop]="0.1 0.2 0.4 0.8 1.6 3.2" [parametric_srsop]="0.1 0.2 0.4 0.8 1.6"
                   [gmgap]="0.05 0.1 0.2" [gmsop]="0.025 0.05 0.1")
 mkdir -p $D/logs
 log() { echo "[$(date '+%F %T')] $*" | tee -a $D/logs/times.txt; }

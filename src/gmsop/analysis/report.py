@@ -183,11 +183,14 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
     # the configuration: what the overrides set, less the seed (runs that differ only in seed are one row)
     overrides = {f: [o for o in _overrides(f) if not o.lstrip("+").startswith("seed=")] for f in folders}
     common = set.intersection(*(set(o) for o in overrides.values())) if len(folders) > 1 else set()
+    # runs of several experiments: each label starts with its experiment's name (the experiment's
+    # own override is then not repeated)
+    names = {s["name"] for s in summaries.values()}
     configurations = {}
     for f, s in summaries.items():
         varying = [o for o in overrides[f] if o not in common and not o.startswith("experiment=")]
-        configurations[f] = " ".join(varying) or (s["head"]["name"] if len(folders) > 1 else s["name"])
-    configurations = _name_apart(configurations, summaries)
+        label = " ".join(([s["name"]] if len(names) > 1 else []) + varying)
+        configurations[f] = label or (s["head"]["name"] if len(folders) > 1 else s["name"])
     groups = _seed_groups(configurations, seeds, summaries, root)
     runs = []
     for f, s in summaries.items():
@@ -197,16 +200,6 @@ def collect(root: Path) -> tuple[list[Run], list[Skipped]]:
         label = groups[f] if alone else f"{groups[f]} seed={seeds[f]}"
         runs.append(Run(f, label, s, published, _usage_history(log), curves_from_log(log), seeds[f], groups[f]))
     return runs, skipped
-
-
-def _name_apart(labels: dict[Path, str], summaries: dict[Path, dict]) -> dict[Path, str]:
-    """Configurations that would share a label in two experiments get the experiment's name."""
-    out = dict(labels)
-    for group in _shared(out):
-        if len({summaries[f]["name"] for f in group}) > 1:
-            for f in group:
-                out[f] = f"{out[f]} ({summaries[f]['name']})"
-    return out
 
 
 def _seed_groups(
