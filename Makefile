@@ -35,7 +35,7 @@ format: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal -m "not slow" $(ARGS)
 
-## bench: the benchmark suite: timings, memory and ratios (a)-(d) (JSON under benchmarks/results/)
+## bench: the benchmark suite: timings, memory and ratios (a)-(g) (JSON under benchmarks/results/)
 bench: $(STAMP)
 	$(PY) benchmarks/suite.py $(ARGS)
 
