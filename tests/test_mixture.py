@@ -246,7 +246,9 @@ def test_mixture_config_errors():
         ValueError, match=r"head\.noise: Invalid value 'sometimes', expected one of \[image, component, none\]"
     ):
         _small("gmsop", noise="sometimes")
-    with pytest.raises(ValueError, match=r"head\.dispatch: Invalid value 'lazy', expected one of \[sparse, dense\]"):
+    with pytest.raises(
+        ValueError, match=r"head\.dispatch: Invalid value 'lazy', expected one of \[sparse, dense, static\]"
+    ):
         _small("gmsop", dispatch="lazy")
     with pytest.raises(ValueError, match=r"head\.pool_batching: Invalid value 'often'"):
         _small("gmsop", pool_batching="often")
