@@ -36,6 +36,8 @@ from gmsop.analysis.cost import experiment_cost
 from gmsop.analysis.published import PAPER_DATA
 from gmsop.run.build import build_run
 from gmsop.run.compose import compose_train
+from loader import _imagenet64_files  # the same writer as section (f)
+from timing import sync
 
 ROWS = [
     "imagenet64_resnet18_gap",
@@ -73,8 +75,6 @@ def variant_overrides(variants: Sequence[str], upto: str) -> list[str]:
 
 def synthetic_imagenet64(root: Path, images: int, seed: int = 0) -> None:
     """Training and val batch files as published, `images` training images in all."""
-    from loader import _imagenet64_files  # the same writer as section (f)
-
     _imagenet64_files(root, per_file=max(1, images // 10 + 1), rng=np.random.default_rng(seed))
 
 
@@ -146,11 +146,6 @@ def measure(
     if device.type == "cuda":
         result["peak_gpu_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def paper_rows(

@@ -158,9 +158,7 @@ class GatedMixtureHead(PoolingHead):
 
     def pool(self, x: torch.Tensor) -> HeadOutput:
         gates = self.gate(x)
-        paths = {Dispatch.sparse: self._sparse, Dispatch.dense: self._dense, Dispatch.static: self._static}
-        combine = paths[self.dispatch]
-        features = combine(x, gates)
+        features = getattr(self, f"_{self.dispatch.value}")(x, gates)  # _sparse, _dense or _static
         loss, cv2 = self._balance_loss(gates, x.shape[0])
         stats = {"balance_loss": loss.detach(), "cv": cv2.detach().sqrt()}
         routing = Routing(selected=(gates.dense > 0).sum(0).detach(), weight_sum=gates.dense.detach().sum(0))
@@ -185,7 +183,7 @@ class GatedMixtureHead(PoolingHead):
         out_dtype = torch.promote_types(y.dtype, torch.float32)
         out = y.new_zeros(x.shape[0], self.out_dim, dtype=out_dtype)
         out.index_add_(0, rows, y.to(out_dtype) * weights.unsqueeze(1).to(out_dtype))
-        return out.to(x.dtype) if x.dtype in (torch.float16, torch.bfloat16) else out
+        return _in_half_precision_like(out, x)
 
     @torch.compiler.disable
     def _run_components(self, pairs: torch.Tensor, component: torch.Tensor, pool: bool) -> torch.Tensor:
@@ -228,7 +226,7 @@ class GatedMixtureHead(PoolingHead):
         y = self.components[0].pool(h.view(b * k, -1, *x.shape[2:])).features
         out_dtype = torch.promote_types(y.dtype, torch.float32)
         mixed = (y.to(out_dtype) * gates.weights.flatten().unsqueeze(1).to(out_dtype)).view(b, k, -1).sum(1)
-        return mixed.to(x.dtype) if x.dtype in (torch.float16, torch.bfloat16) else mixed
+        return _in_half_precision_like(mixed, x)
 
     def _dense(self, x: torch.Tensor, gates: Gates) -> torch.Tensor:
         n, b = self.num_components, x.shape[0]
@@ -340,6 +338,12 @@ class AnyMixtureHead(GatedMixtureHead):
     ) -> None:
         gate = dict(gate) if gate else {"name": "noisy_top_k", "pooling": {"name": "gap"}}
         super().__init__(in_channels, num_components, k, list(component_dims), component_pooling, gate, **options)
+
+
+def _in_half_precision_like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The mixture's sum (accumulated in float32 or wider) back in the input's dtype under
+    fp16/bf16 autocast; otherwise as accumulated."""
+    return out.to(x.dtype) if x.dtype in (torch.float16, torch.bfloat16) else out
 
 
 def _isqrt(iterations: int, side: Side, backward: Backward) -> dict:
