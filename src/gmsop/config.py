@@ -37,6 +37,9 @@ class ModelConfig:
     # {mode, backend, fullgraph, dynamic, options} (torch.compile's arguments)
     compile: Any = False
     channels_last: bool = False  # NHWC memory format for the backbone's weights and the input images
+    # BatchNorm statistics re-estimated over this many training batches before each validation
+    # (0: off; gmsop.callbacks.precise_bn); best.ckpt and last.ckpt hold the re-estimated ones
+    precise_bn_batches: int = 0
 
 
 @dataclass

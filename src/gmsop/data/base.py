@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import lightning as L
@@ -182,6 +182,29 @@ class ImageDataModule(L.LightningDataModule, ABC):
             print(f"global batch {self.batch_size}: {world_size} processes x {self.batch_size // world_size} images")
             self._said_batch = True
         return share
+
+    def statistics_batches(
+        self, count: int, epoch: int, rank: int = 0, world_size: int = 1, device: Optional[torch.device] = None
+    ) -> Iterator[torch.Tensor]:
+        """`count` batches of training images (normalised as for evaluation: no flip) for
+        re-estimating BatchNorm statistics (gmsop.callbacks.precise_bn): each process's share of the
+        global batch, drawn from (shuffle seed, epoch, rank) alone, so a resumed run draws the same
+        ones and the global random generators are not touched. Fewer when the training set is smaller."""
+        ds = self._dataset(self._train)
+        batch = split_global_batch(self.batch_size, world_size)
+        seed = np.random.SeedSequence([self.shuffle_seed, epoch, rank, 0x42_4E]).generate_state(1)[0]
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(int(seed)))[: count * batch]
+        loader = StopSignalSafeLoader(
+            ds,
+            rank=rank,
+            batch_size=batch,
+            sampler=order.tolist(),
+            num_workers=min(self.num_workers, count),
+            drop_last=len(order) > batch,  # (no size-1 BatchNorm batches)
+            generator=torch.Generator().manual_seed(int(seed)),
+        )
+        for images, *_ in loader:
+            yield self.transform(images.to(device) if device is not None else images, training=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_loader(self._val)

@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from gmsop.callbacks.backbone_warm_up import BackboneWarmUp
+from gmsop.callbacks.precise_bn import PreciseBatchNorm
 from gmsop.config import ModelConfig
 from gmsop.heads import HEADS, HeadOutput
 from gmsop.models.compiling import compile_in_place, compile_options
@@ -81,8 +82,9 @@ class SecondOrderClassifier(L.LightningModule):
             nn.Dropout(model["dropout"]),
             nn.Linear(self.head.out_dim, num_classes),
         )
-        if model["freeze_backbone_epochs"] < 0:
-            raise ConfigError(f"model.freeze_backbone_epochs={model['freeze_backbone_epochs']}; allowed: >= 0")
+        for key in ("freeze_backbone_epochs", "precise_bn_batches"):
+            if model[key] < 0:
+                raise ConfigError(f"model.{key}={model[key]}; allowed: >= 0")
         self.channels_last = model["channels_last"]
         self.lr_used: Optional[LearningRate] = (
             None  # set by configure_optimizers: the rate and how it follows from optim.lr
@@ -143,7 +145,9 @@ class SecondOrderClassifier(L.LightningModule):
         images, labels = batch
         loss, ce, logits, pooled = self.compute_loss(images, labels)
         on_step = split == "train"
-        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        # train/loss is the objective (with the head's aux loss); val/loss the classification loss alone
+        logged = loss if on_step else ce
+        self.log(f"{split}/loss", logged, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels))
         self.log(f"{split}/ce", ce, on_step=on_step, on_epoch=True, batch_size=len(labels))
         self.log(f"{split}/aux_loss", pooled.aux_loss, on_step=on_step, on_epoch=True, batch_size=len(labels))
         for key, value in pooled.stats.items():
@@ -176,8 +180,8 @@ class SecondOrderClassifier(L.LightningModule):
         """Test batches carry each image's index: the per-image predictions are kept (see
         gmsop.models.predictions); the losses are logged as for val."""
         images, labels, index = batch
-        loss, ce, logits, pooled = self.compute_loss(images, labels)
-        for key, value in (("loss", loss), ("ce", ce), ("aux_loss", pooled.aux_loss)):
+        _, ce, logits, pooled = self.compute_loss(images, labels)
+        for key, value in (("loss", ce), ("ce", ce), ("aux_loss", pooled.aux_loss)):  # loss: classification
             self.log(f"test/{key}", value, on_epoch=True, sync_dist=True, batch_size=len(labels))
         self._test_batches.append(Predictions.from_logits(index, labels, logits))
 
@@ -213,9 +217,11 @@ class SecondOrderClassifier(L.LightningModule):
         self._log_errors("train")
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """The fine-tuning warm-up (model.freeze_backbone_epochs), whichever Trainer fits this model."""
+        """The fine-tuning warm-up (model.freeze_backbone_epochs) and the BatchNorm statistics pass
+        before each validation (model.precise_bn_batches), whichever Trainer fits this model."""
         epochs = self.hparams.model.get("freeze_backbone_epochs", 0)
-        return [BackboneWarmUp(epochs)] if epochs else []
+        batches = self.hparams.model.get("precise_bn_batches", 0)
+        return ([BackboneWarmUp(epochs)] if epochs else []) + ([PreciseBatchNorm(batches)] if batches else [])
 
     def on_validation_epoch_end(self) -> None:
         self._log_errors("val")

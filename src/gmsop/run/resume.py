@@ -54,7 +54,7 @@ from gmsop.run_folder import (
 # Data keys that change how data is read, not what the model learns: free to differ on resume.
 DATA_KEYS_FREE_ON_RESUME = ("root", "num_workers", "eval_batch_size", "verify_images")
 # how the model is run, not what it computes: a run may resume compiled, NHWC or not
-MODEL_KEYS_FREE_ON_RESUME = ("compile", "channels_last")
+MODEL_KEYS_FREE_ON_RESUME = ("compile", "channels_last", "precise_bn_batches")
 
 
 class ResumeError(UserError, FileNotFoundError):
