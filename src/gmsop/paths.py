@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 # The package's configs: in a clone, src/gmsop/conf links to configs/ (whose experiment/ links to
 # experiments/); an installed package or wheel holds the files themselves. GMSOP_CONFIG_DIR
@@ -33,15 +33,21 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
 
 
-def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+def replace_atomically(
+    path: Path, write: Callable[[Path], Any], before_replace: Optional[Callable[[Path], Any]] = None
+) -> None:
     """Call write(tmp_path), fsync it, then rename it over path: a reader, or a process that
-    starts after a kill -9 at any moment, sees the old file or the new one, never half."""
+    starts after a kill -9 at any moment, sees the old file or the new one, never half.
+    `before_replace(tmp_path)` runs once the new file is on disk, before the rename (e.g. to
+    record its digest)."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -17,19 +17,22 @@ of the whole run kept across resumes, and a resumable checkpoint when a run is i
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from gmsop.callbacks.lightning_internals import validation_follows
 from gmsop.callbacks.save_on_interrupt import SaveOnInterrupt
-from gmsop.paths import replace_atomically
+from gmsop.run_folder.checkpoints import (
+    copy_checkpoint_file,
+    load_checkpoint_file,
+    remove_checkpoint_file,
+    save_checkpoint_file,
+)
 from gmsop.run_folder.layout import BEST, CHECKPOINT_DIR, LAST, SLURM_CHECKPOINTS
 
 MONITOR = "val/top1_err"
@@ -48,9 +51,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        replace_atomically(path, lambda tmp: torch.save(checkpoint, tmp))
+        save_checkpoint_file(checkpoint, Path(path))
+
+    def load_checkpoint(self, path: Union[str, Path], map_location: Any = None, weights_only: Any = None) -> dict:
+        """Every restore Lightning makes (resume, the test stage): verified against its digest, and
+        loaded as data only (weights_only=True, whatever Lightning asks for)."""
+        return load_checkpoint_file(Path(path), map_location=map_location)
+
+    def remove_checkpoint(self, path: Union[str, Path]) -> None:
+        remove_checkpoint_file(Path(path))
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -83,7 +92,7 @@ class LastCheckpoint(ModelCheckpoint):
             newest = Path(filepath).stat().st_mtime
             for hpc in Path(self.dirpath).parent.glob(SLURM_CHECKPOINTS):
                 if hpc.stat().st_mtime < newest:  # superseded: resume=auto takes the newest
-                    hpc.unlink(missing_ok=True)
+                    remove_checkpoint_file(hpc)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Nothing to carry: the file name is fixed (and avoids Lightning's 'dirpath changed' warning)."""
@@ -111,7 +120,7 @@ class BestCheckpoint(ModelCheckpoint):
             return
         target = Path(self.dirpath) / f"{BEST}{self.FILE_EXTENSION}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        replace_atomically(target, lambda tmp: shutil.copyfile(earlier, tmp))
+        copy_checkpoint_file(Path(earlier), target)
         self.best_model_path = self.kth_best_model_path = str(target)
         self.best_model_score = self.kth_value = score
         self.best_k_models = {str(target): score}

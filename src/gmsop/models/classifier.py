@@ -23,6 +23,7 @@ from gmsop.models.optimisation import PARTS, build_optimiser, complete_optim
 from gmsop.models.predictions import Predictions
 from gmsop.models.usage import ComponentUsage, UsageSummary
 from gmsop.registry import ConfigError, complete
+from gmsop.run_folder import read_checkpoint
 
 log = logging.getLogger(__name__)
 # What every run logs once per epoch (keys in trainer.callback_metrics), e.g. for a sweep's metric.
@@ -110,11 +111,19 @@ class SecondOrderClassifier(L.LightningModule):
         )
 
     @classmethod
-    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> SecondOrderClassifier:
-        """Lightning's, with the backbone built without reading model.pretrained_file: the
-        checkpoint holds every weight, and the file may have moved since training."""
+    def load_from_checkpoint(
+        cls, checkpoint_path: Any, map_location: Any = None, strict: bool = True, **hparams: Any
+    ) -> SecondOrderClassifier:
+        """The model a checkpoint holds (on `map_location`, a device; default the CPU; `hparams`
+        replace saved ones), read as
+        gmsop.run_folder.read_checkpoint reads every checkpoint: verified against its digest, as data
+        only (a file that would run code is refused). The backbone is built without reading
+        model.pretrained_file: the checkpoint holds every weight, and the file may have moved."""
+        ckpt = read_checkpoint(checkpoint_path)
         with weights_from_checkpoint():
-            return super().load_from_checkpoint(*args, **kwargs)
+            model = cls(**(dict(ckpt["hyper_parameters"]) | hparams))
+        model.load_state_dict(ckpt["state_dict"], strict=strict)
+        return model.to(map_location) if map_location is not None else model
 
     def weights_normalisation(self) -> Optional[tuple[list[float], list[float]]]:
         """The per-channel (mean, std) that the backbone's pretrained timm weights expect, or None:

@@ -1,0 +1,149 @@
+"""Checkpoints are trusted only when intact, and only as data: a digest recorded as each is written,
+checked by every reader (resume, eval, export, the test stage, Lightning's restores); every load
+with weights_only=True, so a file whose pickle would run code is refused and nothing runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from gmsop.callbacks.checkpoints import AtomicCheckpointIO
+from gmsop.models.classifier import SecondOrderClassifier
+from gmsop.run_folder import CheckpointError, read_checkpoint
+from gmsop.run_folder.checkpoints import digest_file, save_checkpoint_file
+from tests.conftest import run_cli
+
+MINIMAL = {"hyper_parameters": {"model": {}, "head": {"name": "gap"}}, "state_dict": {"w": torch.ones(3)}}
+
+
+def damage_in_place(path: Path) -> None:
+    """Overwrite a block of bytes in the middle of `path`; its size stays the same."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        block = f.read(64)
+        f.seek(size // 2)
+        f.write(bytes(b ^ 0xFF for b in block))
+    assert path.stat().st_size == size
+
+
+def test_a_checkpoint_damaged_in_place_is_refused_by_every_reader(tmp_path):
+    path = tmp_path / "last.ckpt"
+    save_checkpoint_file(MINIMAL, path)
+    assert json.loads(digest_file(path).read_text())["sha256"]
+    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+    damage_in_place(path)
+    for read in (read_checkpoint, AtomicCheckpointIO().load_checkpoint, SecondOrderClassifier.load_from_checkpoint):
+        with pytest.raises(CheckpointError, match=r"last\.ckpt is damaged: its bytes differ"):
+            read(path)
+
+
+def test_a_kill_between_recording_the_digest_and_the_rename_leaves_a_file_that_still_verifies(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    save_checkpoint_file(MINIMAL, path)
+    replace = os.replace
+
+    class Killed(BaseException):
+        pass
+
+    def replace_then_die_after_the_digest(src, dst):
+        replace(src, dst)
+        if Path(dst) == digest_file(path):  # the new file's digest is recorded ...
+            raise Killed  # ... and the process dies before the checkpoint's own rename
+
+    monkeypatch.setattr(os, "replace", replace_then_die_after_the_digest)
+    with pytest.raises(Killed):
+        save_checkpoint_file({**MINIMAL, "state_dict": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(3))  # the old file, intact
+    save_checkpoint_file({**MINIMAL, "state_dict": {"w": torch.zeros(3)}}, path)  # and the next save is checked
+    damage_in_place(path)
+    with pytest.raises(CheckpointError, match="damaged"):
+        read_checkpoint(path)
+
+
+def test_a_checkpoint_without_a_digest_loads_with_a_note(tmp_path):
+    path = tmp_path / "old.ckpt"
+    torch.save(MINIMAL, path)  # today's format before digests
+    with pytest.warns(UserWarning, match="no digest"):
+        assert "state_dict" in read_checkpoint(path)
+
+
+class RunsCode:
+    """What a hostile checkpoint holds: unpickling it calls os.system."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def hostile_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    """A gmsop-shaped checkpoint whose pickle would create `marker`."""
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "hostile.ckpt"
+    torch.save({**MINIMAL, "extra": RunsCode(f"touch {marker}")}, path)
+    return path, marker
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    path, marker = hostile_checkpoint(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (no digest)
+        for read in (read_checkpoint, AtomicCheckpointIO().load_checkpoint):
+            with pytest.raises(CheckpointError, match=r"refused .*hostile\.ckpt.*system"):
+                read(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # (the file does run code when loaded the unsafe way)
+    assert marker.exists()
+
+
+@pytest.mark.slow
+def test_entry_points_refuse_a_hostile_checkpoint_and_run_nothing(tmp_path):
+    path, marker = hostile_checkpoint(tmp_path)
+    for module, *args in (
+        ("gmsop.eval", f"ckpt_path={path}"),
+        ("gmsop.export", str(path), str(tmp_path / "backbone.safetensors")),
+        ("gmsop.train", f"trainer.resume={path}", "head=gap", f"runs_dir={tmp_path / 'runs'}"),
+    ):
+        proc = run_cli(module, *args, cwd=tmp_path)
+        assert proc.returncode == 2, (module, proc.stderr[-3000:])
+        assert "refused" in proc.stderr and "hostile.ckpt" in proc.stderr, (module, proc.stderr[-3000:])
+        assert not marker.exists(), module
+
+
+@pytest.mark.slow
+def test_a_run_whose_last_checkpoint_was_damaged_in_place_resumes_from_an_intact_one_to_the_same_weights(tmp_path):
+    """A finished 2-epoch run's last.ckpt is damaged in place (same size); continued to 3 epochs, the run
+    names the damage, goes on from the newest intact checkpoint, and ends with the weights of a run
+    that trained 3 epochs untouched. gmsop.eval and gmsop.export refuse the damaged file by name."""
+    short = (
+        "head=gap",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=2",
+        "trainer.enable_progress_bar=false",
+    )
+    whole, damaged = tmp_path / "whole", tmp_path / "damaged"
+    for folder, epochs in ((whole, 3), (damaged, 2)):
+        proc = run_cli("gmsop.train", *short, f"trainer.max_epochs={epochs}", f"hydra.run.dir={folder}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    last = damaged / "checkpoints" / "last.ckpt"
+    damage_in_place(last)
+    for module, *args in (("gmsop.eval", f"ckpt_path={last}"), ("gmsop.export", str(last), str(tmp_path / "b.st"))):
+        proc = run_cli(module, *args, cwd=tmp_path)
+        assert proc.returncode == 2 and "last.ckpt is damaged" in proc.stderr, (module, proc.stderr[-3000:])
+    proc = run_cli(
+        "gmsop.train", *short, "trainer.max_epochs=3", f"hydra.run.dir={damaged}", "trainer.resume=auto", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "last.ckpt is damaged" in proc.stderr and "Continuing from" in proc.stderr and "best.ckpt" in proc.stderr
+    ends = [read_checkpoint(f / "checkpoints" / "last.ckpt") for f in (whole, damaged)]
+    assert ends[0]["global_step"] == ends[1]["global_step"] == 12
+    for name, value in ends[0]["state_dict"].items():
+        assert torch.equal(ends[1]["state_dict"][name], value), name
