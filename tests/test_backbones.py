@@ -119,7 +119,7 @@ def test_pretrained_timm_weights_get_their_own_normalisation_not_the_data_sets(t
     loaded = SecondOrderClassifier.load_from_checkpoint(ckpt, map_location="cpu")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     assert loaded.weights_normalisation() == model.weights_normalisation()
-    assert 0.0 <= evaluate(ckpt, {"eval_batch_size": 256}, accelerator="cpu")["test/top1_err"] <= 1.0
+    assert 0.0 <= evaluate(ckpt, {"eval_batch_size": 256}, accelerator="cpu")[0]["test/top1_err"] <= 1.0
     for overrides in (timm_model, ["head=gap"]):  # from scratch; this project's resnet18_64
         _, data, model = build_run(compose_train(overrides))
         data.setup()

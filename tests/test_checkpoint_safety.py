@@ -116,34 +116,3 @@ def test_entry_points_refuse_a_hostile_checkpoint_and_run_nothing(tmp_path):
         assert proc.returncode == 2, (module, proc.stderr[-3000:])
         assert "refused" in proc.stderr and "hostile.ckpt" in proc.stderr, (module, proc.stderr[-3000:])
         assert not marker.exists(), module
-
-
-@pytest.mark.slow
-def test_a_run_whose_last_checkpoint_was_damaged_in_place_resumes_from_an_intact_one_to_the_same_weights(tmp_path):
-    """A finished 2-epoch run's last.ckpt is damaged in place (same size); continued to 3 epochs, the run
-    names the damage, goes on from the newest intact checkpoint, and ends with the weights of a run
-    that trained 3 epochs untouched. gmsop.eval and gmsop.export refuse the damaged file by name."""
-    short = (
-        "head=gap",
-        "trainer.limit_train_batches=4",
-        "trainer.limit_val_batches=2",
-        "trainer.enable_progress_bar=false",
-    )
-    whole, damaged = tmp_path / "whole", tmp_path / "damaged"
-    for folder, epochs in ((whole, 3), (damaged, 2)):
-        proc = run_cli("gmsop.train", *short, f"trainer.max_epochs={epochs}", f"hydra.run.dir={folder}", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    last = damaged / "checkpoints" / "last.ckpt"
-    damage_in_place(last)
-    for module, *args in (("gmsop.eval", f"ckpt_path={last}"), ("gmsop.export", str(last), str(tmp_path / "b.st"))):
-        proc = run_cli(module, *args, cwd=tmp_path)
-        assert proc.returncode == 2 and "last.ckpt is damaged" in proc.stderr, (module, proc.stderr[-3000:])
-    proc = run_cli(
-        "gmsop.train", *short, "trainer.max_epochs=3", f"hydra.run.dir={damaged}", "trainer.resume=auto", cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "last.ckpt is damaged" in proc.stderr and "Continuing from" in proc.stderr and "best.ckpt" in proc.stderr
-    ends = [read_checkpoint(f / "checkpoints" / "last.ckpt") for f in (whole, damaged)]
-    assert ends[0]["global_step"] == ends[1]["global_step"] == 12
-    for name, value in ends[0]["state_dict"].items():
-        assert torch.equal(ends[1]["state_dict"][name], value), name

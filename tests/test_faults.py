@@ -18,11 +18,13 @@ import torch
 
 from gmsop.run_folder import read_curves
 from tests.conftest import logged_rows, run_cli, start_cli, tiny_lr_sweep
+from tests.test_checkpoint_safety import damage_in_place
 
 QUIET = ("trainer.enable_progress_bar=false",)
 # A short run: digits, the paper's ResNet-18 with a GAP head, 8 steps per epoch.
 SHORT = ("head=gap", "trainer.limit_train_batches=8", "trainer.limit_val_batches=2", *QUIET)
 STEPS_PER_EPOCH = 8
+CHECKPOINTS_WITH_DIGESTS = ["best.ckpt", "best.ckpt.sha256", "last.ckpt", "last.ckpt.sha256"]
 
 
 def _train(tmp_path, *args, env=None):
@@ -94,7 +96,7 @@ def test_last_checkpoint_every_epoch_and_a_used_folder_is_refused(tmp_path):
     proc = _train(tmp_path, *args)
     _ok(proc)
     assert _step(run_dir / "checkpoints" / "last.ckpt") == 6  # not 3: no improvement at lr=0, still saved
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == CHECKPOINTS_WITH_DIGESTS
     assert "ckpt_path=None" not in proc.stderr  # Lightning's "last checkpoint" warning on fresh runs is gone
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".run.lock" not in p.name}
     again = _train(tmp_path, *args)  # the same folder again, without resume
@@ -116,7 +118,7 @@ def test_two_runs_with_one_name_started_together_get_their_own_folders(tmp_path)
     assert len(folders) == 2
     for folder in folders:
         assert _summary(folder)["global_step"] == STEPS_PER_EPOCH
-        assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+        assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == CHECKPOINTS_WITH_DIGESTS
         _assert_clean(folder)
     assert len({(f / "wandb_run_id.txt").read_text() for f in folders}) == 2
     assert len({(f / "mlflow_run_id.txt").read_text() for f in folders}) == 2
@@ -537,17 +539,27 @@ def test_bad_names_and_values_fail_before_any_folder_is_made(tmp_path):
 
 @pytest.mark.slow
 def test_corrupt_checkpoints_are_named_by_resume_and_eval(tmp_path):
-    run = tmp_path / "run"
+    """A finished 2-epoch run's last.ckpt damaged in place (same size: the digest, not the file's
+    format, tells): gmsop.eval and gmsop.export refuse it by name; continued to 3 epochs, the run names
+    it, goes on from the newest intact checkpoint (best.ckpt) and ends with the weights of a run that
+    trained 3 epochs untouched."""
+    run, untouched = tmp_path / "run", tmp_path / "untouched"
     _ok(_train(tmp_path, *SHORT, "trainer.max_epochs=2", f"hydra.run.dir={run}"))
+    _ok(_train(tmp_path, *SHORT, "trainer.max_epochs=3", f"hydra.run.dir={untouched}"))
     last = run / "checkpoints" / "last.ckpt"
-    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # damaged on disk after the run
+    damage_in_place(last)  # damaged on disk after the run
+    for module, *args in (("gmsop.eval", f"ckpt_path={last}"), ("gmsop.export", str(last), str(tmp_path / "b.st"))):
+        proc = run_cli(module, *args, cwd=tmp_path)
+        assert proc.returncode == 2 and f"{last} is damaged" in proc.stderr, (module, proc.stderr[-3000:])
     resumed = _train(tmp_path, *SHORT, "trainer.max_epochs=3", "trainer.resume=auto", f"hydra.run.dir={run}")
     _ok(resumed)  # continues from best.ckpt (a full checkpoint of its epoch), saying what it skipped
-    assert f"{last} is not a readable PyTorch checkpoint" in resumed.stderr and "Continuing from" in resumed.stderr
+    assert f"{last} is damaged" in resumed.stderr and "Continuing from" in resumed.stderr
     summary = _summary(run)
     assert summary["resumed_from"] == str(run / "checkpoints" / "best.ckpt") and summary["global_step"] == 24
     assert sorted(read_curves(run)) == [0, 1, 2]
-    _step(last)  # whole again
+    ends = [torch.load(f / "checkpoints" / "last.ckpt", weights_only=True) for f in (run, untouched)]
+    for name, value in ends[1]["state_dict"].items():
+        assert torch.equal(ends[0]["state_dict"][name], value), name
     bad = tmp_path / "bad"
     (bad / "checkpoints").mkdir(parents=True)
     (bad / "checkpoints" / "last.ckpt").write_text("this is not a checkpoint")

@@ -52,9 +52,9 @@ def test_best_checkpoint_is_chosen_on_val_and_tested_once(cli, tmp_path):
     assert torch.load(best, weights_only=False)["epoch"] == 1
     test = _summary(run_dir)["test"]
     assert test["checkpoint"] == str(best) and test["selected_on"] == "val"
-    on_test = evaluate(best, {}, accelerator="cpu")
+    on_test, _ = evaluate(best, {}, accelerator="cpu")
     assert on_test["test/top1_err"] == pytest.approx(test["metrics"]["test/top1_err"], abs=1e-6)
-    last = evaluate(run_dir / "checkpoints" / "last.ckpt", {}, accelerator="cpu")
+    last, _ = evaluate(run_dir / "checkpoints" / "last.ckpt", {}, accelerator="cpu")
     assert last["test/top1_err"] != pytest.approx(on_test["test/top1_err"], abs=1e-9)  # another model was tested
 
 

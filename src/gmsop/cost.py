@@ -9,9 +9,11 @@ from gmsop.analysis import cost as room
 from gmsop.analysis.cost import PAPER_DIR, describe, experiment_cost, markdown_table, measured_rates
 from gmsop.errors import exit_on_user_error
 from gmsop.run.compose import compose_train
+from gmsop.stop_signals import stop_signals_end
 
 
 @exit_on_user_error
+@stop_signals_end("the cost estimate")
 def main() -> None:
     p = argparse.ArgumentParser(description=room.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper/imagenet64_resnet18_gap")

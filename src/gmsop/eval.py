@@ -21,25 +21,25 @@ from gmsop.paths import CONFIG_DIR, write_text_atomic
 from gmsop.run.compose import register_configs, run_entry_point
 from gmsop.run.evaluate import evaluate
 from gmsop.run.noise import quiet_known_noise
+from gmsop.stop_signals import stop_signals_end, stop_signals_wait
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 @exit_on_user_error
+@stop_signals_end("the evaluation")
 def main(cfg: DictConfig) -> None:
     quiet_known_noise()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = evaluate(
-        Path(cfg.ckpt_path).expanduser(),
-        OmegaConf.to_container(cfg.data),
-        cfg.accelerator,
-        cfg.devices,
-        cfg.split,
-        out_dir / PREDICTIONS_FILE,
+    metrics, predictions = evaluate(
+        Path(cfg.ckpt_path).expanduser(), OmegaConf.to_container(cfg.data), cfg.accelerator, cfg.devices, cfg.split
     )
     record = {"ckpt_path": cfg.ckpt_path, "split": cfg.split, **metrics}
-    write_text_atomic(out_dir / "metrics.json", json.dumps(record, indent=2))
+    with stop_signals_wait():  # both files or neither
+        if predictions is not None:
+            predictions.save(out_dir / PREDICTIONS_FILE)
+        write_text_atomic(out_dir / "metrics.json", json.dumps(record, indent=2))
     print(f"metrics written to {out_dir / 'metrics.json'}")
 
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 from gmsop.analysis.export import export_backbone
 from gmsop.errors import exit_on_user_error
+from gmsop.stop_signals import stop_signals_end
 
 
 @exit_on_user_error
+@stop_signals_end("the export")
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="a gmsop checkpoint (e.g. RUN/checkpoints/best.ckpt)")

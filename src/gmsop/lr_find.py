@@ -11,9 +11,11 @@ from pathlib import Path
 from gmsop.errors import exit_on_user_error
 from gmsop.run import lr_find as room
 from gmsop.run.lr_find import find_lr
+from gmsop.stop_signals import stop_signals_end
 
 
 @exit_on_user_error
+@stop_signals_end("the learning-rate finder")
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n", 1)[0] + "\n\n" + room.__doc__,

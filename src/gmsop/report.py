@@ -8,9 +8,11 @@ from pathlib import Path
 from gmsop.analysis import report as room
 from gmsop.analysis.report import report
 from gmsop.errors import exit_on_user_error
+from gmsop.stop_signals import stop_signals_end
 
 
 @exit_on_user_error
+@stop_signals_end("the report")
 def main() -> None:
     p = argparse.ArgumentParser(description=room.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, help="an ablation/multirun folder or a single run folder")

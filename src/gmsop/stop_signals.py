@@ -23,10 +23,13 @@ whichever run is going on by then.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import mmap
 import os
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from torch.utils.data import DataLoader
@@ -111,3 +114,62 @@ class StopSignalSafeLoader(DataLoader):
         if not isinstance(init, _LoaderProcessInit):  # (Lightning may rebuild a loader from its arguments)
             init = _LoaderProcessInit(rank, init)
         super().__init__(*args, worker_init_fn=init, **kwargs)
+
+
+class Stopped(BaseException):
+    """A stop signal ended a command that has nothing to save (evaluation, export, the finder, a
+    report): raised at once from the signal handler, so nothing after it is written. A
+    BaseException, like KeyboardInterrupt: no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signal.Signals(signum)
+        self.exit_code = 128 + int(signum)
+        super().__init__(self.signal.name)
+
+
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def stop_signals_end(
+    what: str, left: str = "nothing of it was written"
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a command's main: while it runs, SIGTERM, SIGINT or SIGHUP (to it, or to one of its
+    loader processes, which pass it on) raise Stopped at once; the command then says on stderr that
+    `what` was stopped and what is `left`, and exits 128 + the signal's number (as gmsop.train does).
+    Files are written atomically (gmsop.paths), so none is left half written, and temporary folders
+    are removed on the way out. Lightning composes its own SIGTERM handler with this one (it only
+    notes the signal), so the stop is immediate inside a Trainer too."""
+
+    def decorate(main: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(main)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            def stop(signum: int, frame: Any = None) -> None:
+                raise Stopped(signum)
+
+            previous = {s: signal.signal(s, stop) for s in ENDING_SIGNALS}
+            stop_forwarding = take_forwarded_signals(lambda s: stop(s) if s in ENDING_SIGNALS else None)
+            try:
+                return main(*args, **kwargs)
+            except Stopped as e:
+                said = f"\nstopped by {e.signal.name}: {what} did not finish; {left}"
+                print(said, file=sys.stderr)
+                sys.exit(e.exit_code)
+            finally:
+                stop_forwarding()
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+
+        return wrapper
+
+    return decorate
+
+
+@contextlib.contextmanager
+def stop_signals_wait() -> Iterator[None]:
+    """Hold the stop signals back for a short section that must not be cut (writing a command's
+    result files: all or none); one that came meanwhile is acted on when it ends."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, ENDING_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, ENDING_SIGNALS)

@@ -12,10 +12,12 @@ from gmsop import sweeps
 from gmsop.errors import exit_on_user_error
 from gmsop.run.loggers import own_wandb_service
 from gmsop.run.training import RunInterrupted
+from gmsop.stop_signals import stop_signals_end
 from gmsop.sweeps.study import PRUNERS, run_sweep
 
 
 @exit_on_user_error
+@stop_signals_end("the sweep", "its finished trials are kept; run the command again to continue")
 def main() -> None:
     own_wandb_service()
     p = argparse.ArgumentParser(description=sweeps.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -10,6 +10,7 @@ import lightning as L
 from gmsop.data import build_datamodule
 from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.models.factory import weights_from_checkpoint
+from gmsop.models.predictions import Predictions
 from gmsop.registry import ConfigError
 from gmsop.run.build import normalise_like_the_weights
 from gmsop.run_folder import CheckpointError, read_checkpoint
@@ -23,10 +24,9 @@ def evaluate(
     accelerator: str = "auto",
     devices=1,
     split: str = "test",
-    predictions_to: Optional[Path] = None,
-) -> dict[str, float]:
-    """Evaluate a checkpoint on its data set's test split (or its val hold-out); return the metrics.
-    On the test split, `predictions_to` receives the per-image predictions.
+) -> tuple[dict[str, float], Optional[Predictions]]:
+    """Evaluate a checkpoint on its data set's test split (or its val hold-out); return the metrics
+    and, on the test split, the per-image predictions (None on val). Nothing is written.
 
     Refuses (CheckpointError, naming the file) a file that is not a gmsop checkpoint, and data
     whose class count or channel count differs from what the model was trained for.
@@ -56,8 +56,8 @@ def evaluate(
     trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False)
     if split == "val":
         (metrics,) = trainer.validate(model, datamodule=datamodule)
+        predictions = None
     else:
         (metrics,) = trainer.test(model, datamodule=datamodule)
-        if predictions_to is not None and trainer.is_global_zero:
-            model.test_predictions.save(predictions_to)
-    return {k: float(v) for k, v in metrics.items()}
+        predictions = model.test_predictions
+    return {k: float(v) for k, v in metrics.items()}, predictions
