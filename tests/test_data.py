@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import struct
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,11 +211,69 @@ def test_imagefolder_refuses_empty_class_folders_one_class_and_unreadable_images
     broken = tmp_path / "corrupt" / "dog" / "17.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     cfg = {"name": "imagefolder", "root": str(tmp_path / "corrupt"), "num_workers": 0, "stats_sample": 4}
-    with pytest.raises(MissingDataError, match=r"1 unreadable image\(s\) under .*\n  .*dog/17.png"):
+    with pytest.raises(MissingDataError, match=r"1 unreadable image\(s\) among the images under .*\n  .*dog/17.png"):
         build_datamodule(cfg).setup()  # found before training, though not in the 4-image statistics sample
     dm = build_datamodule({**cfg, "verify_images": False})
     dm.setup()
     index = [i for i, (path, _) in enumerate(dm._train.samples + dm._val.samples) if path == str(broken)][0]
     ds, i = (dm._train, index) if index < len(dm._train) else (dm._val, index - len(dm._train))
-    with pytest.raises(MissingDataError, match=r"cannot read image .*dog/17.png"):
+    one_named = r"1 unreadable image\(s\) among the \d+ images of this split:\n  .*17.png"
+    with pytest.raises(MissingDataError, match=one_named):
         ds[i]  # unchecked, it is still named when read
+
+
+def _write_16bit(path: Path, value: int, rng: np.random.Generator, size: int = 12) -> None:
+    pixels = np.clip(value + rng.normal(0, 1500, (size, size)), 0, 65535).astype(np.uint16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)  # mode I;16
+
+
+def test_deep_images_are_scaled_from_their_range_not_clipped(tmp_path):
+    from gmsop.data.image_files import in_mode
+
+    rng = np.random.default_rng(0)
+    _write_16bit(tmp_path / "a.png", 30000, rng)
+    with Image.open(tmp_path / "a.png") as img:
+        assert img.mode == "I;16"
+        rgb = np.asarray(in_mode(img, "RGB", "a.png"))
+        assert img.convert("RGB").getextrema()[0][0] == 255  # (what PIL's own convert does: white)
+    assert abs(rgb.mean() - 30000 * 255 / 65535) < 3 and rgb.std() > 1  # scaled, the variation kept
+    floats = Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32))  # mode F, in [0, 1]
+    assert np.asarray(in_mode(floats, "L", "f.tif")).tolist() == [[128] * 4] * 4
+    with pytest.raises(ValueError, match=r"big.tif: mode F with values from 0 to 300; only 0 to 1 can be read"):
+        in_mode(Image.fromarray(np.array([[0.0, 300.0]], dtype=np.float32)), "L", "big.tif")
+
+
+def test_every_unreadable_image_is_listed_in_one_error_when_one_is_read(tmp_path):
+    _image_tree(tmp_path / "two_bad", per_class=10)
+    for name in ("cat/1.png", "dog/3.png"):
+        good = (tmp_path / "two_bad" / name).read_bytes()
+        (tmp_path / "two_bad" / name).write_bytes(good[: len(good) // 2])  # truncated: verify() does not see it
+    cfg = {"name": "imagefolder", "root": str(tmp_path / "two_bad"), "num_workers": 0, "stats_sample": 2}
+    with pytest.raises(MissingDataError, match=r"2 unreadable image\(s\) among the images under"):
+        build_datamodule(cfg).setup()  # checked before training: both named
+    dm = build_datamodule({**cfg, "verify_images": False})
+    dm.setup()  # unchecked: found when one is read, and then every one is named
+    with pytest.raises(MissingDataError, match=r"2 unreadable image\(s\) among .*\n  .*cat/1.png .*\n  .*dog/3.png"):
+        for i in range(len(dm._train)):
+            dm._train[i]
+        for i in range(len(dm._val)):
+            dm._val[i]
+
+
+@pytest.mark.slow
+def test_a_folder_of_16_bit_images_whose_classes_differ_only_in_intensity_trains(tmp_path):
+    """Clipped to 255 (PIL's convert), both classes were white and training stayed at chance."""
+    from gmsop.run.training import run_training
+    from tests.test_config import compose_train
+
+    rng = np.random.default_rng(1)
+    for i in range(60):
+        _write_16bit(tmp_path / "deep" / ("dim" if i % 2 else "bright") / f"{i}.png", 20000 if i % 2 else 45000, rng)
+    cfg = compose_train(
+        "head=gap", "data=imagefolder", f"data.root={tmp_path / 'deep'}", "data.image_size=16", "data.num_workers=0",
+        "data.batch_size=8", "data.val_size=12", "trainer.max_epochs=4", "trainer.enable_progress_bar=false",
+        "logger=no_wandb", "optim.lr=0.4", f"runs_dir={tmp_path / 'runs'}",
+    )  # fmt: skip
+    result = run_training(cfg, tmp_path / "run")
+    assert result.best["val/top1_err"] <= 0.1, result.best

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import Optional
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
@@ -61,18 +62,56 @@ class ImageFiles(SeededPerSample):
         path, label = self.samples[i]
         try:
             with Image.open(path) as img:
-                return self.pipeline(img.convert(self.mode)), label
+                return self.pipeline(in_mode(img, self.mode, path)), label
         except (OSError, SyntaxError, ValueError) as e:
-            raise MissingDataError(f"cannot read image {path}: {e}; remove or replace the file") from None
+            bad = unreadable_images([p for p, _ in self.samples], decode=True)
+            raise MissingDataError(
+                unreadable_message(bad or [(path, str(e))], f"the {len(self.samples)} images of this split")
+            ) from None
 
 
-def unreadable_images(paths: list[str]) -> list[tuple[str, str]]:
-    """(path, reason) for every file that PIL cannot open and verify (header and structure; fast)."""
+# Modes with more than 8 bits a sample, and the top of their range: PIL's convert() clips these to
+# 255 (a 16-bit image turns white), so they are scaled to 8 bits here ("I": PIL's mode for 16-bit
+# PNGs in some versions, 32-bit integers in general; read when its values fit 16 bits).
+DEEP_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def in_mode(img: Image.Image, mode: str, path: str) -> Image.Image:
+    """`img` converted to `mode` ("L" or "RGB") as its user sees it: images deeper than 8 bits
+    (16-bit, 32-bit integer, float) are scaled from their range (0-65535; float 0-1) to 0-255,
+    not clipped; values outside that range are refused naming the file and mode."""
+    top = DEEP_MODES.get(img.mode)
+    if top is None:
+        return img.convert(mode)
+    values = np.asarray(img, dtype=np.float64)
+    low, high = float(values.min(initial=0)), float(values.max(initial=0))
+    if low < 0 or high > top:
+        raise ValueError(
+            f"{path}: mode {img.mode} with values from {low:g} to {high:g}; only 0 to {top:g} can be read "
+            f"as an image's intensity (save it as 8- or 16-bit, or scale it to that range)"
+        )
+    eight_bit = Image.fromarray(np.round(values * (255.0 / top)).astype(np.uint8), "L")
+    return eight_bit.convert(mode)
+
+
+def unreadable_message(bad: list[tuple[str, str]], where: str) -> str:
+    """One error for every unreadable file found: the count and the first ten, each with its reason."""
+    listed = "\n  ".join(f"{p} ({why})" for p, why in bad[:10])
+    more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return f"{len(bad)} unreadable image(s) among {where}:\n  {listed}{more}\nremove or replace them"
+
+
+def unreadable_images(paths: list[str], decode: bool = False) -> list[tuple[str, str]]:
+    """(path, reason) for every file that PIL cannot open and verify (header and structure; fast),
+    or with `decode`, also decode whole and read as an image (slower: what a truncated file fails)."""
 
     def check(path: str):
         try:
             with Image.open(path) as img:
-                img.verify()
+                if decode:
+                    in_mode(img, "RGB", path)
+                else:
+                    img.verify()
             return None
         except Exception as e:  # PIL raises many types for bad files
             return path, f"{type(e).__name__}: {e}"
@@ -117,11 +156,9 @@ class ImageFilesDataModule(ImageDataModule):
         if self.verify_images:
             bad = unreadable_images([path for path, _ in pool + test])
             if bad:
-                listed = "\n  ".join(f"{p} ({why})" for p, why in bad[:10])
-                more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
                 raise MissingDataError(
-                    f"{len(bad)} unreadable image(s) under {self.where()}:\n  {listed}{more}\n"
-                    "remove or replace them (or data.verify_images=false to find them while training)"
+                    unreadable_message(bad, f"the images under {self.where()}")
+                    + " (or data.verify_images=false to find them while training)"
                 )
         mode = "L" if self.num_channels == 1 else "RGB"
         eval_pipeline = decode_pipeline(self.image_size, self.crop, training=False)
