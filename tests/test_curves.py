@@ -131,3 +131,15 @@ def test_best_epoch_is_the_lowest_validation_error_earliest_on_ties():
     }  # not validated
     assert best_epoch(curves) == {"epoch": 1, "val/top1_err": 0.25, "val/top5_err": 0.1, "val/loss": 0.9}
     assert best_epoch({0: {"train/loss": 1.0}}) is None and best_epoch({}) is None
+
+
+def test_a_continued_log_keeps_the_row_at_exactly_the_checkpoints_step(tmp_path):
+    """A validation row sits at the step of the checkpoint saved after it: the resumed run must keep it
+    (and drop what came after)."""
+    from gmsop.run_folder import rows_up_to
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss_step,val/top1_err\n0,4,1.5,\n0,7,,0.5\n1,8,1.2,\n")
+    header, rows = rows_up_to(path, 7)
+    assert header == ["epoch", "step", "train/loss_step", "val/top1_err"]
+    assert [(r["step"], r["val/top1_err"]) for r in rows] == [("4", ""), ("7", "0.5")]

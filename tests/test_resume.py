@@ -15,6 +15,7 @@ from gmsop.models.classifier import SecondOrderClassifier
 from gmsop.run.evaluate import evaluate
 from gmsop.run.resume import ResumeError, check_compatible, plan_resume
 from gmsop.run_folder import CheckpointError, RunFolderError, RunLock, read_checkpoint
+from tests.conftest import run_cli
 from tests.test_data import _image_tree
 
 MODEL = {
@@ -327,3 +328,19 @@ def test_the_plan_is_made_once_by_rank_zero_and_launched_processes_take_it_whole
     with pytest.raises(RunFolderError, match="already holds a run"):  # refused: its lock is released
         open_plan(None, old, tmp_path / "runs", rank_zero=True)
     assert not is_locked(old)
+
+
+def test_a_lock_file_left_by_a_killed_run_stays_when_a_process_refuses_its_input(tmp_path):
+    """Only the process that made .run.lock removes it: a process that stopped on bad input removed an
+    (empty) lock file a killed run had left, and the folder then looked fresh."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / ".run.lock").touch()  # a run killed between making its lock file and writing its pid
+    proc = run_cli(
+        "gmsop.train", f"hydra.run.dir={folder}", f"trainer.resume={tmp_path / 'missing'}",
+        f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (folder / ".run.lock").exists()
+    with RunLock(folder, "train a run in it") as lock, pytest.raises(RunFolderError, match="already holds a run"):
+        plan_resume(None, folder, tmp_path / "runs", lock)

@@ -31,7 +31,12 @@ class RunLock:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
-        self._fd: Optional[int] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # whether this process makes the file: only then may it remove it (release(forget=True))
+            self._fd: Optional[int] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            self.created = True
+        except FileExistsError:
+            self._fd = os.open(path, os.O_RDWR)
+            self.created = False
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -53,8 +58,9 @@ class RunLock:
 
     def release(self, forget: bool = False) -> None:
         """Unlock; `forget`: also remove the lock file if this process made it (a process that
-        stopped on bad input before writing anything leaves no trace of a run)."""
-        if forget and self._fd is not None and not self.previous_holder:
+        stopped on bad input before writing anything leaves no trace of a run; a lock file that was
+        there before, left by a run that was killed, stays: the folder holds that run)."""
+        if forget and self._fd is not None and self.created:
             (self.folder / LOCK_FILE).unlink(missing_ok=True)
         if self._fd is not None:
             release_lock_descriptor(self._fd)  # closing the descriptor drops the flock
@@ -84,12 +90,12 @@ def is_locked(folder: Path) -> bool:
 
 def run_traces(folder: Path, lock: Optional[RunLock] = None) -> list[str]:
     """What in folder shows a training ran there: checkpoints, RUN_TRACES, and (given the lock this
-    process took on it) a lock file another process held before."""
+    process took on it) a lock file another process made."""
     folder = Path(folder)
     found = [str(p.relative_to(folder)) for p in checkpoint_files(folder)]
     found += [name for name in RUN_TRACES if (folder / name).is_file()]
-    if lock is not None and lock.folder == folder and lock.previous_holder:
-        found.append(f"{LOCK_FILE} ({lock.previous_holder})")
+    if lock is not None and lock.folder == folder and not lock.created:
+        found.append(f"{LOCK_FILE} ({lock.previous_holder or 'made by a process that stopped before writing to it'})")
     return found
 
 
