@@ -217,3 +217,13 @@ def test_debug_presets_run_through_the_whole_pipeline(cli, tmp_path, debug):
     assert summary["status"] == "finished"
     if debug == "overfit":  # the same 2 batches every epoch: learnt by heart
         assert summary["metrics"]["train/top1_err"] < 0.2, summary["metrics"]
+
+
+def test_keys_an_entry_point_does_not_use_are_refused_by_name(cli, tmp_path):
+    """`+key=value` adds a key no schema declares: it was accepted and ignored (e.g. gmsop.eval
+    +head.name=isqrt evaluated the checkpoint's own head)."""
+    proc = cli("gmsop.eval", "ckpt_path=missing.ckpt", "+head.name=isqrt")
+    assert proc.returncode == 2 and "gmsop.eval does not use head" in proc.stderr, proc.stderr[-2000:]
+    proc = cli("gmsop.train", "+trainer.max_epoch=3", "+seeds=2")
+    assert proc.returncode == 2 and "training does not use trainer.max_epoch, seeds" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ckpt"))

@@ -7,12 +7,14 @@ own keys against its constructor signature (see `gmsop.registry`).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import typing
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional, Union
 
 import lightning as L
+from omegaconf import OmegaConf
 
 from gmsop.registry import ConfigError
 
@@ -183,3 +185,32 @@ def run_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip() or "/" in name or name in (".", ".."):
         raise ConfigError(f"name={name!r}: give a non-empty experiment name without '/' (it names runs_dir/NAME)")
     return name
+
+
+def unknown_keys(cfg: Any, schema: type, path: str = "") -> list[str]:
+    """The keys of `cfg` (a composed config) that `schema` (a dataclass) does not declare, as dotted
+    paths, looking into the sections that are dataclasses themselves. Hydra's `+key=value` adds a key
+    that no schema declares, and nothing would read it."""
+    fields = {f.name: f.type for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    found = []
+    for key in cfg.keys():
+        where = f"{path}{key}"
+        if key not in fields:
+            found.append(where)
+            continue
+        section = cfg[key] if not OmegaConf.is_missing(cfg, key) else None
+        if dataclasses.is_dataclass(hints.get(key)) and OmegaConf.is_dict(section):
+            found += unknown_keys(section, hints[key], f"{where}.")
+    return found
+
+
+def check_known_keys(cfg: Any, schema: type, command: str) -> None:
+    """Refuse (ConfigError) keys that `command` does not use, naming them."""
+    unknown = unknown_keys(cfg, schema)
+    if unknown:
+        allowed = ", ".join(f.name for f in dataclasses.fields(schema))
+        raise ConfigError(
+            f"{command} does not use {', '.join(unknown)} (added with '+'?); nothing would read "
+            f"{'it' if len(unknown) == 1 else 'them'}. Its top-level keys: {allowed}"
+        )

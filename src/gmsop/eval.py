@@ -15,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from gmsop.config import EvalConfig, check_known_keys
 from gmsop.errors import exit_on_user_error
 from gmsop.models.predictions import PREDICTIONS_FILE
 from gmsop.paths import CONFIG_DIR, write_text_atomic
@@ -30,6 +31,7 @@ register_configs()
 @exit_on_user_error
 @stop_signals_end("the evaluation")
 def main(cfg: DictConfig) -> None:
+    check_known_keys(cfg, EvalConfig, "gmsop.eval")
     quiet_known_noise()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     metrics, predictions = evaluate(

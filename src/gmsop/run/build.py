@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gmsop.config import TrainConfig, check_known_keys
 from gmsop.data import ImageDataModule, build_datamodule
 from gmsop.data.base import split_global_batch
 from gmsop.models.classifier import SecondOrderClassifier
@@ -19,6 +20,7 @@ from gmsop.registry import ConfigError
 def build_run(cfg: DictConfig) -> tuple[dict[str, Any], ImageDataModule, SecondOrderClassifier]:
     """cfg resolved to plain containers, its data module and its model (seeded first: the model's
     initial weights follow cfg.seed); config, data and model errors surface here, before any file."""
+    check_known_keys(cfg, TrainConfig, "training")
     L.seed_everything(cfg.seed, workers=True)
     container = OmegaConf.to_container(cfg, resolve=True)
     datamodule = build_datamodule(container["data"])
