@@ -195,3 +195,19 @@ def test_backbone_warm_up_trains_only_head_and_classifier_then_everything(tmp_pa
     assert not any(k.startswith("model.stem.") for k in changed)  # freeze_stages=1: the stem, for good
     with pytest.raises(ConfigError, match=r"model.freeze_backbone_epochs=-1; allowed: >= 0"):
         SecondOrderClassifier({"backbone": "resnet18_64", "freeze_backbone_epochs": -1}, {"name": "gap"}, SGD, 10, 1)
+
+
+def test_a_head_whose_covariance_the_map_cannot_fill_is_warned_of_before_training():
+    """data.image_size=7: a 2 x 2 map for a 128-channel covariance (rank 3) trained without a word."""
+    import warnings
+
+    from gmsop.run.build import build_run
+    from tests.test_config import compose_train
+
+    with pytest.warns(UserWarning, match=r"rank is at most 3 of 128\. data.image_size=48 or more gives a 12 x 12"):
+        _, _, model = build_run(compose_train("head=isqrt", "data.image_size=7"))
+    assert model.feature_map == (128, 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        build_run(compose_train("head=gap", "data.image_size=7"))  # first-order: nothing to warn of
+        build_run(compose_train("head=isqrt", "head.reduce_dim=32"))  # 8 x 8 = 64 positions > 32 channels

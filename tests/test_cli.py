@@ -48,6 +48,8 @@ def test_two_epochs_on_digits_learn_and_log_everything(cli, tmp_path):
     err = summary["metrics"]["val/top1_err"]
     assert err < FAR_BELOW_CHANCE, f"val top-1 error {err} after 2 epochs (chance is 0.9)"
     assert summary["epochs"] == 2 and summary["feature_dim"] == 2080
+    assert summary["feature_map"] == [128, 4, 4]  # (the map is named, and a 64-channel covariance of 16
+    assert "data.image_size=36 or more gives a 9 x 9 map and full rank" in proc.stderr  # positions warned of)
     assert summary["metrics"]["train_images_per_s"] > 0  # ThroughputMonitor, over the whole run
     assert summary["input_normalisation"] == "data"  # no pretrained weights: the data set's own mean/std
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()

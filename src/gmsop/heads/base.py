@@ -57,6 +57,14 @@ class PoolingHead(nn.Module, ABC):
     second_order: bool = False
     classifier_bn: bool = False
     num_components: int = 0  # components a gated head routes images to (its HeadOutput.routing); 0: none
+    covariance_channels: Optional[int] = None  # the channels of the covariance it pools (second-order heads)
+
+    def largest_covariance(self) -> Optional[int]:
+        """The channels of the largest covariance this head or a head inside it (a mixture's
+        components, its gate's pooling) takes; None for first-order heads. A covariance of M positions
+        has rank at most M - 1: below that many channels plus one, the map is too small for it."""
+        sizes = [m.covariance_channels for m in self.modules() if isinstance(m, PoolingHead) and m.covariance_channels]
+        return max(sizes, default=None)
 
     @abstractmethod
     def pool(self, x: torch.Tensor) -> torch.Tensor | HeadOutput:

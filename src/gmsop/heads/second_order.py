@@ -39,6 +39,7 @@ class CovarianceHead(PoolingHead):
     def __init__(self, in_channels: int, reduce_dim: Optional[int] = None) -> None:
         super().__init__()
         self.reduce, self.channels = channel_reduction(in_channels, reduce_dim)
+        self.covariance_channels = self.channels
         self.out_dim = ops.triu_dim(self.channels)
 
     def normalise(self, s: torch.Tensor) -> torch.Tensor:

@@ -87,6 +87,7 @@ class SecondOrderClassifier(L.LightningModule):
             if model[key] < 0:
                 raise ConfigError(f"model.{key}={model[key]}; allowed: >= 0")
         self.channels_last = model["channels_last"]
+        self.feature_map: Optional[tuple[int, ...]] = None  # the backbone's (C, H, W), set by run.build
         self.lr_used: Optional[LearningRate] = (
             None  # set by configure_optimizers: the rate and how it follows from optim.lr
         )

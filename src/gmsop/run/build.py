@@ -4,6 +4,8 @@ learning-rate finder build runs here."""
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import lightning as L
@@ -45,6 +47,8 @@ def check_input_size(model: SecondOrderClassifier, datamodule: ImageDataModule) 
     size = datamodule.image_size
     x = torch.zeros(2, datamodule.num_channels, size, size)
     was_training = model.training
+    seen = []
+    hook = model.backbone.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape[1:])))
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             model.eval()(x)
@@ -56,7 +60,45 @@ def check_input_size(model: SecondOrderClassifier, datamodule: ImageDataModule) 
             f"model.backbone_kwargs.img_size={size})"
         ) from None
     finally:
+        hook.remove()
         model.train(was_training)
+    model.feature_map = seen[0] if seen else None  # (C, H, W): recorded in summary.json
+    if model.feature_map is not None:
+        warn_if_map_too_small(model, size)
+
+
+def warn_if_map_too_small(model: SecondOrderClassifier, image_size: int) -> None:
+    """Warn before training when the backbone's map has too few positions for the head's covariance:
+    M positions give a covariance of rank at most M - 1, so a C x C covariance from fewer than C + 1
+    positions is rank-deficient (an 8,256-d iSQRT vector from a 2 x 2 map carries at most 3 directions).
+    Says which data.image_size gives full rank at the backbone's stride."""
+    channels = model.head.largest_covariance()
+    _, height, width = model.feature_map
+    positions = height * width
+    if channels is None or positions - 1 >= channels:
+        return
+    stride = _stride(model, image_size)
+    side = math.ceil(math.sqrt(channels + 1))
+    warnings.warn(
+        f"head {model.head_name!r} pools a {channels}-channel covariance from a {height} x {width} map "
+        f"({positions} positions, at data.image_size={image_size}): its rank is at most {positions - 1} of "
+        f"{channels}. data.image_size={math.ceil(side * stride)} or more gives a {side} x {side} map and full rank",
+        stacklevel=2,
+    )
+
+
+def _stride(model: SecondOrderClassifier, image_size: int) -> float:
+    """The backbone's input pixels per map position, measured on a larger probe image (on a small
+    one, padding and rounding blur it)."""
+    probe = max(64, 4 * image_size)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            was_training = model.training
+            width = model.eval().backbone(torch.zeros(1, model.hparams["in_chans"], probe, probe)).shape[-1]
+            model.train(was_training)
+        return probe / width
+    except (AssertionError, RuntimeError, ValueError):  # a backbone that takes one input size only
+        return image_size / model.feature_map[-1]
 
 
 def normalise_like_the_weights(model: SecondOrderClassifier, datamodule: ImageDataModule) -> None:

@@ -282,6 +282,7 @@ def _summary_fields(cfg, container, datamodule, model, trainer) -> dict[str, Any
         "data": container["data"]["name"],
         "params": sum(p.numel() for p in model.parameters()),
         "feature_dim": model.head.out_dim,
+        "feature_map": list(model.feature_map or []),  # the backbone's (C, H, W) at image_size
         "input_normalisation": datamodule.normalisation_source,  # whose mean/std: weights or data
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
