@@ -758,3 +758,22 @@ def test_a_full_disk_names_the_cause_once_says_what_is_intact_and_the_run_resume
     result = run_training(compose_train(*common), run_dir)
     assert _summary(run_dir)["status"] == "finished" and _summary(run_dir)["global_step"] == STEPS_PER_EPOCH
     assert result.metrics["val/top1_err"] >= 0
+
+
+@pytest.mark.slow
+def test_a_resume_at_another_learning_rate_is_refused_by_its_keys(tmp_path):
+    """A resume with another data.batch_size under trainer.resume_allow_changes=true logged and recorded
+    the new rate (optim.lr scaled to the batch) while the optimiser went on at the checkpoint's; a
+    changed trainer.accumulate_grad_batches (the global batch too) was not even compared."""
+    run = tmp_path / "run"
+    _ok(_train(tmp_path, *SHORT, "trainer.max_epochs=1", f"hydra.run.dir={run}"))
+    for change, named in (
+        (("data.batch_size=32", "trainer.resume_allow_changes=true"), "data.batch_size=32 (was 64)"),
+        (("trainer.accumulate_grad_batches=2",), "trainer.accumulate_grad_batches=2 (was 1)"),
+    ):
+        proc = _train(tmp_path, *SHORT, "trainer.max_epochs=2", f"trainer.resume={run}", *change)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "cannot resume" in proc.stderr and "at another learning rate" in proc.stderr and named in proc.stderr
+    resumed = _train(tmp_path, *SHORT, "trainer.max_epochs=2", f"trainer.resume={run}", "optim.lr=0.05",
+                     "data.batch_size=128", "trainer.resume_allow_changes=true")  # fmt: skip
+    _ok(resumed)  # the same rate at another batch: 0.05 x 128 / 256 = 0.1 x 64 / 256

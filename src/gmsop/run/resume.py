@@ -17,6 +17,7 @@ time is a fork and gets a W&B run of its own, so two diverging histories never s
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import string
@@ -32,6 +33,8 @@ from gmsop.data import DATA
 from gmsop.errors import UserError
 from gmsop.heads import HEADS
 from gmsop.models.classifier import classifier_bn
+from gmsop.models.learning_rate import LearningRate, learning_rate
+from gmsop.models.optimisation import complete_optim
 from gmsop.registry import ConfigError, Registry, complete
 from gmsop.run_folder import (
     LAST_CKPT,
@@ -315,3 +318,54 @@ def check_weights_fit(plan: ResumePlan, model: torch.nn.Module) -> None:
     if problems:
         listed = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
         raise CheckpointError(f"the weights in {plan.ckpt} do not fit this model:\n  {listed}")
+
+
+RATE_KEYS = (
+    "optim.lr",
+    "optim.lr_reference_batch",
+    "optim.lr_scaling",
+    "data.batch_size",
+    "trainer.accumulate_grad_batches",
+)
+
+
+def check_rate_unchanged(plan: ResumePlan, current: Mapping[str, Any]) -> None:
+    """Refuse (CheckpointError) to resume at another learning rate than the checkpoint trained at,
+    naming the keys that changed it (a changed global batch scales optim.lr), even with
+    trainer.resume_allow_changes: the optimiser and schedule come back with the checkpoint's rate, so
+    the run trained at the old one while it logged and recorded the new one. `current`: the run's
+    config as plain containers. Checkpoints that do not record their config are not checked."""
+    if plan.checkpoint is None or not isinstance(plan.checkpoint.get(RECORD_KEY), Mapping):
+        return
+    saved = plan.checkpoint[RECORD_KEY].get("config")
+    if not isinstance(saved, Mapping) or not {"optim", "data", "trainer"} <= set(saved):
+        return
+    before, now = _rate_of(saved), _rate_of(current)
+    if math.isclose(before.rate, now.rate, rel_tol=1e-12):
+        return
+    changed = [key for key in RATE_KEYS if _value(saved, key) != _value(current, key)]
+    raise CheckpointError(
+        f"cannot resume {plan.ckpt} at another learning rate: it trained at {before.rate:.4g} "
+        f"(global batch {before.global_batch}), this config gives {now.rate:.4g} (global batch {now.global_batch}); "
+        f"changed: {', '.join(f'{k}={_value(current, k)} (was {_value(saved, k)})' for k in changed)}. The optimiser "
+        f"and schedule would go on at {before.rate:.4g} while the run recorded {now.rate:.4g}, so this is refused "
+        "even with trainer.resume_allow_changes. Resume with the checkpoint's values, or start a new run from its "
+        "weights (gmsop.export, then model.pretrained_file)"
+    )
+
+
+def _value(config: Mapping[str, Any], dotted: str) -> Any:
+    """A rate key's value in a run config, with the defaults of its section filled in."""
+    section, key = dotted.split(".")
+    values = config.get(section) or {}
+    if section == "data":
+        values = _with_defaults(DATA, values)
+    elif section == "optim":
+        values = complete_optim(values)
+    value = values.get(key)
+    return 1 if value is None and dotted == "trainer.accumulate_grad_batches" else value
+
+
+def _rate_of(config: Mapping[str, Any]) -> LearningRate:
+    global_batch = int(_value(config, "data.batch_size")) * int(_value(config, "trainer.accumulate_grad_batches"))
+    return learning_rate(complete_optim(config["optim"]), global_batch)

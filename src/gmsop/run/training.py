@@ -34,6 +34,7 @@ from gmsop.run.noise import quiet_known_noise
 from gmsop.run.resume import (
     ResumePlan,
     check_compatible,
+    check_rate_unchanged,
     check_schedule_length,
     check_weights_fit,
     open_plan,
@@ -98,6 +99,7 @@ def run_training(
     written = False
     try:
         changed = check_compatible(plan, model.hparams, cfg.trainer.resume_allow_changes)
+        check_rate_unchanged(plan, container)
         check_weights_fit(plan, model)
         if container["optim"]["scheduler"] == "cosine":
             check_schedule_length(plan, cfg.trainer.max_epochs)
