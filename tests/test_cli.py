@@ -229,3 +229,26 @@ def test_keys_an_entry_point_does_not_use_are_refused_by_name(cli, tmp_path):
     proc = cli("gmsop.train", "+trainer.max_epoch=3", "+seeds=2")
     assert proc.returncode == 2 and "training does not use trainer.max_epoch, seeds" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_validation_counts_each_image_once_at_any_process_count(cli, tmp_path):
+    """gmsop.eval split=val on 1 and 2 CPU processes (DDP), an odd-sized val set (17): the same metrics.
+    A DistributedSampler padded the second process's share with a repeat (18 images counted), and
+    val/loss was each process's own mean."""
+    from gmsop.run.build import build_run
+    from gmsop.run_folder.checkpoints import save_checkpoint_file
+    from tests.test_config import compose_train
+
+    _, _, model = build_run(compose_train("head=gap", "data.val_size=17"))
+    ckpt = tmp_path / "model.ckpt"
+    save_checkpoint_file({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, ckpt)
+    metrics = []
+    for devices in (1, 2):
+        out = tmp_path / f"eval{devices}"
+        proc = cli("gmsop.eval", f"ckpt_path={ckpt}", "split=val", "accelerator=cpu", f"devices={devices}",
+                   f"hydra.run.dir={out}")  # fmt: skip
+        _ok(proc)
+        metrics.append(json.loads((out / "metrics.json").read_text()))
+    assert metrics[0]["val/top1_err"] * 17 == pytest.approx(round(metrics[0]["val/top1_err"] * 17), abs=1e-4)
+    for key in ("val/top1_err", "val/top5_err", "val/loss"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-6), key

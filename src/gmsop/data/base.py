@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from gmsop.data.sampling import Position, ResumableSampler, SeededPerSample
+from gmsop.data.sampling import EachOnce, Position, ResumableSampler, SeededPerSample
 from gmsop.data.splits import SELECTED_ON_TEST, SELECTED_ON_VAL, check_hold_out, stratified_hold_out
 from gmsop.registry import ConfigError, Registry, option_defaults
 from gmsop.stop_signals import StopSignalSafeLoader
@@ -219,10 +219,15 @@ class ImageDataModule(L.LightningDataModule, ABC):
         # fresh run starts the validation iterator in the sanity check, a run resumed mid-epoch (no
         # sanity check) at its first validation: the global draws, and so the random flips after
         # it, would differ from the uninterrupted run's.
+        ds = self._dataset(ds)
+        trainer = self.trainer
+        world_size = trainer.world_size if trainer else 1
         return StopSignalSafeLoader(
-            self._dataset(ds),
-            rank=self.trainer.global_rank if self.trainer else 0,
+            ds,
+            rank=trainer.global_rank if trainer else 0,
             batch_size=self.eval_batch_size,
+            # each image once over all processes (a DistributedSampler pads with repeats, which val counted)
+            sampler=EachOnce(ds, world_size, trainer.global_rank) if world_size > 1 else None,
             shuffle=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -83,3 +83,18 @@ class ResumableSampler(DistributedSampler):
         if isinstance(self.dataset, SeededPerSample):  # keys that name the epoch (see SeededPerSample)
             indices = [self.epoch * len(self.dataset) + i for i in indices]
         return iter(indices)
+
+
+class EachOnce(DistributedSampler):
+    """Evaluation order under DDP: process r of n takes images r, r + n, r + 2n, ... in order, so
+    each image is evaluated once over all processes (some take one fewer). A DistributedSampler
+    pads the last processes' shares with repeated images, which validation counted twice (17 images
+    counted as 18); a DistributedSampler subclass, so Lightning keeps it instead of wrapping it."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))  # type: ignore[arg-type]
+        self.total_size = len(dataset)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))

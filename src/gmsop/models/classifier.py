@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from gmsop.callbacks.backbone_warm_up import BackboneWarmUp
@@ -110,6 +111,9 @@ class SecondOrderClassifier(L.LightningModule):
                 for k, topk in (("top1", 1), ("top5", top_k))
             }
         )
+        # val losses as means over every image of every process (Lightning's epoch means, unsynced, were
+        # each process's own share)
+        self.val_losses = nn.ModuleDict({key: MeanMetric() for key in ("loss", "ce", "aux_loss")})
 
     @classmethod
     def load_from_checkpoint(
@@ -155,11 +159,13 @@ class SecondOrderClassifier(L.LightningModule):
         images, labels = batch
         loss, ce, logits, pooled = self.compute_loss(images, labels)
         on_step = split == "train"
-        # train/loss is the objective (with the head's aux loss); val/loss the classification loss alone
-        logged = loss if on_step else ce
-        self.log(f"{split}/loss", logged, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels))
-        self.log(f"{split}/ce", ce, on_step=on_step, on_epoch=True, batch_size=len(labels))
-        self.log(f"{split}/aux_loss", pooled.aux_loss, on_step=on_step, on_epoch=True, batch_size=len(labels))
+        if on_step:  # train/loss is the objective (with the head's aux loss); val/loss the classification loss alone
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+            self.log("train/ce", ce, on_step=True, on_epoch=True, batch_size=len(labels))
+            self.log("train/aux_loss", pooled.aux_loss, on_step=True, on_epoch=True, batch_size=len(labels))
+        else:
+            for key, value in (("loss", ce), ("ce", ce), ("aux_loss", pooled.aux_loss)):
+                self.val_losses[key].update(value.detach(), weight=len(labels))
         for key, value in pooled.stats.items():
             self.log(f"{split}/head/{key}", value, on_step=on_step, on_epoch=True, batch_size=len(labels))
         if pooled.routing is not None:
@@ -234,6 +240,10 @@ class SecondOrderClassifier(L.LightningModule):
         return ([BackboneWarmUp(epochs)] if epochs else []) + ([PreciseBatchNorm(batches)] if batches else [])
 
     def on_validation_epoch_end(self) -> None:
+        for key, mean in self.val_losses.items():
+            if mean.update_called:
+                self.log(f"val/{key}", mean.compute(), prog_bar=key == "loss", sync_dist=False)  # (already summed)
+                mean.reset()
         self._log_errors("val")
 
     def configure_optimizers(self):
