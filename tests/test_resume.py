@@ -344,3 +344,14 @@ def test_a_lock_file_left_by_a_killed_run_stays_when_a_process_refuses_its_input
     assert (folder / ".run.lock").exists()
     with RunLock(folder, "train a run in it") as lock, pytest.raises(RunFolderError, match="already holds a run"):
         plan_resume(None, folder, tmp_path / "runs", lock)
+
+
+def test_resume_naming_the_run_folder_it_writes_to_continues_in_place(tmp_path):
+    """trainer.resume=DIR hydra.run.dir=DIR was refused with "To continue that run: trainer.resume=DIR",
+    the value given."""
+    run = tmp_path / "run"
+    _checkpoint(run / "checkpoints" / "last.ckpt")
+    for resume in (str(run), str(run / "checkpoints" / "last.ckpt")):
+        with RunLock(run, "train a run in it") as lock:
+            plan = plan_resume(resume, run, tmp_path / "runs", lock)
+        assert plan.in_place and plan.ckpt == run / "checkpoints" / "last.ckpt"

@@ -168,6 +168,8 @@ def plan_resume(
                 f"trainer.resume={resume}: no checkpoint at {path / LAST_CKPT if path.is_dir() else path} "
                 "(give a .ckpt, a run folder, 'latest' or 'auto')"
             )
+    if run_folder_of(found[0]).resolve() == Path(run_dir).resolve():  # this folder's own run: continue it in place
+        return _plan(*found, in_place=True)
     require_fresh(run_dir, lock)
     return _plan(*found, in_place=False)
 
