@@ -777,3 +777,37 @@ def test_a_resume_at_another_learning_rate_is_refused_by_its_keys(tmp_path):
     resumed = _train(tmp_path, *SHORT, "trainer.max_epochs=2", f"trainer.resume={run}", "optim.lr=0.05",
                      "data.batch_size=128", "trainer.resume_allow_changes=true")  # fmt: skip
     _ok(resumed)  # the same rate at another batch: 0.05 x 128 / 256 = 0.1 x 64 / 256
+
+
+@pytest.mark.slow
+def test_a_stop_signal_as_a_finished_run_ends_leaves_exit_code_and_summary_agreeing(tmp_path):
+    """A SIGTERM that landed after training had restored the process's handlers killed it (exit 143)
+    with summary.json saying "finished"; now the finished run holds it back and exits 0."""
+    run = tmp_path / "run"
+    script = f"""
+import os, signal
+from gmsop.run.compose import compose_train
+from gmsop.run.training import run_training
+cfg = compose_train({[*SHORT, "trainer.max_epochs=1", "logger=no_wandb", f"runs_dir={tmp_path / 'runs'}"]!r})
+run_training(cfg, __import__("pathlib").Path({str(run)!r}), hold_signals_after=True)  # (as gmsop.train)
+os.kill(os.getpid(), signal.SIGTERM)  # as the run ends
+print("ended")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0 and "ended" in proc.stdout, proc.stderr[-3000:]
+    assert _summary(run)["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_unsaved_and_the_summary_names_the_step_it_resumes_from(tmp_path):
+    run = tmp_path / "run"
+    job = _start(tmp_path, *SHORT, "trainer.max_epochs=100", "trainer.checkpoint_every_n_steps=2",
+                 f"hydra.run.dir={run}")  # fmt: skip
+    last = run / "checkpoints" / "last.ckpt"
+    _wait_for(lambda: last.is_file() and _step(last) >= 3, what="a checkpoint at step 3 or later", job=job)
+    job.send_signal(signal.SIGINT)
+    job.send_signal(signal.SIGINT)  # the second press: stop at once, unsaved
+    assert job.wait(timeout=120) == 130, _output(job)[-3000:]
+    summary = _summary(run)
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGINT"
+    assert summary["global_step"] == _step(last) <= summary["stopped_at_step"]

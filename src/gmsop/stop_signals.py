@@ -168,8 +168,35 @@ def stop_signals_end(
 def stop_signals_wait() -> Iterator[None]:
     """Hold the stop signals back for a short section that must not be cut (writing a command's
     result files: all or none); one that came meanwhile is acted on when it ends."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, ENDING_SIGNALS)
+    hold_stop_signals()
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, ENDING_SIGNALS)
+        release_stop_signals()
+
+
+# While stop signals are held (hold_stop_signals): the handlers they replaced, and the signals that came.
+_held_handlers: dict[int, Any] = {}
+_held_back: list[int] = []
+
+
+def hold_stop_signals() -> None:
+    """Hold SIGTERM, SIGINT and SIGHUP back until release_stop_signals: each is only noted. (Python
+    handlers, not a signal mask: a mask is per thread, and the kernel gives a process's signal to any
+    thread that does not block it, whose default action then ends the whole process.)"""
+    if _held_handlers:
+        return
+    for signum in ENDING_SIGNALS:
+        _held_handlers[signum] = signal.signal(signum, lambda s, frame: _held_back.append(s))
+
+
+def release_stop_signals() -> None:
+    """Take the stop signals again, with the handlers they had; the first held back meanwhile is
+    raised now, to those handlers."""
+    for signum, handler in _held_handlers.items():
+        signal.signal(signum, handler)
+    _held_handlers.clear()
+    if _held_back:
+        signum = _held_back[0]
+        _held_back.clear()
+        signal.raise_signal(signum)

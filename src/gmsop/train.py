@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        result = run_training(cfg, run_dir, config_files=_config_files(cfg))
+        result = run_training(cfg, run_dir, config_files=_config_files(cfg), hold_signals_after=True)
     except RunInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
         sys.exit(e.exit_code)  # non-zero, so a scheduler sees the job did not finish

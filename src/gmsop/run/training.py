@@ -51,7 +51,7 @@ from gmsop.run_folder import (
     write_logger_id,
     write_summary,
 )
-from gmsop.stop_signals import EXIT_CODES
+from gmsop.stop_signals import EXIT_CODES, hold_stop_signals, release_stop_signals
 
 
 @dataclass
@@ -79,6 +79,7 @@ def run_training(
     run_dir: Path,
     extra_callbacks: Sequence[L.Callback] = (),
     config_files: Optional[Mapping[str, str]] = None,
+    hold_signals_after: bool = False,
 ) -> RunResult:
     """Train cfg's model on cfg's data; write checkpoints, CSV/W&B logs and summary.json to run_dir.
 
@@ -87,8 +88,12 @@ def run_training(
     resume refuses a checkpoint whose config differs. `config_files` (name -> text) are then
     saved to run_dir/.hydra/. `extra_callbacks` join the run's own (e.g. a sweep's pruning).
     Raises RunInterrupted after SIGTERM/SIGUSR1/Ctrl-C (a resumable last.ckpt is saved).
+    Stop signals that come once training has ended, while the run records how it ended, are held
+    back; a finished run with `hold_signals_after` keeps holding them (a command that then exits: its
+    exit status 0 agrees with summary.json), else they are acted on when it returns.
     """
     quiet_known_noise()
+    release_stop_signals()  # (held since an earlier run in this process finished)
     rank_zero = rank_zero_only.rank == 0
     check_logger_config(cfg.logger)
     check_run_length(cfg.trainer, cfg.optim)
@@ -114,9 +119,15 @@ def run_training(
         if rank_zero:
             written = True
             _write_run_files(run_dir, config_files, plan)
-        return _fit(cfg, container, run_dir, datamodule, model, plan, extra_callbacks)
+        result = _fit(cfg, container, run_dir, datamodule, model, plan, extra_callbacks)
+    except BaseException:
+        release_stop_signals()  # (held while it recorded how it ended: one that came meanwhile is acted on now)
+        raise
     finally:
         plan.release(forget=not written)
+    if not hold_signals_after:
+        release_stop_signals()
+    return result
 
 
 def _write_run_files(run_dir: Path, config_files: Optional[Mapping[str, str]], plan: ResumePlan) -> None:
@@ -175,7 +186,10 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, extra_cal
             raise
         error = f"no space left on device: {disk_full.filename or disk_full}"
     finally:
+        # Stop signals are held from here (see run_training): the run's handlers are gone, and a
+        # signal now would end the process by default action with a summary that says otherwise.
         interrupt.restore_signal_handlers()
+        hold_stop_signals()
         try:
             wandb_dir = finish_wandb(
                 loggers,
@@ -194,6 +208,8 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, extra_cal
                 metrics |= test["metrics"]
             if trainer.is_global_zero:
                 fields = _summary_fields(cfg, container, datamodule, model, trainer)
+                if status == "interrupted":  # where it resumes from (a second Ctrl-C stops unsaved)
+                    fields |= _resumes_at(run_dir, trainer.global_step)
                 fields |= {
                     "wall_s": time.perf_counter() - start,
                     "resumed_from": str(plan.ckpt) if plan.ckpt else None,
@@ -214,6 +230,17 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, extra_cal
         raise RunInterrupted(interrupt.reason, run_dir, newest_checkpoint(run_dir))
     best_path = Path(best.best_model_path) if best.best_model_path else None
     return RunResult(run_dir, metrics, best_path, wandb_dir, best_of_run, datamodule.selected_on)
+
+
+def _resumes_at(run_dir: Path, stopped_at: int) -> dict[str, Any]:
+    """An interrupted run's step as its newest checkpoint holds it (what a resume continues from),
+    and the step it stopped at: they differ after a second Ctrl-C, which stops without saving."""
+    ckpt = newest_checkpoint(run_dir)
+    try:
+        step = read_checkpoint(ckpt)["global_step"] if ckpt is not None else 0
+    except CheckpointError:
+        step = None
+    return {"global_step": step, "stopped_at_step": stopped_at}
 
 
 def no_space_left(error: BaseException) -> Optional[OSError]:
