@@ -116,3 +116,33 @@ def test_entry_points_refuse_a_hostile_checkpoint_and_run_nothing(tmp_path):
         assert proc.returncode == 2, (module, proc.stderr[-3000:])
         assert "refused" in proc.stderr and "hostile.ckpt" in proc.stderr, (module, proc.stderr[-3000:])
         assert not marker.exists(), module
+
+
+def test_passwords_in_urls_are_masked():
+    from gmsop.redact import redact_passwords
+
+    assert redact_passwords("postgresql://alice:s3cr@t@db:5432/x") == "postgresql://alice:***@db:5432/x"
+    assert redact_passwords({"a": ["https://u:tok@mlflow:5000", "sqlite:///runs/optuna.db", "http://h/x"]}) == {
+        "a": ["https://u:***@mlflow:5000", "sqlite:///runs/optuna.db", "http://h/x"]
+    }
+
+
+@pytest.mark.slow
+def test_a_password_on_the_command_line_is_written_nowhere_in_the_run_folder(tmp_path):
+    """A tracking URL's password (here for a disabled MLflow logger, so no server is needed) reached
+    the saved config, every checkpoint and the W&B run's config."""
+    secret = "s3cretPassw0rd"
+    run = tmp_path / "run"
+    proc = run_cli(
+        "gmsop.train", "head=gap", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        f"logger.mlflow.tracking_uri=postgresql://alice:{secret}@db.example:5432/mlflow", f"hydra.run.dir={run}",
+        f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert any(p.name == "last.ckpt" for p in files) and any(p.suffix == ".wandb" for p in files)
+    assert "postgresql://alice:***@db.example" in (run / ".hydra" / "config.yaml").read_text()
+    leaked = [str(p.relative_to(run)) for p in files if secret.encode() in p.read_bytes()]
+    assert not leaked, leaked
+    assert secret not in proc.stdout + proc.stderr

@@ -17,6 +17,7 @@ from gmsop.callbacks.csv_logger import ContinuedCSVLogger
 from gmsop.callbacks.lightning_internals import drop_wandb_init_argument, wandb_run_started
 from gmsop.errors import require_extra
 from gmsop.paths import held_lock
+from gmsop.redact import command_line_redacted, redact_passwords
 from gmsop.registry import ConfigError
 from gmsop.run.resume import ResumePlan
 from gmsop.run_folder import MLFLOW_ID_FILE, write_logger_id
@@ -52,7 +53,7 @@ class RunContext:
 def build_loggers(cfg: DictConfig, run_dir: Path, container: dict[str, Any], plan: ResumePlan) -> list:
     """W&B (if enabled), the continued CSV log (always: the run's own record), then every other
     logger `cfg.logger` enables, each built by its `_target_` (`instantiate_loggers`)."""
-    run = RunContext(cfg.name, run_dir, Path(cfg.runs_dir), plan, container)
+    run = RunContext(cfg.name, run_dir, Path(cfg.runs_dir), plan, redact_passwords(container))  # (what loggers record)
     built = instantiate_loggers(cfg.logger, run)
     wandb = [built.pop("wandb")] if "wandb" in built else []
     return [*wandb, ContinuedCSVLogger(run_dir, plan.earlier_log), *built.values()]
@@ -100,6 +101,9 @@ def wandb_logger(
     )
     # Lightning 2.6 always passes anonymous=None, which W&B >= 0.22 warns about on every run
     drop_wandb_init_argument(logger, "anonymous")
+    if rank_zero_only.rank == 0:
+        with command_line_redacted():
+            logger.experiment  # noqa: B018  (W&B records the command line as its run starts: passwords masked)
     return logger
 
 

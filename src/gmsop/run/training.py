@@ -27,6 +27,7 @@ from gmsop.callbacks.wandb_summary import WandbBestSummary
 from gmsop.config import RUN_CONTROL_KEYS
 from gmsop.errors import UserError
 from gmsop.paths import write_text_atomic
+from gmsop.redact import redact_passwords
 from gmsop.registry import ConfigError
 from gmsop.run.build import build_run, check_global_batch, check_run_length
 from gmsop.run.loggers import build_loggers, check_logger_config, finish_wandb
@@ -141,7 +142,7 @@ def _write_run_files(run_dir: Path, config_files: Optional[Mapping[str, str]], p
         path = run_dir / ".hydra" / name
         if not (plan.in_place and path.is_file()):
             path.parent.mkdir(exist_ok=True)
-            write_text_atomic(path, text)
+            write_text_atomic(path, redact_passwords(text))
 
 
 def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, extra_callbacks) -> RunResult:
@@ -150,7 +151,7 @@ def _fit(cfg, container, run_dir, datamodule, model, plan: ResumePlan, extra_cal
     throughput = TrainingThroughput()
     callbacks = [
         *checkpoints,
-        RunRecord(run_dir, plan.wandb_id, container),
+        RunRecord(run_dir, plan.wandb_id, redact_passwords(container)),
         RandomState(),
         EpochSums(),
         throughput,

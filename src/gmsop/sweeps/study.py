@@ -17,6 +17,7 @@ from gmsop.data import DATA
 from gmsop.heads import HEADS
 from gmsop.models.optimisation import validate_optim
 from gmsop.paths import held_lock, run_uid, write_csv_atomic
+from gmsop.redact import redact_passwords
 from gmsop.registry import ConfigError
 from gmsop.run.compose import compose_train
 from gmsop.run.training import RunInterrupted, run_training
@@ -155,7 +156,7 @@ def open_study(spec: SweepSpec, storage: str | None, runs_dir: Path) -> tuple[op
                 study_name=spec.name, storage=rdb, direction=spec.direction, load_if_exists=True
             )
         except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-            where = url.removeprefix("sqlite:///")
+            where = redact_passwords(url.removeprefix("sqlite:///"))
             raise ConfigError(
                 f"the sweep's study storage {where} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}). "
                 "A damaged file: move it away to start the sweep over (trial folders are kept), or restore it"
