@@ -715,23 +715,23 @@ def test_a_full_disk_names_the_cause_once_says_what_is_intact_and_the_run_resume
     full = {"now": False}
     real_replace = gmsop.paths.replace_atomically
 
-    def replace_on_a_full_disk(path, write):
+    def replace_on_a_full_disk(path, write, before_replace=None):
         if not full["now"]:
-            return real_replace(path, write)
+            return real_replace(path, write, before_replace)
 
         def half_then_full(tmp):
             tmp.write_bytes(b"the first blocks")
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
 
-        return real_replace(path, half_then_full)
+        return real_replace(path, half_then_full, before_replace)
 
     class FillsUpAtStep3(L.Callback):
         def on_train_batch_start(self, trainer, *args) -> None:
             full["now"] = full["now"] or trainer.global_step == 2
 
-    import gmsop.callbacks.checkpoints
+    import gmsop.run_folder.checkpoints
 
-    for module in (gmsop.paths, gmsop.callbacks.checkpoints):
+    for module in (gmsop.paths, gmsop.run_folder.checkpoints):
         monkeypatch.setattr(module, "replace_atomically", replace_on_a_full_disk)
     common = (
         "head=gap",

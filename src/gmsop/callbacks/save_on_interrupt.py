@@ -72,9 +72,11 @@ class SaveOnInterrupt(L.Callback):
     def _take_signals(self) -> None:
         self._pending, self._ctrl_c, self.reason = 0, False, None
         taken = []
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+        # SIGINT and SIGHUP unless ignored (a background job, nohup); a command's own handler (a sweep
+        # stops between trials on them: gmsop.stop_signals.stop_signals_end) gives way to the run's
+        if signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
             taken.append(signal.SIGINT)
-        if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):  # not under nohup
+        if signal.getsignal(signal.SIGHUP) not in (signal.SIG_IGN, None):
             taken.append(signal.SIGHUP)
         if not SLURMEnvironment.detect() and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
             taken.append(signal.SIGUSR1)
