@@ -355,3 +355,19 @@ def test_resume_naming_the_run_folder_it_writes_to_continues_in_place(tmp_path):
         with RunLock(run, "train a run in it") as lock:
             plan = plan_resume(resume, run, tmp_path / "runs", lock)
         assert plan.in_place and plan.ckpt == run / "checkpoints" / "last.ckpt"
+
+
+def test_a_resume_is_refused_only_when_the_rate_it_trains_at_changes():
+    from gmsop.run.resume import ResumePlan, check_rate_unchanged
+    from gmsop.run_folder import RECORD_KEY
+
+    def config(lr, batch, accumulate=None):
+        trainer = {} if accumulate is None else {"accumulate_grad_batches": accumulate}
+        return {"optim": {"lr": lr}, "data": {"name": "digits", "batch_size": batch}, "trainer": trainer}
+
+    plan = ResumePlan(ckpt=Path("last.ckpt"), checkpoint={RECORD_KEY: {"config": config(0.1, 64)}, "global_step": 3})
+    check_rate_unchanged(plan, config(0.05, 128))  # 0.05 x 128 / 256 = 0.1 x 64 / 256
+    check_rate_unchanged(plan, config(0.1, 32, accumulate=2))  # the same global batch
+    with pytest.raises(CheckpointError, match=r"data.batch_size=32 \(was 64\)"):
+        check_rate_unchanged(plan, config(0.1, 32))
+    check_rate_unchanged(ResumePlan(ckpt=Path("old.ckpt"), checkpoint={"global_step": 3}), config(0.1, 32))  # no record
