@@ -52,9 +52,9 @@ class PreciseBatchNorm(L.Callback):
         images = trainer.datamodule.statistics_batches(
             self.batches, trainer.current_epoch, trainer.global_rank, trainer.world_size, pl_module.device
         )
-        reestimate_batchnorm(pl_module, images)
+        norms = reestimate_batchnorm(pl_module, images)
         if trainer.world_size > 1:
-            _average_over_processes(trained_batchnorms(pl_module))
+            _average_over_processes(norms)
 
 
 def trained_batchnorms(model: nn.Module) -> list[_BatchNorm]:
@@ -69,17 +69,18 @@ def trained_batchnorms(model: nn.Module) -> list[_BatchNorm]:
     ]
 
 
-def reestimate_batchnorm(model: nn.Module, images: Iterator[torch.Tensor]) -> None:
+def reestimate_batchnorm(model: nn.Module, images: Iterator[torch.Tensor]) -> list[_BatchNorm]:
     """Replace the statistics of `model`'s trained BatchNorm layers by their plain average over
     `images` (batches of model inputs), computed by `torch.optim.swa_utils.update_bn` with every
     other module in evaluation mode; weights, other modules' modes and the global random generators
-    are as they were afterwards."""
+    are as they were afterwards. Returns the layers it re-estimated."""
     norms = trained_batchnorms(model)
     if not norms:
-        return
+        return norms
     before = {m: (m.running_mean.clone(), m.running_var.clone()) for m in norms}
     modes = {m: m.training for m in model.modules()}
-    devices = [model_device(model)] if model_device(model).type == "cuda" else []
+    device = next(model.parameters()).device
+    devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
             update_bn(images, _OnlyTheseNormsTrain(model, norms))
@@ -90,10 +91,7 @@ def reestimate_batchnorm(model: nn.Module, images: Iterator[torch.Tensor]) -> No
         if int(m.num_batches_tracked) == 0:  # no batch reached it in the pass: keep what it had
             m.running_mean.copy_(before[m][0])
             m.running_var.copy_(before[m][1])
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return norms
 
 
 class _OnlyTheseNormsTrain(nn.Module):
